@@ -1,0 +1,29 @@
+//! The Lazarus wire protocol and flag record, shared by every binary.
+//!
+//! This crate owns the bytes that cross a boundary between the parts of Lazarus:
+//!
+//! - [`message`]: the `Request` (controller to agent) and `Response` (agent to controller) enums
+//!   and the recovery [`message::Plan`], encoded with postcard. Append only.
+//! - [`frame`]: framing (length prefix, 64 KiB limit, protocol version) and authentication
+//!   (HMAC-SHA256 with the cluster key, requests bound to the agent's boot id and a strictly
+//!   increasing counter, replies bound to their request).
+//! - [`key`]: the cluster key and its 64-hex-character file format.
+//! - [`flag`]: the on-disk flag record codec, pure, so the restored OS can read it without the
+//!   agent.
+//!
+//! It must not open sockets or files: its only I/O is through `Read`/`Write` handed to it.
+#![deny(unsafe_code)]
+
+pub mod flag;
+pub mod frame;
+pub mod key;
+pub mod message;
+
+pub use frame::{WireError, MAX_FRAME_LEN, PROTOCOL_VERSION};
+pub use key::{ClusterKey, KeyError};
+pub use message::*;
+
+/// TCP port the agent listens on.
+pub const AGENT_PORT: u16 = 7460;
+/// TCP port the controller receives `Ready` announcements on.
+pub const CONTROLLER_PORT: u16 = 7461;

@@ -1,0 +1,416 @@
+//! Every message that crosses the wire, as serde types encoded with postcard.
+//!
+//! Postcard encodes an enum variant by its index and a struct by its field order, so every enum
+//! and struct here is **append only**: new variants and new trailing fields go at the end, nothing
+//! is reordered or removed. A change that breaks this must raise [`crate::PROTOCOL_VERSION`].
+//! The golden-byte tests at the bottom pin the encoding of every message.
+//!
+//! The same types are read from TOML (a plan file): digests and boot ids are hex strings there.
+
+use core::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flag::FlagState;
+
+/// Fixed-size byte strings shown as hex to humans (TOML, JSON) and as raw bytes on the wire.
+macro_rules! hex_bytes {
+    ($(#[$doc:meta])* $name:ident, $len:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            /// Lowercase hex.
+            pub fn to_hex(&self) -> String {
+                self.0.iter().map(|b| format!("{b:02x}")).collect()
+            }
+
+            /// Parses exactly `2 * len` hex characters.
+            pub fn from_hex(s: &str) -> Option<Self> {
+                let s = s.as_bytes();
+                if s.len() != 2 * $len {
+                    return None;
+                }
+                let mut out = [0u8; $len];
+                for (i, b) in out.iter_mut().enumerate() {
+                    let pair = core::str::from_utf8(&s[2 * i..2 * i + 2]).ok()?;
+                    *b = u8::from_str_radix(pair, 16).ok()?;
+                }
+                Some(Self(out))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    Self::from_hex(&s).ok_or_else(|| {
+                        serde::de::Error::custom(format!(
+                            "expected {} hex characters, found {:?}",
+                            2 * $len,
+                            s
+                        ))
+                    })
+                } else {
+                    <[u8; $len]>::deserialize(d).map(Self)
+                }
+            }
+        }
+    };
+}
+
+hex_bytes!(
+    /// A SHA-256 digest.
+    Sha256,
+    32
+);
+hex_bytes!(
+    /// A random id the agent draws at every boot; requests are bound to it.
+    BootId,
+    16
+);
+
+/// Controller to agent. `// WIRE: append only`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Ask who the agent is (boot id, next acceptable counter). The only request accepted with
+    /// any boot id and counter: it changes nothing, and its reply is bound to it by the tag.
+    Hello,
+    /// Ask for the agent's [`Status`].
+    GetStatus,
+    /// Run this recovery plan. Idempotent for the plan id already running or done.
+    Recover(Plan),
+    /// Stop the running recovery; the flag says FAILED with the abort code.
+    Abort,
+    /// Sync and reboot (into the restored system once detached from the rescue media).
+    Reboot,
+    /// Log lines with sequence number `since` or later.
+    GetLogs { since: u64 },
+    /// Acknowledges a `Ready` announcement (sent on the announcement connection).
+    AckReady,
+}
+
+/// Agent to controller. `// WIRE: append only`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Reply to [`Request::Hello`].
+    Hello(Hello),
+    /// Reply to `GetStatus`, `Recover`, `Abort` and `Reboot`.
+    Status(Status),
+    /// Reply to `GetLogs`.
+    Logs(Logs),
+    /// Unsolicited, on the announcement connection: the agent booted and waits for a plan.
+    Ready(Ready),
+    /// The request was understood and authenticated but refused.
+    Error(ErrorReply),
+}
+
+/// Who answered a `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub boot_id: BootId,
+    /// The smallest counter the agent accepts on its next request.
+    pub next_counter: u64,
+    /// The agent's version string (`CARGO_PKG_VERSION`).
+    pub agent_version: String,
+}
+
+/// A recovery plan: everything the agent needs to rebuild one node. Built by the controller from
+/// the cluster file, or written by an operator as TOML (see `docs/plan.example.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Unique id of this repair attempt (at most 64 bytes, printable ASCII); stored in the flag.
+    pub plan_id: String,
+    /// The address the node takes for the repair.
+    pub network: NetworkPlan,
+    /// Where the image and backups are served from.
+    pub nfs: NfsSource,
+    /// The known-good system image.
+    pub image: ImageSpec,
+    /// Which disk to write.
+    pub target: DiskSelector,
+    /// Where the flag record lives.
+    pub flag: FlagLocation,
+    /// Business files to put back after the image, if any.
+    pub restore: Option<RestoreSpec>,
+}
+
+/// The node's address during the repair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    /// Interface by name or MAC (`aa:bb:..`); `None` keeps the bootstrap interface.
+    pub interface: Option<String>,
+}
+
+/// An NFS export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NfsSource {
+    pub server: IpAddr,
+    /// Export path on the server, for example `/export`.
+    pub export: String,
+    pub version: NfsVersion,
+    /// Extra mount options, comma separated (`timeo=600,retrans=2`).
+    pub options: String,
+}
+
+/// NFS protocol version. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NfsVersion {
+    V3,
+    V4,
+    #[default]
+    #[serde(rename = "v4.1")]
+    V4_1,
+    #[serde(rename = "v4.2")]
+    V4_2,
+}
+
+/// The system image to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// Path of the image relative to the NFS export root.
+    pub path: String,
+    pub format: ImageFormat,
+    /// Logical (uncompressed) size in bytes.
+    pub size: u64,
+    /// SHA-256 of the logical (uncompressed) bytes.
+    pub sha256: Sha256,
+    pub layout: ImageLayout,
+}
+
+/// How the image file is encoded. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Raw,
+    Zstd,
+}
+
+/// What the image covers. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageLayout {
+    /// The image holds a partition table and is written from byte 0 of the disk.
+    WholeDisk,
+    /// The image is one filesystem, written into partition `number` of the disk.
+    Partition { number: u32 },
+}
+
+/// Chooses the target disk. Every field that is set must match, and exactly one disk may match;
+/// a selector with no field set matches nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DiskSelector {
+    /// A name under `/dev/disk/by-id/`.
+    pub by_id: Option<String>,
+    /// The disk's serial number as the kernel reports it.
+    pub serial: Option<String>,
+    /// A device path (`/dev/vda`), or a file in host mode.
+    pub path: Option<String>,
+    /// The disk's exact size in bytes.
+    pub size: Option<u64>,
+}
+
+/// Where the flag record lives. `// WIRE: append only`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagLocation {
+    /// The GPT partition with this label (`lazarus-flag` by default).
+    PartLabel(String),
+    /// This device or file.
+    Path(String),
+}
+
+impl Default for FlagLocation {
+    fn default() -> Self {
+        Self::PartLabel(crate::flag::DEFAULT_PARTLABEL.to_string())
+    }
+}
+
+/// The business-file restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// Directory of backups relative to the NFS export root; backups of a node are in
+    /// `<backups_dir>/<node>/<UTC timestamp>/`.
+    pub backups_dir: String,
+    pub node: String,
+    /// Unix seconds: the newest complete backup strictly older than this is restored.
+    pub failure_time: u64,
+    /// The restored filesystem the files go into.
+    pub filesystem: RestoreFilesystem,
+    /// Paths within the backup to restore; empty restores everything.
+    pub paths: Vec<String>,
+}
+
+/// The filesystem business files are restored into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreFilesystem {
+    /// Partition number on the target disk (for a whole-disk image); `None` for the partition the
+    /// image was written to.
+    pub partition: Option<u32>,
+    pub fstype: FsType,
+    /// Directory inside that filesystem that archive paths are relative to (`/` by default).
+    pub root: String,
+}
+
+/// A filesystem type the agent can mount. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+/// The agent's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub boot_id: BootId,
+    pub phase: Phase,
+    /// The step within `Recovering`, or the step that failed.
+    pub step: Option<Step>,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// What the flag record says now.
+    pub flag: FlagSummary,
+    pub plan_id: Option<String>,
+    pub error: Option<ErrorInfo>,
+}
+
+/// The agent's lifecycle. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Mounting, loading drivers, configuring the bootstrap network.
+    Booting,
+    /// Waiting for a plan.
+    Ready,
+    /// Running a plan.
+    Recovering,
+    /// The plan completed and the flag says RECOVERED.
+    Recovered,
+    /// The plan failed; `error` says why; the flag says FAILED.
+    Failed,
+    /// A `Reboot` was accepted.
+    Rebooting,
+}
+
+/// A step of a recovery, in order. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    ConfigureNetwork,
+    MountSource,
+    SelectDisk,
+    CopyImage,
+    RereadPartitions,
+    MountTarget,
+    RestoreFiles,
+    Sync,
+}
+
+/// A flag record as reported over the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagSummary {
+    pub state: FlagState,
+    pub seq: u64,
+    pub plan_id: String,
+    pub error_code: u32,
+    pub bytes_done: u64,
+    pub timestamp: u64,
+}
+
+/// A failure: a stable numeric code (the agent's error table) and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: u32,
+    pub message: String,
+}
+
+/// Why an authenticated request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: Refusal,
+    pub message: String,
+}
+
+/// Kinds of refusal. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The plan or request is invalid.
+    BadRequest,
+    /// Another plan is running.
+    Busy,
+    /// Not allowed in the current phase.
+    WrongPhase,
+    /// The agent could not serve it.
+    Internal,
+}
+
+/// The agent's log since a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logs {
+    pub lines: Vec<LogLine>,
+    /// The `since` to ask for next.
+    pub next: u64,
+}
+
+/// One log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub seq: u64,
+    /// Milliseconds since the agent started.
+    pub time_ms: u64,
+    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace (the `log` crate's order).
+    pub level: u8,
+    pub message: String,
+}
+
+/// The announcement of a freshly booted agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub boot_id: BootId,
+    pub identity: Identity,
+    /// What the flag held at boot, before a stale recovery flag was cleared.
+    pub flag: Option<FlagSummary>,
+    pub agent_version: String,
+}
+
+/// How the controller recognises a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Identity {
+    pub macs: Vec<[u8; 6]>,
+    /// DMI system UUID, where present.
+    pub system_uuid: Option<String>,
+    /// DMI system serial, where present.
+    pub serial: Option<String>,
+    /// The agent's address as it sees it (useful behind NAT-free lab bridges).
+    pub address: Option<IpAddr>,
+}
