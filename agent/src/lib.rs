@@ -1,1 +1,10 @@
-pub fn x() {}
+//! The Lazarus rescue agent, as a library.
+//!
+//! Today it holds the flag store: the durable, power-safe read and write of the flag record on a
+//! file or block device. The recovery engine, protocol server and state machine arrive with the
+//! recovery-engine issue; PID 1 duties with the rescue-boot issue.
+#![deny(unsafe_code)]
+
+pub mod flag_store;
+
+pub use flag_store::{FlagStore, FlagUpdate, StoreError};

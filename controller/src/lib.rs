@@ -1,1 +1,9 @@
-pub fn x() {}
+//! The Lazarus controller and operator CLI, as a library.
+//!
+//! Today: the cluster key file ([`keyfile`]) and the flag commands ([`flag_cmd`]). The controller
+//! daemon (failure detection, fenced promotion, repair orchestration) arrives with the controller
+//! issue.
+#![deny(unsafe_code)]
+
+pub mod flag_cmd;
+pub mod keyfile;

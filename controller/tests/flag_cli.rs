@@ -1,0 +1,221 @@
+//! The `lazarus flag` and `lazarus keygen` commands, run as processes on plain files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lazarus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(args)
+        .output()
+        .expect("running lazarus")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lazarus(args);
+    assert!(
+        out.status.success(),
+        "lazarus {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Exit status 2, exactly one line on stderr, nothing that looks like a panic.
+fn fails(args: &[&str]) -> String {
+    let out = lazarus(args);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "lazarus {args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "lazarus {args:?} stderr: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn show_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["flag", "show", "--json", path.to_str().unwrap()])).unwrap()
+}
+
+#[test]
+fn flag_lifecycle_on_a_plain_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("flag");
+    let p = f.to_str().unwrap();
+    ok(&["flag", "init", p]);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 1 << 20);
+    let v = show_json(&f);
+    assert_eq!(v["state"], "none");
+    assert_eq!(v["seq"], 0);
+    for key in [
+        "state",
+        "seq",
+        "plan_id",
+        "error_code",
+        "bytes_done",
+        "timestamp",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    ok(&[
+        "flag",
+        "set",
+        p,
+        "--state",
+        "recovering",
+        "--plan-id",
+        "n3-1",
+    ]);
+    let v = show_json(&f);
+    assert_eq!(
+        (v["state"].as_str(), v["seq"].as_u64()),
+        (Some("recovering"), Some(1))
+    );
+    assert_eq!(v["plan_id"], "n3-1");
+    assert!(v["timestamp"].as_u64().unwrap() > 1_700_000_000);
+    ok(&[
+        "flag",
+        "set",
+        p,
+        "--state",
+        "failed",
+        "--plan-id",
+        "n3-1",
+        "--error-code",
+        "21",
+    ]);
+    let v = show_json(&f);
+    assert_eq!(
+        (v["state"].as_str(), v["error_code"].as_u64()),
+        (Some("failed"), Some(21))
+    );
+    ok(&[
+        "flag",
+        "set",
+        p,
+        "--state",
+        "recovered",
+        "--plan-id",
+        "n3-2",
+    ]);
+    assert_eq!(show_json(&f)["state"], "recovered");
+    let text = ok(&["flag", "show", p]);
+    assert!(
+        text.contains("state:       recovered") && text.contains("n3-2"),
+        "{text}"
+    );
+    ok(&["flag", "clear", p]);
+    let v = show_json(&f);
+    // Clearing a RECOVERED flag writes both slots (seq 4 and 5), so no stale RECOVERED remains.
+    assert_eq!(
+        (v["state"].as_str(), v["seq"].as_u64()),
+        (Some("none"), Some(5))
+    );
+    // init on an existing flag file resets it.
+    ok(&["flag", "init", p]);
+    assert_eq!(show_json(&f)["seq"], 0);
+}
+
+#[test]
+fn any_single_corrupted_byte_still_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("flag");
+    let p = f.to_str().unwrap();
+    ok(&["flag", "init", p]);
+    ok(&["flag", "set", p, "--state", "recovering", "--plan-id", "a"]);
+    ok(&["flag", "set", p, "--state", "recovered", "--plan-id", "a"]);
+    let clean = std::fs::read(&f).unwrap();
+    // Every byte of both slots' headers and CRCs, and a stride through the rest.
+    let mut offsets: Vec<usize> = (0..200).chain(4092..4296).chain(8188..8192).collect();
+    offsets.extend((200..8192).step_by(61));
+    for i in offsets {
+        let mut bad = clean.clone();
+        bad[i] ^= 0xa5;
+        std::fs::write(&f, &bad).unwrap();
+        let v = show_json(&f);
+        let state = v["state"].as_str().unwrap();
+        assert!(
+            ["recovered", "recovering"].contains(&state),
+            "byte {i}: {v}"
+        );
+        ok(&[
+            "flag",
+            "set",
+            p,
+            "--state",
+            "failed",
+            "--plan-id",
+            "b",
+            "--error-code",
+            "3",
+        ]);
+        let v = show_json(&f);
+        assert_eq!(
+            (v["state"].as_str(), v["plan_id"].as_str()),
+            (Some("failed"), Some("b")),
+            "byte {i}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("flag");
+    let p = f.to_str().unwrap();
+    fails(&["flag", "show", p]); // missing
+    fails(&["flag", "show", dir.path().to_str().unwrap()]); // a directory
+    std::fs::write(&f, [0u8; 100]).unwrap();
+    let err = fails(&["flag", "show", "--json", p]);
+    assert!(err.contains("at least"), "{err}");
+    std::fs::write(&f, vec![7u8; 1 << 16]).unwrap();
+    let err = fails(&["flag", "init", p]);
+    assert!(err.contains("refusing"), "{err}");
+    assert_eq!(std::fs::read(&f).unwrap(), vec![7u8; 1 << 16]);
+    ok(&["flag", "init", "--force", p]);
+    fails(&["flag", "set", p, "--state", "resurrected"]);
+    fails(&["flag", "set", p, "--state", "failed", "--error-code", "-1"]);
+    fails(&[
+        "flag",
+        "set",
+        p,
+        "--state",
+        "failed",
+        "--plan-id",
+        &"x".repeat(65),
+    ]);
+    fails(&[
+        "flag",
+        "set",
+        p,
+        "--state",
+        "failed",
+        "--plan-id",
+        "bad\nid",
+    ]);
+    fails(&["flag", "set", p]);
+    fails(&["flag"]);
+    fails(&["no-such-command"]);
+    fails(&[]);
+    assert_eq!(
+        show_json(&f)["state"],
+        "none",
+        "a refused command wrote the flag"
+    );
+}
+
+#[test]
+fn keygen_writes_a_private_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("cluster.key");
+    ok(&["keygen", k.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&k).unwrap();
+    assert_eq!(text.trim_end().len(), 64);
+    assert!(text.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let err = fails(&["keygen", k.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&k).unwrap(), text);
+    fails(&["keygen", "/nonexistent-dir/k"]);
+}
