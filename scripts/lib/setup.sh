@@ -1,0 +1,36 @@
+# Shared by scripts/*: installs what a fresh Debian machine (as root) lacks, idempotently.
+# Sourced, not run.
+
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ensure_apt PKG...: installs the Debian packages that are not installed yet.
+ensure_apt() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# ensure_rust: the toolchain's rustfmt and clippy, and the musl target for the static agent.
+ensure_rust() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
+    if command -v rustup >/dev/null; then
+        local have
+        have=$(rustup component list --installed 2>/dev/null || true)
+        for c in rustfmt clippy; do
+            grep -q "^$c" <<<"$have" || rustup component add "$c"
+        done
+        rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+            || rustup target add x86_64-unknown-linux-musl
+    fi
+}
