@@ -8,6 +8,8 @@ fn main() -> ExitCode {
         println!("lazarus-agent {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    eprintln!("lazarus-agent: not built yet; the recovery engine arrives with the recovery-engine work");
+    eprintln!(
+        "lazarus-agent: not built yet; the recovery engine arrives with the recovery-engine work"
+    );
     ExitCode::from(2)
 }
