@@ -103,7 +103,7 @@ pub enum Request {
     /// Ask for the agent's [`Status`].
     GetStatus,
     /// Run this recovery plan. Idempotent for the plan id already running or done.
-    Recover(Plan),
+    Recover(Box<Plan>),
     /// Stop the running recovery; the flag says FAILED with the abort code.
     Abort,
     /// Sync and reboot (into the restored system once detached from the rescue media).

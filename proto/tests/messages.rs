@@ -83,7 +83,7 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         (Request::Hello, "00"),
         (Request::GetStatus, "01"),
         (
-            Request::Recover(sample_plan()),
+            Request::Recover(Box::new(sample_plan())),
             "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d67\
              01802011111111111111111111111111111111111111111111111111111111111111110000010253310001\
              8080808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f0103\
@@ -183,8 +183,8 @@ fn plan_reads_from_toml_with_hex_digest() {
 
 fn ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
-        any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
-        any::<[u8; 16]>().prop_map(|b| IpAddr::from(b)),
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
     ]
 }
 
@@ -320,7 +320,7 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Hello),
         Just(Request::GetStatus),
-        plan().prop_map(Request::Recover),
+        plan().prop_map(|p| Request::Recover(Box::new(p))),
         Just(Request::Abort),
         Just(Request::Reboot),
         any::<u64>().prop_map(|since| Request::GetLogs { since }),
