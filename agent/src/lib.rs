@@ -6,5 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod flag_store;
+pub mod image;
+pub mod sys;
 
 pub use flag_store::{FlagStore, FlagUpdate, StoreError};

@@ -1,0 +1,366 @@
+//! The copy engine: streams an image onto a disk at device speed, verified.
+//!
+//! Pipeline (one process, three threads, bounded queues, recycled page-aligned buffers):
+//!
+//! ```text
+//! reader:  source → (zstd) → 4 MiB chunks ─┬─► hasher: SHA-256, in order
+//!                                          └─► writer: non-zero runs → target (O_DIRECT)
+//! ```
+//!
+//! Rules this module must keep, whatever the input:
+//!
+//! - The first MiB of the image (partition table, boot code, superblocks) is held back in memory
+//!   and written only after the whole stream's SHA-256 matched; on any failure the first MiB of
+//!   the target is zeroed, so a half-written disk never looks bootable.
+//! - A source shorter or longer than the declared size is an error, never success.
+//! - All-zero blocks are skipped only when the target range was first made to read back zeros
+//!   (`fallocate(PUNCH_HOLE)`); otherwise every byte is written, since a failed node's disk is not
+//!   zeroed.
+//! - Progress (bytes read and verified so far) is published for `Status`; an abort request stops
+//!   the copy at the next chunk.
+
+mod buf;
+mod target;
+mod zstd;
+
+use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use lazarus_proto::{ImageFormat, Sha256};
+use sha2::Digest;
+
+pub use buf::{AlignedBuf, Pool, ALIGN};
+pub use target::Target;
+pub use zstd::ZstdFrames;
+
+/// Bytes held back until the digest matched.
+pub const HEADER_LEN: u64 = 1 << 20;
+/// Size of one pipeline chunk.
+pub const CHUNK_LEN: usize = 4 << 20;
+/// Buffers in flight between the threads.
+const POOL_BUFFERS: usize = 8;
+/// Granularity of zero-block detection.
+const BLOCK: usize = 4096;
+/// Zero gaps shorter than this inside a data run are written rather than split around.
+const MIN_HOLE: usize = 256 << 10;
+
+/// What to write and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySpec {
+    pub format: ImageFormat,
+    /// Logical (uncompressed) size.
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+/// Progress and cancellation shared with the status server.
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: AtomicU64,
+    total: AtomicU64,
+    abort: AtomicBool,
+}
+
+impl Progress {
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Asks the running copy to stop at the next chunk.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    fn reset(&self, total: u64) {
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+}
+
+/// What a completed copy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Logical bytes streamed and verified.
+    pub bytes: u64,
+    /// Bytes actually written to the target.
+    pub written: u64,
+    /// Whether zero blocks were skipped (the target was punched to zeros first).
+    pub sparse: bool,
+}
+
+/// Errors of the copy engine, one per failing step.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("target is {target} bytes, smaller than the {image}-byte image")]
+    TargetTooSmall { target: u64, image: u64 },
+    #[error("reading the image: {0}")]
+    Read(io::Error),
+    #[error("image is shorter than declared: {got} of {expected} bytes")]
+    TooShort { got: u64, expected: u64 },
+    #[error("image is longer than the declared {expected} bytes")]
+    TooLong { expected: u64 },
+    #[error("image digest mismatch: expected {expected}, got {got}")]
+    DigestMismatch { expected: Sha256, got: Sha256 },
+    #[error("writing the target at byte {offset}: {source}")]
+    Write { offset: u64, source: io::Error },
+    #[error("flushing the target: {0}")]
+    Sync(io::Error),
+    #[error("copy aborted on request")]
+    Aborted,
+}
+
+/// Wraps a raw or zstd source as the logical image stream.
+pub fn decoder<'a, R: Read + Send + 'a>(
+    format: ImageFormat,
+    source: R,
+) -> Box<dyn Read + Send + 'a> {
+    match format {
+        ImageFormat::Raw => Box::new(source),
+        ImageFormat::Zstd => Box::new(ZstdFrames::new(BufReader::with_capacity(1 << 20, source))),
+    }
+}
+
+/// Streams `source` (encoded as `spec.format`) onto `target`, verifying size and SHA-256.
+/// On error the target's first MiB is zeroed (best effort; the error returned is the cause).
+pub fn write_image<R: Read + Send>(
+    source: R,
+    target: &Target,
+    spec: &CopySpec,
+    progress: &Progress,
+) -> Result<CopyReport, ImageError> {
+    if target.len() < spec.size {
+        return Err(ImageError::TargetTooSmall {
+            target: target.len(),
+            image: spec.size,
+        });
+    }
+    progress.reset(spec.size);
+    let header_len = HEADER_LEN.min(spec.size);
+    // Zero the image's range first: the old header stops looking bootable at once, and when the
+    // punch works the zero blocks of the image need not be written at all. Block devices take
+    // only block-aligned ranges: the unaligned tail (under 4 KiB) is always written.
+    let aligned_len = spec.size / ALIGN as u64 * ALIGN as u64;
+    let sparse = aligned_len > 0 && target.punch_zeroes(0, aligned_len);
+    let zeroed_until = if sparse { aligned_len } else { 0 };
+    if !sparse {
+        target
+            .write_zeroes(0, header_len)
+            .and_then(|()| target.sync())
+            .map_err(ImageError::Sync)?;
+    }
+    let result = copy_verified(
+        decoder(spec.format, source),
+        target,
+        spec,
+        progress,
+        zeroed_until,
+    );
+    match result {
+        Ok((header, written)) => {
+            let header_written = write_runs(target, &header, 0, zeroed_until)?;
+            target.sync().map_err(ImageError::Sync)?;
+            Ok(CopyReport {
+                bytes: spec.size,
+                written: written + header_written,
+                sparse,
+            })
+        }
+        Err(e) => {
+            if let Err(z) = target
+                .write_zeroes(0, header_len)
+                .and_then(|()| target.sync())
+            {
+                log::error!(
+                    "zeroing the first MiB of {} after a failed copy: {z}",
+                    target.path().display()
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs the pipeline; returns the held-back header and the bytes written after it.
+fn copy_verified(
+    mut source: impl Read + Send,
+    target: &Target,
+    spec: &CopySpec,
+    progress: &Progress,
+    zeroed_until: u64,
+) -> Result<(Vec<u8>, u64), ImageError> {
+    let pool = Pool::new(POOL_BUFFERS, CHUNK_LEN);
+    let (to_hash, hash_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
+    let (to_write, write_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
+    let failed = AtomicBool::new(false);
+    let header_len = HEADER_LEN.min(spec.size) as usize;
+
+    std::thread::scope(|s| {
+        let (pool, failed) = (&pool, &failed);
+        // The reader owns the senders: when it ends, the hasher's and writer's loops end.
+        let reader = s.spawn(move || -> Result<(), ImageError> {
+            let mut offset = 0u64;
+            while offset < spec.size {
+                if progress.aborted() {
+                    return Err(ImageError::Aborted);
+                }
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let Some(mut buf) = pool.take() else {
+                    return Ok(());
+                };
+                let want = (spec.size - offset).min(CHUNK_LEN as u64) as usize;
+                let got =
+                    fill(&mut source, &mut buf.as_mut_slice()[..want]).map_err(ImageError::Read)?;
+                if got < want {
+                    return Err(ImageError::TooShort {
+                        got: offset + got as u64,
+                        expected: spec.size,
+                    });
+                }
+                let chunk = Arc::new(pool.chunk(buf, offset, got));
+                offset += got as u64;
+                if to_hash.send(chunk.clone()).is_err() || to_write.send(chunk).is_err() {
+                    return Ok(());
+                }
+            }
+            let mut probe = [0u8; 1];
+            if fill(&mut source, &mut probe).map_err(ImageError::Read)? > 0 {
+                return Err(ImageError::TooLong {
+                    expected: spec.size,
+                });
+            }
+            Ok(())
+        });
+        let hasher = s.spawn(move || {
+            let mut sha = sha2::Sha256::new();
+            for chunk in hash_rx {
+                sha.update(chunk.data());
+            }
+            Sha256(sha.finalize().into())
+        });
+        let mut header = Vec::with_capacity(header_len);
+        let mut written = 0u64;
+        let mut write_error = None;
+        for chunk in write_rx {
+            if write_error.is_some() {
+                continue;
+            }
+            let data = chunk.data();
+            // The part of this chunk inside the held-back header.
+            let in_header = (header_len as u64)
+                .saturating_sub(chunk.offset)
+                .min(data.len() as u64) as usize;
+            header.extend_from_slice(&data[..in_header]);
+            match write_runs(
+                target,
+                &data[in_header..],
+                chunk.offset + in_header as u64,
+                zeroed_until,
+            ) {
+                Ok(n) => written += n,
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    write_error = Some(e);
+                }
+            }
+            progress
+                .done
+                .store(chunk.offset + data.len() as u64, Ordering::Relaxed);
+        }
+        let read_result = reader
+            .join()
+            .unwrap_or_else(|_| Err(ImageError::Read(io::Error::other("reader thread panicked"))));
+        let digest = hasher.join().unwrap_or_default();
+        read_result?;
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        target.sync().map_err(ImageError::Sync)?;
+        if digest != spec.sha256 {
+            return Err(ImageError::DigestMismatch {
+                expected: spec.sha256,
+                got: digest,
+            });
+        }
+        Ok((header, written))
+    })
+}
+
+/// Writes `data` (image bytes at `offset`), skipping all-zero blocks that lie wholly below
+/// `zeroed_until` (the target already reads zeros there). Returns the bytes written.
+fn write_runs(
+    target: &Target,
+    data: &[u8],
+    offset: u64,
+    zeroed_until: u64,
+) -> Result<u64, ImageError> {
+    let write = |from: usize, to: usize| {
+        target
+            .write_at(&data[from..to], offset + from as u64)
+            .map_err(|source| ImageError::Write {
+                offset: offset + from as u64,
+                source,
+            })
+    };
+    let mut written = 0u64;
+    let mut run: Option<(usize, usize)> = None;
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + BLOCK).min(data.len());
+        let skippable = offset + end as u64 <= zeroed_until && is_zero(&data[at..end]);
+        if !skippable {
+            run = match run {
+                Some((start, last)) if at - last < MIN_HOLE => Some((start, end)),
+                Some((start, last)) => {
+                    write(start, last)?;
+                    written += (last - start) as u64;
+                    Some((at, end))
+                }
+                None => Some((at, end)),
+            };
+        }
+        at = end;
+    }
+    if let Some((start, last)) = run {
+        write(start, last)?;
+        written += (last - start) as u64;
+    }
+    Ok(written)
+}
+
+/// True when every byte is zero; compares 16 bytes at a time.
+fn is_zero(block: &[u8]) -> bool {
+    let mut words = block.chunks_exact(16);
+    let mut acc = 0u128;
+    for w in &mut words {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(w);
+        acc |= u128::from_ne_bytes(a);
+    }
+    acc == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Reads until `buf` is full or the source ends.
+fn fill(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match source.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,363 @@
+//! The copy engine on real files (and, as root, loop devices): exact bytes, verification, the
+//! held-back header, sparse writes, and every way a copy must fail.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lazarus_agent::image::{write_image, CopySpec, ImageError, Progress, Target, HEADER_LEN};
+use lazarus_proto::{ImageFormat, Sha256};
+use sha2::Digest;
+
+const MIB: usize = 1 << 20;
+
+fn sha(data: &[u8]) -> Sha256 {
+    Sha256(sha2::Sha256::digest(data).into())
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An image that looks like a filesystem: data islands in a sea of zeros, odd total size.
+fn sparse_image() -> Vec<u8> {
+    let mut img = vec![0u8; 21 * MIB + 4096 * 3 + 7];
+    img[..8192].copy_from_slice(&noise(8192, 1)); // "partition table"
+    img[3 * MIB..5 * MIB].copy_from_slice(&noise(2 * MIB, 2));
+    img[9 * MIB + 100..9 * MIB + 200].copy_from_slice(&noise(100, 3));
+    let n = img.len();
+    img[n - 5000..].copy_from_slice(&noise(5000, 4));
+    img
+}
+
+fn target_file(dir: &Path, len: usize) -> PathBuf {
+    let path = dir.join("disk");
+    std::fs::write(&path, noise(len, 99)).unwrap();
+    path
+}
+
+fn spec(img: &[u8], format: ImageFormat) -> CopySpec {
+    CopySpec {
+        format,
+        size: img.len() as u64,
+        sha256: sha(img),
+    }
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("zstd")
+        .args(["-q", "-c", "-3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("zstd CLI (scripts/test installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn raw_image_lands_byte_for_byte_and_the_rest_of_the_disk_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(9 * MIB + 123, 7);
+    let path = target_file(dir.path(), 12 * MIB);
+    let before = std::fs::read(&path).unwrap();
+    let target = Target::open(&path).unwrap();
+    let progress = Progress::default();
+    let report = write_image(&img[..], &target, &spec(&img, ImageFormat::Raw), &progress).unwrap();
+    assert_eq!(report.bytes, img.len() as u64);
+    assert_eq!(progress.done(), img.len() as u64);
+    let after = std::fs::read(&path).unwrap();
+    assert!(after[..img.len()] == img[..], "image bytes differ");
+    assert!(
+        after[img.len()..] == before[img.len()..],
+        "bytes past the image changed"
+    );
+}
+
+#[test]
+fn zstd_image_from_the_zstd_cli_lands_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let path = target_file(dir.path(), img.len());
+    let target = Target::open(&path).unwrap();
+    let compressed = zstd(&img);
+    write_image(
+        &compressed[..],
+        &target,
+        &spec(&img, ImageFormat::Zstd),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(std::fs::read(&path).unwrap() == img);
+}
+
+#[test]
+fn zero_blocks_are_punched_not_written_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let path = target_file(dir.path(), img.len());
+    let target = Target::open(&path).unwrap();
+    let report = write_image(
+        &img[..],
+        &target,
+        &spec(&img, ImageFormat::Raw),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(report.sparse);
+    assert!(
+        report.written < 4 * MIB as u64,
+        "wrote {} bytes of zeros",
+        report.written
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == img,
+        "a skipped block did not read back as zero"
+    );
+}
+
+/// Checks the target's first MiB while the copy runs: the reader calls this between chunks.
+struct WatchHeader<'a> {
+    inner: &'a [u8],
+    target: PathBuf,
+    checks: usize,
+}
+
+impl Read for WatchHeader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut head = vec![0u8; HEADER_LEN as usize];
+        std::fs::File::open(&self.target)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert!(
+            head.iter().all(|&b| b == 0),
+            "header written before the digest matched"
+        );
+        self.checks += 1;
+        let n = buf.len().min(self.inner.len()).min(256 << 10);
+        buf[..n].copy_from_slice(&self.inner[..n]);
+        self.inner = &self.inner[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn write_image_keeps_header_zero_until_digest_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(10 * MIB, 5);
+    let path = target_file(dir.path(), 10 * MIB);
+    let target = Target::open(&path).unwrap();
+    let mut source = WatchHeader {
+        inner: &img,
+        target: path.clone(),
+        checks: 0,
+    };
+    write_image(
+        &mut source,
+        &target,
+        &spec(&img, ImageFormat::Raw),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(source.checks > 10);
+    assert!(std::fs::read(&path).unwrap() == img);
+}
+
+fn assert_header_zero(path: &Path) {
+    let data = std::fs::read(path).unwrap();
+    assert!(
+        data[..MIB].iter().all(|&b| b == 0),
+        "first MiB not zeroed after a failure"
+    );
+}
+
+#[test]
+fn wrong_digest_fails_and_leaves_the_first_mib_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(6 * MIB, 8);
+    let path = target_file(dir.path(), 8 * MIB);
+    let target = Target::open(&path).unwrap();
+    let mut s = spec(&img, ImageFormat::Raw);
+    s.sha256.0[0] ^= 1;
+    let err = write_image(&img[..], &target, &s, &Progress::default()).unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert_header_zero(&path);
+}
+
+#[test]
+fn truncated_image_fails_as_too_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(6 * MIB, 9);
+    let path = target_file(dir.path(), 8 * MIB);
+    let target = Target::open(&path).unwrap();
+    let s = spec(&img, ImageFormat::Raw);
+    let err = write_image(&img[..5 * MIB + 3], &target, &s, &Progress::default()).unwrap_err();
+    assert!(
+        matches!(err, ImageError::TooShort { got, .. } if got == 5 * MIB as u64 + 3),
+        "{err}"
+    );
+    assert_header_zero(&path);
+    // A zstd stream cut in half fails too (as a read error or as too short).
+    let z = zstd(&img);
+    let err = write_image(
+        &z[..z.len() / 2],
+        &target,
+        &spec(&img, ImageFormat::Zstd),
+        &Progress::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ImageError::TooShort { .. } | ImageError::Read(_)),
+        "{err}"
+    );
+    assert_header_zero(&path);
+}
+
+#[test]
+fn longer_image_than_declared_fails_as_too_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(3 * MIB, 10);
+    let path = target_file(dir.path(), 8 * MIB);
+    let target = Target::open(&path).unwrap();
+    let mut s = spec(&img[..2 * MIB], ImageFormat::Raw);
+    s.size = 2 * MIB as u64;
+    let err = write_image(&img[..], &target, &s, &Progress::default()).unwrap_err();
+    assert!(matches!(err, ImageError::TooLong { .. }), "{err}");
+    assert_header_zero(&path);
+}
+
+#[test]
+fn corrupt_zstd_fails_as_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(2 * MIB, 11);
+    let path = target_file(dir.path(), 4 * MIB);
+    let target = Target::open(&path).unwrap();
+    let mut z = zstd(&img);
+    let mid = z.len() / 2;
+    z[mid..mid + 64].fill(0xee);
+    let err = write_image(
+        &z[..],
+        &target,
+        &spec(&img, ImageFormat::Zstd),
+        &Progress::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Read(_) | ImageError::DigestMismatch { .. } | ImageError::TooShort { .. }
+        ),
+        "{err}"
+    );
+    assert_header_zero(&path);
+}
+
+#[test]
+fn too_small_target_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(5 * MIB, 12);
+    let path = target_file(dir.path(), 4 * MIB);
+    let before = std::fs::read(&path).unwrap();
+    let target = Target::open(&path).unwrap();
+    let err = write_image(
+        &img[..],
+        &target,
+        &spec(&img, ImageFormat::Raw),
+        &Progress::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ImageError::TargetTooSmall { .. }), "{err}");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a refused copy changed the target"
+    );
+}
+
+#[test]
+fn abort_stops_the_copy_and_zeroes_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = noise(16 * MIB, 13);
+    let path = target_file(dir.path(), 16 * MIB);
+    let target = Target::open(&path).unwrap();
+    let progress = Progress::default();
+    progress.abort();
+    let err = write_image(&img[..], &target, &spec(&img, ImageFormat::Raw), &progress).unwrap_err();
+    assert!(matches!(err, ImageError::Aborted), "{err}");
+    assert_header_zero(&path);
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(backing: &Path) -> Option<Self> {
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn images_land_on_a_loop_device_as_root() {
+    if !root() {
+        eprintln!("SKIPPED images_land_on_a_loop_device_as_root: needs root for losetup (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let backing = target_file(dir.path(), 24 * MIB);
+    let dev = Loop::new(&backing).expect("losetup -f failed");
+    let target = Target::open(Path::new(&dev.0)).unwrap();
+    assert!(target.is_block_device());
+    let report = write_image(
+        &img[..],
+        &target,
+        &spec(&img, ImageFormat::Raw),
+        &Progress::default(),
+    )
+    .unwrap();
+    let mut back = vec![0u8; img.len()];
+    target.read_at(&mut back, 0).unwrap();
+    assert!(back == img, "loop device does not hold the image");
+    eprintln!(
+        "loop device copy: sparse={} written={}",
+        report.sparse, report.written
+    );
+    // And a failed copy on the device leaves its first MiB zero.
+    let mut bad = spec(&img, ImageFormat::Raw);
+    bad.sha256.0[5] ^= 0x10;
+    assert!(write_image(&img[..], &target, &bad, &Progress::default()).is_err());
+    let mut head = vec![0u8; MIB];
+    target.read_at(&mut head, 0).unwrap();
+    assert!(head.iter().all(|&b| b == 0));
+}
