@@ -5,8 +5,11 @@
 //! recovery-engine issue; PID 1 duties with the rescue-boot issue.
 #![deny(unsafe_code)]
 
+pub mod backup;
+pub mod disk;
 pub mod flag_store;
 pub mod image;
+pub mod root;
 pub mod sys;
 
 pub use flag_store::{FlagStore, FlagUpdate, StoreError};

@@ -1,0 +1,269 @@
+//! Writing a backup atomically: `lazarus backup` on the running node.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use super::{
+    check_node_name, time, BackupError, FoundBackup, HashingWriter, Manifest, ARCHIVE, FORMAT,
+    MANIFEST,
+};
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct BackupRequest<'a> {
+    pub node: &'a str,
+    /// The backups directory (on NFS in production).
+    pub to: &'a Path,
+    /// The filesystem root the paths are relative to (`/` on a node).
+    pub root: &'a Path,
+    pub paths: &'a [PathBuf],
+    /// Unix seconds; names the backup.
+    pub now: u64,
+}
+
+/// Writes `<to>/<node>/<UTC now>/` with the archive and manifest, atomically: under a dot-name
+/// first, flushed, then renamed into place.
+pub fn create_backup(req: &BackupRequest) -> Result<FoundBackup, BackupError> {
+    check_node_name(req.node)?;
+    if req.paths.is_empty() {
+        return Err(BackupError::NothingToBackUp("no paths given".into()));
+    }
+    let rels = req
+        .paths
+        .iter()
+        .map(|p| relative_to_root(req.root, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for rel in &rels {
+        let full = req.root.join(rel);
+        fs::symlink_metadata(&full).map_err(|e| BackupError::Read(full.clone(), e))?;
+    }
+    let node_dir = req.to.join(req.node);
+    fs::create_dir_all(&node_dir).map_err(|e| BackupError::Write(node_dir.clone(), e))?;
+    let name = time::format_utc(req.now);
+    let final_dir = node_dir.join(&name);
+    if final_dir.exists() {
+        return Err(BackupError::Write(
+            final_dir,
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        ));
+    }
+    let tmp = node_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let result = write_into(&tmp, req, &rels).and_then(|manifest| {
+        fsync_dir(&tmp)?;
+        fs::rename(&tmp, &final_dir).map_err(|e| BackupError::Write(final_dir.clone(), e))?;
+        fsync_dir(&node_dir)?;
+        Ok(manifest)
+    });
+    match result {
+        Ok(manifest) => Ok(FoundBackup {
+            dir: final_dir,
+            manifest,
+        }),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manifest, BackupError> {
+    fs::create_dir(tmp).map_err(|e| BackupError::Write(tmp.to_owned(), e))?;
+    let archive_path = tmp.join(ARCHIVE);
+    let file =
+        File::create(&archive_path).map_err(|e| BackupError::Write(archive_path.clone(), e))?;
+    let (pipe_rx, pipe_tx) = io::pipe().map_err(|e| BackupError::Write(archive_path.clone(), e))?;
+    let root = req.root.to_owned();
+    let tar_rels = rels.to_vec();
+    let tar_thread = std::thread::spawn(move || -> Result<(), BackupError> {
+        let mut builder = tar::Builder::new(pipe_tx);
+        builder.follow_symlinks(false);
+        builder.mode(tar::HeaderMode::Complete);
+        let mut seen = std::collections::HashMap::new();
+        for rel in &tar_rels {
+            append_tree(&mut builder, &root, rel, &mut seen)?;
+        }
+        builder
+            .finish()
+            .map_err(|e| BackupError::Read(root.clone(), e))?;
+        Ok(())
+    });
+    // ruzstd's encoder unwraps I/O results; the latches turn errors into a clean end of stream
+    // and keep the error for us to report.
+    let mut source = Latch::new(pipe_rx);
+    let mut sink = Latch::new(HashingWriter::new(file));
+    ruzstd::encoding::compress(
+        &mut source,
+        &mut sink,
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    drop(source);
+    let tarred = tar_thread
+        .join()
+        .unwrap_or_else(|_| Err(BackupError::Corrupt("archive thread panicked".into())));
+    tarred?;
+    let (hashing, error) = sink.into_parts();
+    if let Some(e) = error {
+        return Err(BackupError::Write(archive_path, e));
+    }
+    let (file, archive_size, archive_sha256) = hashing.finish();
+    file.sync_all()
+        .map_err(|e| BackupError::Write(archive_path.clone(), e))?;
+    let manifest = Manifest {
+        format: FORMAT,
+        node: req.node.to_string(),
+        created: req.now,
+        archive: ARCHIVE.to_string(),
+        archive_size,
+        archive_sha256,
+        paths: rels
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+    };
+    let text = toml::to_string(&manifest)
+        .map_err(|e| BackupError::Manifest(tmp.join(MANIFEST), e.to_string()))?;
+    let manifest_path = tmp.join(MANIFEST);
+    let mut f =
+        File::create(&manifest_path).map_err(|e| BackupError::Write(manifest_path.clone(), e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| BackupError::Write(manifest_path, e))?;
+    Ok(manifest)
+}
+
+/// Appends `root/rel` and, for a directory, everything below it (sorted, symlinks not followed).
+/// Files with several links become one file and hard-link entries, keyed by (device, inode).
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    seen: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    let full = root.join(rel);
+    let read_err = |e: io::Error| BackupError::Read(full.clone(), e);
+    let meta = fs::symlink_metadata(&full).map_err(read_err)?;
+    if meta.is_file() && meta.nlink() > 1 {
+        if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_entry_type(tar::EntryType::Link);
+            header.set_size(0);
+            return builder
+                .append_link(&mut header, rel, first)
+                .map_err(read_err);
+        }
+        seen.insert((meta.dev(), meta.ino()), rel.to_owned());
+    }
+    builder
+        .append_path_with_name(&full, rel)
+        .map_err(read_err)?;
+    if meta.is_dir() {
+        let mut children: Vec<_> = fs::read_dir(&full)
+            .map_err(read_err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?;
+        children.sort();
+        for child in children {
+            append_tree(builder, root, &rel.join(child), seen)?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` relative to `root`, refusing anything that leaves it.
+fn relative_to_root(root: &Path, path: &Path) -> Result<PathBuf, BackupError> {
+    let rel = if path.is_absolute() {
+        path.strip_prefix(root).map_err(|_| {
+            BackupError::NothingToBackUp(format!(
+                "{} is not under {}",
+                path.display(),
+                root.display()
+            ))
+        })?
+    } else {
+        path
+    };
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(BackupError::NothingToBackUp(format!(
+                    "{} leaves the backup root",
+                    path.display()
+                )))
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(BackupError::NothingToBackUp(format!(
+            "{} is the whole root; name the directories to back up",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), BackupError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BackupError::Write(dir.to_owned(), e))
+}
+
+/// Remembers the first I/O error and then behaves as end of stream (reads) or a sink (writes).
+struct Latch<T> {
+    inner: T,
+    error: Option<io::Error>,
+}
+
+impl<T> Latch<T> {
+    fn new(inner: T) -> Self {
+        Self { inner, error: None }
+    }
+
+    fn into_parts(self) -> (T, Option<io::Error>) {
+        (self.inner, self.error)
+    }
+}
+
+impl<R: Read> Read for Latch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.error.is_some() {
+            return Ok(0);
+        }
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for Latch<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.write_all(buf) {
+                self.error = Some(e);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.flush() {
+                self.error = Some(e);
+            }
+        }
+        Ok(())
+    }
+}
