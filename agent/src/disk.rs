@@ -293,10 +293,11 @@ pub fn find_by_label(root: &Root, label: &str) -> Vec<PartitionInfo> {
 mod tests {
     use super::*;
 
-    /// A fake sysfs with the given disks: (name, sectors, serial, ro, partitions (number, label)).
-    fn fake(
-        disks: &[(&str, u64, Option<&str>, bool, &[(u32, &str)])],
-    ) -> (tempfile::TempDir, Root) {
+    /// name, sectors, serial, read-only, partitions (number, label).
+    type FakeDisk<'a> = (&'a str, u64, Option<&'a str>, bool, &'a [(u32, &'a str)]);
+
+    /// A fake sysfs with the given disks.
+    fn fake(disks: &[FakeDisk]) -> (tempfile::TempDir, Root) {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::under(dir.path());
         for (name, sectors, serial, ro, parts) in disks {

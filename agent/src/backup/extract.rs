@@ -251,7 +251,7 @@ pub fn extract_archive(
         }
     }
     // Directory metadata last, deepest first.
-    dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
     for (comps, mode, uid, gid, mtime) in dirs {
         let shown = PathBuf::from_iter(&comps).to_string_lossy().into_owned();
         let fd = walk(&root, &comps, false).map_err(|e| restore_err(&shown, e))?;

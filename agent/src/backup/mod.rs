@@ -124,7 +124,7 @@ pub fn choose_backup(backups: &Path, node: &str, before: u64) -> Result<FoundBac
             (secs < before && e.file_type().ok()?.is_dir()).then(|| (secs, e.path()))
         })
         .collect();
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (secs, path) in candidates {
         match read_manifest(&path) {
             Ok(m) if m.node == node && m.created == secs && check_archive_name(&m.archive) => {
