@@ -5,11 +5,21 @@
 //! recovery-engine issue; PID 1 duties with the rescue-boot issue.
 #![deny(unsafe_code)]
 
+pub mod announce;
 pub mod backup;
 pub mod disk;
+pub mod error;
 pub mod flag_store;
+pub mod identity;
 pub mod image;
+pub mod keyfile;
+pub mod logring;
+pub mod platform;
+pub mod recovery;
 pub mod root;
+pub mod server;
+pub mod service;
+pub mod state;
 pub mod sys;
 
 pub use flag_store::{FlagStore, FlagUpdate, StoreError};

@@ -5,5 +5,6 @@
 //! issue.
 #![deny(unsafe_code)]
 
+pub mod agent_client;
+pub mod agent_cmd;
 pub mod flag_cmd;
-pub mod keyfile;

@@ -7,8 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lazarus_agent::flag_store::FlagUpdate;
-use lazarus_controller::{flag_cmd, keyfile};
+use std::time::Duration;
+
+use lazarus_agent::{backup, keyfile};
+use lazarus_controller::agent_client::AgentClient;
+use lazarus_controller::{agent_cmd, flag_cmd};
 use lazarus_proto::flag::{validate_plan_id, FlagState};
+use lazarus_proto::Request;
 
 /// Lazarus brings failed bare-metal cluster nodes back without a human at the console.
 #[derive(Parser)]
@@ -25,6 +30,61 @@ enum Command {
     /// Read or write the recovery flag of a file or partition.
     #[command(subcommand)]
     Flag(FlagCommand),
+    /// Talk to one rescue agent directly.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+        /// The agent's address (HOST:PORT; the agent listens on 7460).
+        #[arg(long, global = true, default_value = "127.0.0.1:7460")]
+        addr: String,
+        /// The cluster key file.
+        #[arg(long, global = true, default_value = "/etc/lazarus/cluster.key")]
+        key_file: PathBuf,
+        /// Seconds to wait for each answer.
+        #[arg(long, global = true, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Back up business files of this node (atomically) for a later restore.
+    Backup {
+        /// This node's name in the cluster.
+        #[arg(long)]
+        node: String,
+        /// The backups directory (on the NFS share).
+        #[arg(long)]
+        to: PathBuf,
+        /// The filesystem root PATHs are relative to.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Directories or files to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Print the agent's status.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a recovery plan.
+    Recover {
+        /// The plan (TOML; see docs/plan.example.toml).
+        #[arg(long)]
+        plan: PathBuf,
+        /// Wait until the plan ends; fail unless it recovered.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running plan.
+    Abort,
+    /// Have the agent sync and reboot.
+    Reboot,
+    /// Print the agent's recent log.
+    Logs,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +128,54 @@ enum FlagCommand {
 
 fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
+        Command::Agent {
+            command,
+            addr,
+            key_file,
+            timeout,
+        } => {
+            let key = keyfile::load(&key_file)?;
+            let mut client = AgentClient::connect(&addr, key, Duration::from_secs(timeout))?;
+            Ok(match command {
+                AgentCommand::Status { json } => {
+                    agent_cmd::render_status(&client.status_of(&Request::GetStatus)?, json)
+                }
+                AgentCommand::Recover { plan, wait, json } => {
+                    let plan = agent_cmd::read_plan(&plan)?;
+                    agent_cmd::recover(&mut client, plan, wait, json)?
+                }
+                AgentCommand::Abort => {
+                    agent_cmd::render_status(&client.status_of(&Request::Abort)?, false)
+                }
+                AgentCommand::Reboot => {
+                    agent_cmd::render_status(&client.status_of(&Request::Reboot)?, false)
+                }
+                AgentCommand::Logs => agent_cmd::logs(&mut client)?,
+            })
+        }
+        Command::Backup {
+            node,
+            to,
+            root,
+            paths,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let found = backup::create_backup(&backup::BackupRequest {
+                node: &node,
+                to: &to,
+                root: &root,
+                paths: &paths,
+                now,
+            })?;
+            Ok(format!(
+                "wrote backup {} ({} bytes, sha256 {})",
+                found.dir.display(),
+                found.manifest.archive_size,
+                found.manifest.archive_sha256
+            ))
+        }
         Command::Keygen { file } => {
             keyfile::generate(&file)?;
             Ok(format!(

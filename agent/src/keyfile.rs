@@ -75,13 +75,7 @@ pub fn load(path: &Path) -> Result<ClusterKey, KeyFileError> {
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<(), KeyFileError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| KeyFileError::Random(e.into()))?;
-        filled += n;
-    }
-    Ok(())
+    crate::sys::fill_random(buf).map_err(|e| KeyFileError::Random(e.into()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,66 @@
+//! The `Ready` announcement: the agent tells the controller it booted, until acknowledged.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use lazarus_proto::frame::{read_frame, seal_announce, write_frame};
+use lazarus_proto::{ClusterKey, Ready, Response, WireError};
+
+/// First retry delay; doubles up to [`MAX_BACKOFF`], each with ±25% jitter.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Announces `ready` to `controller` until it is acknowledged (or `attempts` run out, if set).
+/// Returns whether it was acknowledged.
+pub fn announce(
+    controller: SocketAddr,
+    key: &ClusterKey,
+    ready: &Ready,
+    attempts: Option<u32>,
+) -> bool {
+    let mut backoff = FIRST_BACKOFF;
+    let mut counter = 0u64;
+    loop {
+        counter += 1;
+        match announce_once(controller, key, ready, counter) {
+            Ok(()) => {
+                log::info!("controller {controller} acknowledged Ready");
+                return true;
+            }
+            Err(e) => {
+                if counter <= 3 || counter.is_power_of_two() {
+                    log::warn!("announcing Ready to {controller} (attempt {counter}): {e}");
+                }
+            }
+        }
+        if attempts.is_some_and(|a| counter >= u64::from(a)) {
+            return false;
+        }
+        std::thread::sleep(jitter(backoff));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn announce_once(
+    controller: SocketAddr,
+    key: &ClusterKey,
+    ready: &Ready,
+    counter: u64,
+) -> Result<(), WireError> {
+    let mut stream = TcpStream::connect_timeout(&controller, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let (frame, wait) =
+        seal_announce(key, ready.boot_id, counter, &Response::Ready(ready.clone()))?;
+    write_frame(&mut stream, &frame)?;
+    let reply = read_frame(&mut stream)?;
+    wait.open_ack(key, &reply)
+}
+
+/// `d` scaled by a random factor in [0.75, 1.25).
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = crate::sys::fill_random(&mut b).map_or(0x8000, |()| u16::from_le_bytes(b));
+    d.mul_f64(0.75 + f64::from(r) / 131_072.0)
+}

@@ -1,0 +1,107 @@
+//! The agent's logger: every line to stderr (the console) and into a ring the protocol's
+//! `GetLogs` reads from.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use lazarus_proto::{LogLine, Logs};
+
+/// Lines kept for `GetLogs`.
+const KEEP: usize = 2000;
+/// Bytes of log text one `Logs` reply carries at most (well under the 64 KiB frame limit).
+const REPLY_BUDGET: usize = 48 << 10;
+
+/// The ring of recent log lines.
+pub struct LogRing {
+    start: Instant,
+    lines: Mutex<(u64, VecDeque<LogLine>)>,
+    echo: bool,
+}
+
+static RING: OnceLock<LogRing> = OnceLock::new();
+
+impl LogRing {
+    /// Installs the ring as the `log` backend (once per process); `echo` also writes stderr.
+    pub fn install(echo: bool, level: log::LevelFilter) -> &'static LogRing {
+        let ring = RING.get_or_init(|| LogRing {
+            start: Instant::now(),
+            lines: Mutex::new((0, VecDeque::with_capacity(KEEP))),
+            echo,
+        });
+        if log::set_logger(ring).is_ok() {
+            log::set_max_level(level);
+        }
+        ring
+    }
+
+    /// Lines with sequence number `since` or later, within one reply's budget.
+    pub fn since(&self, since: u64) -> Logs {
+        let guard = match self.lines.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut out = Vec::new();
+        let mut budget = REPLY_BUDGET;
+        let mut next = since.max(guard.1.front().map_or(guard.0, |l| l.seq));
+        for line in guard.1.iter().filter(|l| l.seq >= since) {
+            let cost = line.message.len() + 16;
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            next = line.seq + 1;
+            out.push(line.clone());
+        }
+        Logs { lines: out, next }
+    }
+}
+
+impl log::Log for LogRing {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let time_ms = self.start.elapsed().as_millis() as u64;
+        let mut message = record.args().to_string();
+        if message.len() > 4096 {
+            let mut cut = 4096;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        if self.echo {
+            let _ = writeln!(
+                std::io::stderr(),
+                "[{:>6}.{:03}] {:<5} {}",
+                time_ms / 1000,
+                time_ms % 1000,
+                record.level(),
+                message
+            );
+        }
+        let mut guard = match self.lines.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let seq = guard.0;
+        guard.0 += 1;
+        if guard.1.len() == KEEP {
+            guard.1.pop_front();
+        }
+        guard.1.push_back(LogLine {
+            seq,
+            time_ms,
+            level: record.level() as u8,
+            message,
+        });
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,282 @@
+//! One recovery, step by step, with the flag written ahead of every side effect.
+//!
+//! Order (DESIGN.md "The repair, step by step", step 5):
+//!
+//! 1. check the plan; configure the network; make the source readable; open the image;
+//! 2. choose the disk (exactly one; large enough) and find its flag partition;
+//! 3. flag RECOVERING — before the first byte of the disk changes;
+//! 4. copy the image (verified; first MiB last);
+//! 5. whole-disk image: re-read the partition table, find the (new) flag partition and write
+//!    RECOVERING there too, since the image just replaced it;
+//! 6. restore business files into the mounted restored filesystem; unmount;
+//! 7. sync; flag RECOVERED.
+//!
+//! Any error writes FAILED with the error's code and message (where a flag was found), and the
+//! engine has already zeroed the disk's first MiB if the copy had begun.
+
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use lazarus_proto::flag::{validate_plan_id, FlagRecord, FlagState};
+use lazarus_proto::{ImageLayout, Plan, Step};
+
+use crate::backup::{check_node_name, restore_backup};
+use crate::disk::{self, DiskInfo};
+use crate::error::AgentError;
+use crate::flag_store::{FlagStore, FlagUpdate};
+use crate::image::{write_image, CopySpec, Progress, Target};
+use crate::platform::Platform;
+
+/// Callbacks from a running recovery to whoever reports its status.
+pub trait Observer: Sync {
+    fn step(&self, step: Step);
+    fn flag(&self, record: &FlagRecord);
+}
+
+/// Checks a plan before anything happens.
+pub fn validate(plan: &Plan) -> Result<(), AgentError> {
+    validate_plan_id(&plan.plan_id).map_err(|e| AgentError::Plan(e.to_string()))?;
+    if plan.plan_id.is_empty() {
+        return Err(AgentError::Plan("plan id is empty".into()));
+    }
+    if plan.image.size == 0 {
+        return Err(AgentError::Plan("image size is 0".into()));
+    }
+    relative(&plan.image.path).map_err(AgentError::Plan)?;
+    let t = &plan.target;
+    if t.by_id.is_none() && t.serial.is_none() && t.path.is_none() && t.size.is_none() {
+        return Err(AgentError::Plan("the target selector names no disk".into()));
+    }
+    if let ImageLayout::Partition { number: 0 } = plan.image.layout {
+        return Err(AgentError::Plan("partition numbers start at 1".into()));
+    }
+    if let Some(r) = &plan.restore {
+        check_node_name(&r.node).map_err(|e| AgentError::Plan(e.to_string()))?;
+        relative(&r.backups_dir).map_err(AgentError::Plan)?;
+        if r.filesystem.partition.is_none() && plan.image.layout == ImageLayout::WholeDisk {
+            return Err(AgentError::Plan(
+                "restore into a whole-disk image needs filesystem.partition".into(),
+            ));
+        }
+    }
+    if plan.network.prefix_len
+        > if plan.network.address.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    {
+        return Err(AgentError::Plan(format!(
+            "prefix length {} is too long",
+            plan.network.prefix_len
+        )));
+    }
+    Ok(())
+}
+
+/// A path inside the export: relative, no `..`.
+fn relative(path: &str) -> Result<PathBuf, String> {
+    let p = Path::new(path.trim_start_matches('/'));
+    if p.as_os_str().is_empty()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!("path {path:?} must stay inside the export"));
+    }
+    Ok(p.to_owned())
+}
+
+/// Runs `plan`. Returns the final flag record (RECOVERED) or the error (after writing FAILED).
+pub fn recover(
+    platform: &dyn Platform,
+    plan: &Plan,
+    progress: &Progress,
+    observer: &dyn Observer,
+) -> Result<FlagRecord, AgentError> {
+    let mut flag: Option<FlagStore> = None;
+    let result = run_steps(platform, plan, progress, observer, &mut flag);
+    match result {
+        Ok(record) => Ok(record),
+        Err(err) => {
+            log::error!("plan {} failed: {err} (code {})", plan.plan_id, err.code());
+            if let Some(store) = &flag {
+                let update = FlagUpdate {
+                    state: FlagState::Failed,
+                    error_code: err.code(),
+                    bytes_done: progress.done(),
+                    bytes_total: plan.image.size,
+                    image_sha256: plan.image.sha256,
+                    plan_id: plan.plan_id.clone(),
+                    message: err.to_string(),
+                };
+                match store.write(&update) {
+                    Ok(rec) => observer.flag(&rec),
+                    Err(e) => log::error!("writing FAILED to {}: {e}", store.path().display()),
+                }
+            } else {
+                log::warn!(
+                    "no flag partition was found: FAILED is reported over the protocol only"
+                );
+            }
+            Err(err)
+        }
+    }
+}
+
+fn run_steps(
+    platform: &dyn Platform,
+    plan: &Plan,
+    progress: &Progress,
+    observer: &dyn Observer,
+    flag: &mut Option<FlagStore>,
+) -> Result<FlagRecord, AgentError> {
+    validate(plan)?;
+    let recovering = |done: u64| FlagUpdate {
+        state: FlagState::Recovering,
+        bytes_done: done,
+        bytes_total: plan.image.size,
+        image_sha256: plan.image.sha256,
+        plan_id: plan.plan_id.clone(),
+        ..FlagUpdate::default()
+    };
+
+    observer.step(Step::ConfigureNetwork);
+    platform.configure_network(&plan.network)?;
+
+    observer.step(Step::MountSource);
+    let source_root = platform.mount_source(&plan.nfs)?;
+    let _unmount = Defer(|| platform.unmount_source(&source_root));
+    let image_path = source_root.join(relative(&plan.image.path).map_err(AgentError::Plan)?);
+    let image =
+        File::open(&image_path).map_err(|e| AgentError::ImageOpen(image_path.clone(), e))?;
+
+    observer.step(Step::SelectDisk);
+    let disks = platform.disks(&plan.target)?;
+    let disk = disk::select(&disks, &plan.target, 0)?.clone();
+    let target_path = match plan.image.layout {
+        ImageLayout::WholeDisk => disk.dev_path.clone(),
+        ImageLayout::Partition { number } => platform.partition(&disk, number)?,
+    };
+    let target =
+        Target::open(&target_path).map_err(|e| AgentError::TargetOpen(target_path.clone(), e))?;
+    if target.len() < plan.image.size {
+        return Err(disk::SelectError::TooSmall {
+            name: target_path.display().to_string(),
+            size: target.len(),
+            image: plan.image.size,
+        }
+        .into());
+    }
+    let flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
+    let store = FlagStore::open(&flag_path)?;
+    // Write-ahead: RECOVERING is durable before the disk changes.
+    observer.flag(&store.write(&recovering(0))?);
+    *flag = Some(store);
+
+    observer.step(Step::CopyImage);
+    let spec = CopySpec {
+        format: plan.image.format,
+        size: plan.image.size,
+        sha256: plan.image.sha256,
+    };
+    let report = write_image(image, &target, &spec, progress)?;
+    log::info!(
+        "image written: {} bytes verified, {} bytes written{}",
+        report.bytes,
+        report.written,
+        if report.sparse {
+            " (zero blocks skipped)"
+        } else {
+            ""
+        }
+    );
+    drop(target);
+
+    if plan.image.layout == ImageLayout::WholeDisk {
+        observer.step(Step::RereadPartitions);
+        platform.reread_partitions(&disk)?;
+        // The image replaced the partition table and maybe the flag partition itself.
+        let flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
+        let store = FlagStore::open(&flag_path)?;
+        observer.flag(&store.write(&recovering(plan.image.size))?);
+        *flag = Some(store);
+    }
+
+    if let Some(restore) = &plan.restore {
+        observer.step(Step::MountTarget);
+        let fs_dev = match (restore.filesystem.partition, plan.image.layout) {
+            (Some(n), _) => platform.partition(&disk, n)?,
+            (None, _) => target_path.clone(),
+        };
+        let mounted = platform.mount_target(&fs_dev, restore.filesystem.fstype)?;
+        observer.step(Step::RestoreFiles);
+        let restored = restore_into(&source_root, restore, &mounted);
+        platform.sync();
+        let unmounted = platform.unmount_target(&mounted);
+        restored?;
+        unmounted?;
+    }
+
+    observer.step(Step::Sync);
+    platform.sync();
+    let store = flag
+        .as_ref()
+        .ok_or_else(|| AgentError::Internal("flag store lost".into()))?;
+    let done = FlagUpdate {
+        state: FlagState::Recovered,
+        ..recovering(plan.image.size)
+    };
+    let record = store.write(&done)?;
+    observer.flag(&record);
+    log::info!("plan {} recovered", plan.plan_id);
+    Ok(record)
+}
+
+fn restore_into(
+    source_root: &Path,
+    restore: &lazarus_proto::RestoreSpec,
+    mounted: &Path,
+) -> Result<(), AgentError> {
+    let backups = source_root.join(relative(&restore.backups_dir).map_err(AgentError::Plan)?);
+    let dest = match restore.filesystem.root.trim_matches('/') {
+        "" => mounted.to_owned(),
+        sub => mounted.join(relative(sub).map_err(AgentError::Plan)?),
+    };
+    let (found, report) = restore_backup(
+        &backups,
+        &restore.node,
+        restore.failure_time,
+        &dest,
+        &restore.paths,
+    )?;
+    log::info!(
+        "restored backup {}: {} files, {} dirs, {} symlinks, {} bytes",
+        found.dir.display(),
+        report.files,
+        report.dirs,
+        report.symlinks,
+        report.bytes
+    );
+    Ok(())
+}
+
+/// Runs a closure when dropped (unmounting the source on every exit path).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// The disk a plan would choose, for logs.
+pub fn describe_disk(d: &DiskInfo) -> String {
+    format!(
+        "{} ({} bytes{})",
+        d.dev_path.display(),
+        d.size,
+        d.serial
+            .as_ref()
+            .map_or(String::new(), |s| format!(", serial {s}"))
+    )
+}
