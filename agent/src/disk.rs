@@ -37,6 +37,8 @@ pub struct PartitionInfo {
     pub number: u32,
     /// GPT partition name (`PARTNAME` in the kernel's uevent), if any.
     pub label: Option<String>,
+    /// Byte offset on the disk.
+    pub start: u64,
     pub size: u64,
 }
 
@@ -251,15 +253,19 @@ pub fn partitions(root: &Root, name: &str) -> Vec<PartitionInfo> {
                 u.lines()
                     .find_map(|l| l.strip_prefix("PARTNAME=").map(str::to_string))
             });
-            let size = read_trimmed(&p.join("size"))
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 512;
+            let sectors = |f: &str| {
+                read_trimmed(&p.join(f))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 512
+            };
+            let (start, size) = (sectors("start"), sectors("size"));
             Some(PartitionInfo {
                 dev_path: root.dev.join(&pname),
                 name: pname,
                 number,
                 label,
+                start,
                 size,
             })
         })

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod disk;
 pub mod error;
 pub mod flag_store;
+pub mod gpt;
 pub mod identity;
 pub mod image;
 pub mod keyfile;

@@ -12,6 +12,7 @@ use lazarus_proto::{DiskSelector, FlagLocation, FsType, NetworkPlan, NfsSource};
 
 use crate::disk::{self, DiskInfo, SelectError};
 use crate::error::AgentError;
+use crate::gpt::{self, GptPartition};
 use crate::root::Root;
 use crate::sys;
 
@@ -119,6 +120,7 @@ impl Platform for HostPlatform {
     }
 
     fn partition(&self, disk: &DiskInfo, number: u32) -> Result<PathBuf, AgentError> {
+        sync_partitions(&self.root, disk)?;
         Ok(disk::partition(&self.root, &disk.name, number)?.dev_path)
     }
 
@@ -152,64 +154,108 @@ impl Platform for HostPlatform {
     }
 }
 
-/// BLKRRPART on a whole-disk block device, then waits (up to 10 s) for sysfs to list its
-/// partitions. A regular file has no partition table to re-read.
+/// BLKRRPART on a whole-disk block device, then makes the kernel's partitions match the GPT
+/// (see [`sync_partitions`]). A regular file has no partition table to re-read.
 pub fn reread_and_wait(root: &Root, disk: &DiskInfo) -> Result<(), AgentError> {
-    let Ok(meta) = fs::metadata(&disk.dev_path) else {
-        return Err(AgentError::Partitions(
-            disk.dev_path.clone(),
-            "device vanished".into(),
-        ));
-    };
-    if meta.is_file() {
+    let err = |e: String| AgentError::Partitions(disk.dev_path.clone(), e);
+    let file = fs::File::open(&disk.dev_path).map_err(|e| err(e.to_string()))?;
+    if file.metadata().map_err(|e| err(e.to_string()))?.is_file() {
         return Ok(());
     }
-    let file = fs::File::open(&disk.dev_path)
-        .map_err(|e| AgentError::Partitions(disk.dev_path.clone(), e.to_string()))?;
-    sys::ioctl_blkrrpart(&file)
-        .map_err(|e| AgentError::Partitions(disk.dev_path.clone(), e.to_string()))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while disk::partitions(root, &disk.name).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    if let Err(e) = sys::ioctl_blkrrpart(&file) {
+        log::warn!(
+            "BLKRRPART on {}: {e}; registering partitions from the GPT",
+            disk.dev_path.display()
+        );
     }
-    // Device nodes of partitions appear shortly after sysfs (devtmpfs or udev).
-    for p in disk::partitions(root, &disk.name) {
-        while !p.dev_path.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
+    sync_partitions(root, disk)?;
     Ok(())
 }
 
-/// Resolves a plan's flag location: a path as given, or the partition with that label on
+/// Reads `disk`'s GPT and makes the kernel's partitions match it: partitions the kernel lacks
+/// (a kernel without a GPT parser) are added with BLKPG, stale ones removed; then waits up to
+/// 10 s for their device nodes. Returns the GPT's partitions (empty without a GPT).
+pub fn sync_partitions(root: &Root, disk: &DiskInfo) -> Result<Vec<GptPartition>, AgentError> {
+    let err = |e: String| AgentError::Partitions(disk.dev_path.clone(), e);
+    let file = fs::File::open(&disk.dev_path).map_err(|e| err(e.to_string()))?;
+    if file.metadata().map_err(|e| err(e.to_string()))?.is_file() {
+        return Ok(Vec::new());
+    }
+    let sector = u64::from(rustix::fs::ioctl_blksszget(&file).unwrap_or(512));
+    let table = match gpt::read_gpt(&file, sector) {
+        Ok(t) => t,
+        Err(gpt::GptError::NoHeader) => Vec::new(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let current = disk::partitions(root, &disk.name);
+    for p in &current {
+        let wanted = table
+            .iter()
+            .any(|t| t.number == p.number && t.start == p.start && t.len == p.size);
+        if !wanted {
+            sys::ioctl_blkpg_del(&file, p.number)
+                .map_err(|e| err(format!("removing partition {}: {e}", p.number)))?;
+        }
+    }
+    let current = disk::partitions(root, &disk.name);
+    for t in &table {
+        if !current.iter().any(|p| p.number == t.number) {
+            sys::ioctl_blkpg_add(&file, t.number, t.start, t.len)
+                .map_err(|e| err(format!("adding partition {}: {e}", t.number)))?;
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let parts = disk::partitions(root, &disk.name);
+        let ready = table.iter().all(|t| {
+            parts
+                .iter()
+                .any(|p| p.number == t.number && p.dev_path.exists())
+        });
+        if ready {
+            return Ok(table);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(err("partition device nodes did not appear".into()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Resolves a plan's flag location: a path as given, or the GPT partition with that name on
 /// `disk` (or, with no disk, the only one on any disk).
 pub fn find_flag(
     root: &Root,
     location: &FlagLocation,
     disk: Option<&DiskInfo>,
 ) -> Result<PathBuf, AgentError> {
-    match location {
-        FlagLocation::Path(p) => Ok(PathBuf::from(p)),
-        FlagLocation::PartLabel(label) => {
-            let found: Vec<_> = match disk {
-                Some(d) => disk::partitions(root, &d.name)
-                    .into_iter()
-                    .filter(|p| p.label.as_deref() == Some(label.as_str()))
-                    .collect(),
-                None => disk::find_by_label(root, label),
-            };
-            match found.as_slice() {
-                [one] => Ok(one.dev_path.clone()),
-                [] => Err(AgentError::NoFlag(format!(
-                    "no partition labelled {label:?}{}",
-                    disk.map_or(String::new(), |d| format!(" on {}", d.name))
-                ))),
-                many => Err(AgentError::NoFlag(format!(
-                    "{} partitions labelled {label:?}; refusing to guess",
-                    many.len()
-                ))),
-            }
+    let label = match location {
+        FlagLocation::Path(p) => return Ok(PathBuf::from(p)),
+        FlagLocation::PartLabel(label) => label,
+    };
+    let disks = match disk {
+        Some(d) => vec![d.clone()],
+        None => disk::scan_disks(root).unwrap_or_default(),
+    };
+    let mut found = Vec::new();
+    for d in &disks {
+        let Ok(table) = sync_partitions(root, d) else {
+            continue;
+        };
+        for t in table.into_iter().filter(|t| &t.name == label) {
+            found.push(disk::partition(root, &d.name, t.number)?.dev_path);
         }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(AgentError::NoFlag(format!(
+            "no GPT partition named {label:?}{}",
+            disk.map_or(String::new(), |d| format!(" on {}", d.name))
+        ))),
+        many => Err(AgentError::NoFlag(format!(
+            "{} partitions named {label:?}; refusing to guess",
+            many.len()
+        ))),
     }
 }
 

@@ -140,6 +140,12 @@ fn run_steps(
         ..FlagUpdate::default()
     };
 
+    // A flag at a fixed path is known before any disk is chosen: open it first, so that even
+    // a plan failing to find its disk leaves FAILED there.
+    if let lazarus_proto::FlagLocation::Path(_) = plan.flag {
+        *flag = Some(FlagStore::open(&platform.flag_device(&plan.flag, None)?)?);
+    }
+
     observer.step(Step::ConfigureNetwork);
     platform.configure_network(&plan.network)?;
 

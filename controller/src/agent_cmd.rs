@@ -41,11 +41,9 @@ pub fn render_status(s: &Status, json: bool) -> String {
     if json {
         return serde_json::to_string(s).unwrap_or_default();
     }
-    let pct = if s.bytes_total > 0 {
-        s.bytes_done * 100 / s.bytes_total
-    } else {
-        0
-    };
+    let pct = (s.bytes_done.saturating_mul(100))
+        .checked_div(s.bytes_total)
+        .unwrap_or(0);
     let phase = match s.step {
         Some(step) if s.phase == Phase::Recovering || s.phase == Phase::Failed => {
             format!("{:?} ({step:?})", s.phase)
@@ -102,10 +100,7 @@ pub fn recover(
 pub fn logs(client: &mut AgentClient) -> Result<String, AgentCmdError> {
     let mut since = 0;
     let mut out = String::new();
-    loop {
-        let Response::Logs(logs) = client.call(&Request::GetLogs { since })? else {
-            break;
-        };
+    while let Response::Logs(logs) = client.call(&Request::GetLogs { since })? {
         for l in &logs.lines {
             let level = ["", "ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
                 .get(usize::from(l.level))

@@ -1,0 +1,252 @@
+//! Shared helpers of the controller's integration tests: real agent processes in host mode.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lazarus_controller::agent_client::AgentClient;
+use lazarus_proto::*;
+use sha2::Digest;
+
+/// The agent binary, built beside `lazarus` (built on demand when this package is tested alone).
+pub fn agent_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_lazarus")).with_file_name("lazarus-agent");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "lazarus-agent",
+                "--bin",
+                "lazarus-agent",
+            ])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building lazarus-agent");
+    }
+    bin
+}
+
+pub fn lazarus(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn sha(data: &[u8]) -> Sha256 {
+    Sha256(sha2::Sha256::digest(data).into())
+}
+
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A lab folder: key, export dir (the "NFS export"), work dir.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub key_path: PathBuf,
+    pub key: ClusterKey,
+    pub export: PathBuf,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("cluster.key");
+        lazarus_agent::keyfile::generate(&key_path).unwrap();
+        let key = lazarus_agent::keyfile::load(&key_path).unwrap();
+        let export = dir.path().join("export");
+        std::fs::create_dir_all(export.join("images")).unwrap();
+        Self {
+            dir,
+            key_path,
+            key,
+            export,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a host-mode agent; `flag` is the flag it reads at start.
+    pub fn agent(&self, flag: Option<&Path>, controller: Option<SocketAddr>) -> AgentProc {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["serve", "--host", "--listen", "127.0.0.1:0", "--key-file"])
+            .arg(&self.key_path)
+            .arg("--workdir")
+            .arg(self.path("work"))
+            .arg("--export-dir")
+            .arg(&self.export)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(f) = flag {
+            cmd.arg("--flag").arg(f);
+        }
+        if let Some(c) = controller {
+            cmd.arg("--controller").arg(c.to_string());
+        }
+        let mut child = cmd.spawn().expect("starting lazarus-agent");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("agent did not start listening: {}", log.lock().unwrap()));
+        AgentProc { child, addr, log }
+    }
+
+    pub fn client(&self, agent: &AgentProc) -> AgentClient {
+        AgentClient::connect(&agent.addr, self.key.clone(), Duration::from_secs(10)).unwrap()
+    }
+
+    /// Puts `data` in the export as `images/NAME`.
+    pub fn image(&self, name: &str, data: &[u8]) -> String {
+        std::fs::write(self.export.join("images").join(name), data).unwrap();
+        format!("images/{name}")
+    }
+}
+
+pub struct AgentProc {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl AgentProc {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plan writing `image` (relative to the export) to the disk at `target`, flag at `flag`.
+pub fn plan(id: &str, image: &str, data: &[u8], target: DiskSelector, flag: FlagLocation) -> Plan {
+    Plan {
+        plan_id: id.into(),
+        network: NetworkPlan {
+            address: "127.0.0.1".parse().unwrap(),
+            prefix_len: 8,
+            gateway: None,
+            interface: None,
+        },
+        nfs: NfsSource {
+            server: "127.0.0.1".parse().unwrap(),
+            export: "/export".into(),
+            version: NfsVersion::V4_1,
+            options: String::new(),
+        },
+        image: ImageSpec {
+            path: image.into(),
+            format: ImageFormat::Raw,
+            size: data.len() as u64,
+            sha256: sha(data),
+            layout: ImageLayout::WholeDisk,
+        },
+        target,
+        flag,
+        restore: None,
+    }
+}
+
+pub fn by_path(p: &Path) -> DiskSelector {
+    DiskSelector {
+        path: Some(p.to_string_lossy().into_owned()),
+        ..DiskSelector::default()
+    }
+}
+
+pub fn flag_at(p: &Path) -> FlagLocation {
+    FlagLocation::Path(p.to_string_lossy().into_owned())
+}
+
+/// Polls until the agent leaves `Recovering`.
+pub fn wait_done(client: &mut AgentClient) -> Status {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = client.status_of(&Request::GetStatus).unwrap();
+        if s.phase != Phase::Recovering {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "recovery did not finish: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn flag_json(path: &Path) -> serde_json::Value {
+    let out = lazarus(&["flag", "show", "--json", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A loop device over a file (with partition scanning), detached on drop.
+pub struct Loop(pub PathBuf);
+
+impl Loop {
+    pub fn new(backing: &Path) -> Self {
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "-P"])
+            .arg(backing)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    }
+
+    pub fn name(&self) -> String {
+        self.0.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
