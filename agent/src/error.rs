@@ -22,6 +22,8 @@ pub enum AgentError {
     MountSource(String),
     #[error("opening image {0}: {1}")]
     ImageOpen(PathBuf, io::Error),
+    #[error("block map {0}: {1}")]
+    Bmap(PathBuf, String),
     #[error("choosing the target disk: {0}")]
     Disk(#[from] SelectError),
     #[error("opening target {0}: {1}")]
@@ -53,6 +55,7 @@ impl AgentError {
             Self::Network(_) => 200,
             Self::MountSource(_) => 300,
             Self::ImageOpen(..) => 301,
+            Self::Bmap(..) => 302,
             Self::Disk(e) => match e {
                 SelectError::Empty => 400,
                 SelectError::NoMatch(_) => 401,
@@ -71,6 +74,8 @@ impl AgentError {
                 ImageError::Write { .. } => 505,
                 ImageError::Sync(_) => 506,
                 ImageError::Aborted => 507,
+                ImageError::RangeMismatch { .. } => 508,
+                ImageError::DataOutsideMap { .. } => 509,
             },
             Self::Partitions(..) => 600,
             Self::MountTarget(_) => 700,

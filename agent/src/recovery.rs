@@ -24,7 +24,7 @@ use crate::backup::{check_node_name, restore_backup};
 use crate::disk::{self, DiskInfo};
 use crate::error::AgentError;
 use crate::flag_store::{FlagStore, FlagUpdate};
-use crate::image::{write_image, CopySpec, Progress, Target};
+use crate::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
 use crate::platform::Platform;
 
 /// Callbacks from a running recovery to whoever reports its status.
@@ -43,6 +43,9 @@ pub fn validate(plan: &Plan) -> Result<(), AgentError> {
         return Err(AgentError::Plan("image size is 0".into()));
     }
     relative(&plan.image.path).map_err(AgentError::Plan)?;
+    if let Some(b) = &plan.image.bmap {
+        relative(&b.path).map_err(AgentError::Plan)?;
+    }
     let t = &plan.target;
     if t.by_id.is_none() && t.serial.is_none() && t.path.is_none() && t.size.is_none() {
         return Err(AgentError::Plan("the target selector names no disk".into()));
@@ -155,6 +158,7 @@ fn run_steps(
     let image_path = source_root.join(relative(&plan.image.path).map_err(AgentError::Plan)?);
     let image =
         File::open(&image_path).map_err(|e| AgentError::ImageOpen(image_path.clone(), e))?;
+    let verify = verification(&source_root, &plan.image)?;
 
     observer.step(Step::SelectDisk);
     let disks = platform.disks(&plan.target)?;
@@ -183,7 +187,7 @@ fn run_steps(
     let spec = CopySpec {
         format: plan.image.format,
         size: plan.image.size,
-        sha256: plan.image.sha256,
+        verify,
     };
     let report = write_image(image, &target, &spec, progress)?;
     log::info!(
@@ -236,6 +240,39 @@ fn run_steps(
     observer.flag(&record);
     log::info!("plan {} recovered", plan.plan_id);
     Ok(record)
+}
+
+/// How the copy is checked: the plan's whole-image digest, or its block map, which must itself
+/// hash to the digest the plan gives and describe an image of the plan's size.
+fn verification(
+    source_root: &Path,
+    image: &lazarus_proto::ImageSpec,
+) -> Result<Verification, AgentError> {
+    let Some(bmap) = &image.bmap else {
+        return Ok(Verification::Whole(image.sha256));
+    };
+    let path = source_root.join(relative(&bmap.path).map_err(AgentError::Plan)?);
+    let bytes = std::fs::read(&path).map_err(|e| AgentError::ImageOpen(path.clone(), e))?;
+    let got = lazarus_proto::Sha256(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
+    if got != bmap.sha256 {
+        return Err(AgentError::Bmap(
+            path,
+            format!("digest {got} is not the plan's {}", bmap.sha256),
+        ));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| AgentError::Bmap(path.clone(), "not UTF-8".into()))?;
+    let map = Bmap::parse(text).map_err(|e| AgentError::Bmap(path.clone(), e.to_string()))?;
+    if map.image_size != image.size {
+        return Err(AgentError::Bmap(
+            path,
+            format!(
+                "maps an image of {} bytes, the plan says {}",
+                map.image_size, image.size
+            ),
+        ));
+    }
+    Ok(Verification::Ranges(map.ranges))
 }
 
 fn restore_into(

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lazarus_agent::image::{write_image, CopySpec, ImageError, Progress, Target, HEADER_LEN};
+use lazarus_agent::image::{
+    write_image, CopySpec, ImageError, Progress, Target, Verification, HEADER_LEN,
+};
 use lazarus_proto::{ImageFormat, Sha256};
 use sha2::Digest;
 
@@ -46,10 +48,13 @@ fn target_file(dir: &Path, len: usize) -> PathBuf {
 }
 
 fn spec(img: &[u8], format: ImageFormat) -> CopySpec {
-    CopySpec {
-        format,
-        size: img.len() as u64,
-        sha256: sha(img),
+    CopySpec::whole(format, img.len() as u64, sha(img))
+}
+
+fn digest_mut(s: &mut CopySpec) -> &mut Sha256 {
+    match &mut s.verify {
+        Verification::Whole(d) => d,
+        Verification::Ranges(_) => panic!("not a whole-image spec"),
     }
 }
 
@@ -193,7 +198,7 @@ fn wrong_digest_fails_and_leaves_the_first_mib_zero() {
     let path = target_file(dir.path(), 8 * MIB);
     let target = Target::open(&path).unwrap();
     let mut s = spec(&img, ImageFormat::Raw);
-    s.sha256.0[0] ^= 1;
+    digest_mut(&mut s).0[0] ^= 1;
     let err = write_image(&img[..], &target, &s, &Progress::default()).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert_header_zero(&path);
@@ -355,9 +360,71 @@ fn images_land_on_a_loop_device_as_root() {
     );
     // And a failed copy on the device leaves its first MiB zero.
     let mut bad = spec(&img, ImageFormat::Raw);
-    bad.sha256.0[5] ^= 0x10;
+    digest_mut(&mut bad).0[5] ^= 0x10;
     assert!(write_image(&img[..], &target, &bad, &Progress::default()).is_err());
     let mut head = vec![0u8; MIB];
     target.read_at(&mut head, 0).unwrap();
     assert!(head.iter().all(|&b| b == 0));
+}
+
+/// Writes `img` as a sparse file (holes where it is zero) and has bmaptool map it.
+fn bmaptool_map(dir: &Path, img: &[u8]) -> (PathBuf, lazarus_agent::image::Bmap) {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("sparse.img");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(img.len() as u64).unwrap();
+    for (i, block) in img.chunks(4096).enumerate() {
+        if block.iter().any(|&b| b != 0) {
+            f.write_all_at(block, (i * 4096) as u64).unwrap();
+        }
+    }
+    drop(f);
+    let bmap_path = dir.join("sparse.bmap");
+    let out = Command::new("bmaptool")
+        .arg("create")
+        .arg(&path)
+        .arg("-o")
+        .arg(&bmap_path)
+        .output()
+        .expect("bmaptool (scripts/test installs bmap-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map =
+        lazarus_agent::image::Bmap::parse(&std::fs::read_to_string(&bmap_path).unwrap()).unwrap();
+    (path, map)
+}
+
+#[test]
+fn a_bmaptool_map_verifies_the_copy_range_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let (_, map) = bmaptool_map(dir.path(), &img);
+    assert!(map.mapped_bytes() < img.len() as u64 / 4);
+    let path = target_file(dir.path(), img.len());
+    let target = Target::open(&path).unwrap();
+    let spec = CopySpec {
+        format: ImageFormat::Raw,
+        size: img.len() as u64,
+        verify: Verification::Ranges(map.ranges.clone()),
+    };
+    write_image(&img[..], &target, &spec, &Progress::default()).unwrap();
+    assert!(std::fs::read(&path).unwrap() == img);
+
+    // A changed byte inside a mapped range, and data where the map says there is a hole.
+    let mut bad = img.clone();
+    bad[3 * MIB + 17] ^= 1;
+    let err = write_image(&bad[..], &target, &spec, &Progress::default()).unwrap_err();
+    assert!(matches!(err, ImageError::RangeMismatch { .. }), "{err}");
+    assert_header_zero(&path);
+    let mut bad = img.clone();
+    bad[15 * MIB] = 1;
+    let err = write_image(&bad[..], &target, &spec, &Progress::default()).unwrap_err();
+    assert!(
+        matches!(err, ImageError::DataOutsideMap { offset } if offset == 15 * MIB as u64),
+        "{err}"
+    );
+    assert_header_zero(&path);
 }

@@ -204,6 +204,20 @@ pub struct ImageSpec {
     /// SHA-256 of the logical (uncompressed) bytes.
     pub sha256: Sha256,
     pub layout: ImageLayout,
+    /// A block map (bmaptool's `.bmap`) of the image. When set, the copy is verified range by
+    /// range against the map's SHA-256 digests, ranges the map leaves out must be zeros, and the
+    /// whole-image digest is not recomputed: holes are neither hashed nor written.
+    #[serde(default)]
+    pub bmap: Option<BmapRef>,
+}
+
+/// Where a block map lives and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmapRef {
+    /// Path of the `.bmap` file relative to the export root.
+    pub path: String,
+    /// SHA-256 of the `.bmap` file itself: the map is trusted only through this.
+    pub sha256: Sha256,
 }
 
 /// How the image file is encoded. `// WIRE: append only`.

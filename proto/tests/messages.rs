@@ -29,6 +29,7 @@ fn sample_plan() -> Plan {
             size: 4096,
             sha256: Sha256([0x11; 32]),
             layout: ImageLayout::WholeDisk,
+            bmap: None,
         },
         target: DiskSelector {
             by_id: None,
@@ -84,10 +85,10 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         (Request::GetStatus, "01"),
         (
             Request::Recover(Box::new(sample_plan())),
-            "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d67\
-             01802011111111111111111111111111111111111111111111111111111111111111110000010253310001\
-             8080808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f0103\
-             737276",
+            "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d670180\
+             20111111111111111111111111111111111111111111111111111111111111111100000001025331000180\
+             80808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f010373\
+             7276",
         ),
         (Request::Abort, "03"),
         (Request::Reboot, "04"),
@@ -239,8 +240,9 @@ fn plan() -> impl Strategy<Value = Plan> {
         any::<u64>(),
         any::<[u8; 32]>(),
         proptest::option::of(any::<u32>()),
+        proptest::option::of((".*", any::<[u8; 32]>())),
     )
-        .prop_map(|(path, zstd, size, d, part)| ImageSpec {
+        .prop_map(|(path, zstd, size, d, part, bmap)| ImageSpec {
             path,
             format: if zstd {
                 ImageFormat::Zstd
@@ -251,6 +253,10 @@ fn plan() -> impl Strategy<Value = Plan> {
             sha256: Sha256(d),
             layout: part.map_or(ImageLayout::WholeDisk, |number| ImageLayout::Partition {
                 number,
+            }),
+            bmap: bmap.map(|(path, d)| BmapRef {
+                path,
+                sha256: Sha256(d),
             }),
         });
     let target = (

@@ -19,8 +19,10 @@
 //! - Progress (bytes read and verified so far) is published for `Status`; an abort request stops
 //!   the copy at the next chunk.
 
+pub mod bmap;
 mod buf;
 mod target;
+mod verify;
 mod zstd;
 
 use std::io::{self, BufReader, Read};
@@ -29,10 +31,11 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use lazarus_proto::{ImageFormat, Sha256};
-use sha2::Digest;
 
+pub use bmap::{Bmap, BmapError, MappedRange};
 pub use buf::{AlignedBuf, Pool, ALIGN};
 pub use target::Target;
+pub use verify::Verification;
 pub use zstd::ZstdFrames;
 
 /// Bytes held back until the digest matched.
@@ -52,7 +55,18 @@ pub struct CopySpec {
     pub format: ImageFormat,
     /// Logical (uncompressed) size.
     pub size: u64,
-    pub sha256: Sha256,
+    pub verify: Verification,
+}
+
+impl CopySpec {
+    /// An image checked by the SHA-256 of all its bytes.
+    pub fn whole(format: ImageFormat, size: u64, sha256: Sha256) -> Self {
+        Self {
+            format,
+            size,
+            verify: Verification::Whole(sha256),
+        }
+    }
 }
 
 /// Progress and cancellation shared with the status server.
@@ -111,6 +125,10 @@ pub enum ImageError {
     TooLong { expected: u64 },
     #[error("image digest mismatch: expected {expected}, got {got}")]
     DigestMismatch { expected: Sha256, got: Sha256 },
+    #[error("image bytes {start}..{end} do not match the block map's digest")]
+    RangeMismatch { start: u64, end: u64 },
+    #[error("image has data at byte {offset}, outside every range of its block map")]
+    DataOutsideMap { offset: u64 },
     #[error("writing the target at byte {offset}: {source}")]
     Write { offset: u64, source: io::Error },
     #[error("flushing the target: {0}")]
@@ -242,12 +260,19 @@ fn copy_verified(
             }
             Ok(())
         });
-        let hasher = s.spawn(move || {
-            let mut sha = sha2::Sha256::new();
+        let hasher = s.spawn(move || -> Result<(), ImageError> {
+            let mut check = spec.verify.checker();
+            let mut result = Ok(());
+            // After an error keep draining, so the reader is never blocked on a full queue.
             for chunk in hash_rx {
-                sha.update(chunk.data());
+                if result.is_ok() {
+                    result = check.feed(chunk.offset, chunk.data());
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                }
             }
-            Sha256(sha.finalize().into())
+            result.and_then(|()| check.finish())
         });
         let mut header = Vec::with_capacity(header_len);
         let mut written = 0u64;
@@ -281,18 +306,15 @@ fn copy_verified(
         let read_result = reader
             .join()
             .unwrap_or_else(|_| Err(ImageError::Read(io::Error::other("reader thread panicked"))));
-        let digest = hasher.join().unwrap_or_default();
+        let verified = hasher
+            .join()
+            .unwrap_or_else(|_| Err(ImageError::Read(io::Error::other("hasher thread panicked"))));
         read_result?;
         if let Some(e) = write_error {
             return Err(e);
         }
+        verified?;
         target.sync().map_err(ImageError::Sync)?;
-        if digest != spec.sha256 {
-            return Err(ImageError::DigestMismatch {
-                expected: spec.sha256,
-                got: digest,
-            });
-        }
         Ok((header, written))
     })
 }
@@ -340,7 +362,7 @@ fn write_runs(
 }
 
 /// True when every byte is zero; compares 16 bytes at a time.
-fn is_zero(block: &[u8]) -> bool {
+pub(crate) fn is_zero(block: &[u8]) -> bool {
     let mut words = block.chunks_exact(16);
     let mut acc = 0u128;
     for w in &mut words {

@@ -181,6 +181,7 @@ pub fn plan(id: &str, image: &str, data: &[u8], target: DiskSelector, flag: Flag
             size: data.len() as u64,
             sha256: sha(data),
             layout: ImageLayout::WholeDisk,
+            bmap: None,
         },
         target,
         flag,
