@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use lazarus_agent::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
 use lazarus_agent::logring::LogRing;
 use lazarus_agent::platform::HostPlatform;
 use lazarus_agent::service::Agent;
 use lazarus_agent::{announce, identity, keyfile, server, sys};
-use lazarus_proto::{BootId, Ready};
+use lazarus_proto::{BootId, ImageFormat, Ready, Sha256};
 
 const USAGE: &str =
     "usage: lazarus-agent serve --host --listen ADDR --key-file FILE --workdir DIR \
@@ -96,13 +97,92 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `copy`: writes one image to one target with the recovery engine, verified; prints a summary.
+fn copy(args: &[String]) -> anyhow::Result<()> {
+    let (mut image, mut target, mut format, mut size, mut sha, mut bmap) =
+        (None, None, ImageFormat::Raw, None, None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--image" => image = Some(PathBuf::from(value()?)),
+            "--target" => target = Some(PathBuf::from(value()?)),
+            "--format" => {
+                format = match value()?.as_str() {
+                    "raw" => ImageFormat::Raw,
+                    "zstd" => ImageFormat::Zstd,
+                    other => bail!("unknown format {other:?} (raw or zstd)"),
+                }
+            }
+            "--size" => size = Some(value()?.parse::<u64>().context("--size")?),
+            "--sha256" => {
+                sha = Some(Sha256::from_hex(value()?).context("--sha256 needs 64 hex characters")?)
+            }
+            "--bmap" => bmap = Some(PathBuf::from(value()?)),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
+        }
+    }
+    let image = image.context("--image is required")?;
+    let target = target.context("--target is required")?;
+    let verify = match (sha, &bmap) {
+        (Some(d), None) => Verification::Whole(d),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let map = Bmap::parse(&text)?;
+            size = Some(size.unwrap_or(map.image_size));
+            Verification::Ranges(map.ranges)
+        }
+        _ => bail!("give exactly one of --sha256 and --bmap"),
+    };
+    let size = match (size, format) {
+        (Some(s), _) => s,
+        (None, ImageFormat::Raw) => std::fs::metadata(&image)
+            .with_context(|| format!("reading {}", image.display()))?
+            .len(),
+        (None, ImageFormat::Zstd) => bail!("--size is required for a zstd image"),
+    };
+    let source =
+        std::fs::File::open(&image).with_context(|| format!("opening {}", image.display()))?;
+    let dest = Target::open(&target).with_context(|| format!("opening {}", target.display()))?;
+    let start = std::time::Instant::now();
+    let report = write_image(
+        source,
+        &dest,
+        &CopySpec {
+            format,
+            size,
+            verify,
+        },
+        &Progress::default(),
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "copied {} bytes ({} written{}) in {secs:.3} s: {:.0} MB/s, verified",
+        report.bytes,
+        report.written,
+        if report.sparse {
+            ", zero blocks skipped"
+        } else {
+            ""
+        },
+        report.bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--version") {
         println!("lazarus-agent {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    match parse(&args).and_then(serve_host) {
+    let result = if args.first().map(String::as_str) == Some("copy") {
+        copy(&args[1..])
+    } else {
+        parse(&args).and_then(serve_host)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lazarus-agent: {}", format!("{e:#}").replace('\n', " "));

@@ -28,7 +28,7 @@ mod zstd;
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lazarus_proto::{ImageFormat, Sha256};
 
@@ -44,6 +44,9 @@ pub const HEADER_LEN: u64 = 1 << 20;
 pub const CHUNK_LEN: usize = 4 << 20;
 /// Buffers in flight between the threads.
 const POOL_BUFFERS: usize = 8;
+/// Chunks being written at once.
+const WRITERS: usize = 2;
+const _: () = assert!(HEADER_LEN as usize <= CHUNK_LEN);
 /// Granularity of zero-block detection.
 const BLOCK: usize = 4096;
 /// Zero gaps shorter than this inside a data run are written rather than split around.
@@ -274,35 +277,56 @@ fn copy_verified(
             }
             result.and_then(|()| check.finish())
         });
-        let mut header = Vec::with_capacity(header_len);
-        let mut written = 0u64;
-        let mut write_error = None;
-        for chunk in write_rx {
-            if write_error.is_some() {
-                continue;
+        // Writers: several chunks in flight (positional writes need no order), which keeps the
+        // device's queue fed while the reader competes for the same disk.
+        let write_rx = Mutex::new(write_rx);
+        let header = Mutex::new(Vec::new());
+        let written = AtomicU64::new(0);
+        let write_error = Mutex::new(None);
+        std::thread::scope(|w| {
+            for _ in 0..WRITERS {
+                w.spawn(|| loop {
+                    let next = match write_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(chunk) = next else { return };
+                    if failed.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let data = chunk.data();
+                    // The part of this chunk inside the held-back header (only the first chunk:
+                    // HEADER_LEN <= CHUNK_LEN).
+                    let in_header = (header_len as u64)
+                        .saturating_sub(chunk.offset)
+                        .min(data.len() as u64) as usize;
+                    if in_header > 0 {
+                        lock(&header).extend_from_slice(&data[..in_header]);
+                    }
+                    let result = write_runs(
+                        target,
+                        &data[in_header..],
+                        chunk.offset + in_header as u64,
+                        zeroed_until,
+                    );
+                    match result {
+                        Ok(n) => {
+                            written.fetch_add(n, Ordering::Relaxed);
+                            progress
+                                .done
+                                .fetch_max(chunk.offset + data.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            lock(&write_error).get_or_insert(e);
+                        }
+                    }
+                });
             }
-            let data = chunk.data();
-            // The part of this chunk inside the held-back header.
-            let in_header = (header_len as u64)
-                .saturating_sub(chunk.offset)
-                .min(data.len() as u64) as usize;
-            header.extend_from_slice(&data[..in_header]);
-            match write_runs(
-                target,
-                &data[in_header..],
-                chunk.offset + in_header as u64,
-                zeroed_until,
-            ) {
-                Ok(n) => written += n,
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    write_error = Some(e);
-                }
-            }
-            progress
-                .done
-                .store(chunk.offset + data.len() as u64, Ordering::Relaxed);
-        }
+        });
+        let header = lock(&header).split_off(0);
+        let written = written.into_inner();
+        let write_error = lock(&write_error).take();
         let read_result = reader
             .join()
             .unwrap_or_else(|_| Err(ImageError::Read(io::Error::other("reader thread panicked"))));
@@ -371,6 +395,11 @@ pub(crate) fn is_zero(block: &[u8]) -> bool {
         acc |= u128::from_ne_bytes(a);
     }
     acc == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Locks a mutex, also after a panic elsewhere (the data is plain bytes or an error).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reads until `buf` is full or the source ends.

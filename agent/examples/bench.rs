@@ -1,0 +1,200 @@
+//! `scripts/bench`: copies the same images with Lazarus and with the tools users would otherwise
+//! use, onto the same kind of target, in one run, and prints one line per case:
+//!
+//! ```text
+//! bench CASE lazarus_mb_s=X peer=NAME peer_mb_s=Y ratio=Z
+//! ```
+//!
+//! Cases: `dense` (2 GiB of random data, vs `dd bs=4M oflag=direct conv=fsync`), `sparse` (a
+//! 2 GiB ext4 image holding about 400 MiB of files, vs `bmaptool copy` with its `.bmap`), `zstd`
+//! (that image zstd-compressed, vs `zstd -dc | dd bs=4M oflag=direct conv=fsync`).
+//!
+//! Every run writes to a fresh loop device (direct I/O) over a fresh sparse file, with the source
+//! read into the page cache first, as it would arrive over NFS without competing with the target
+//! disk. Each tool runs `--rounds` times, alternating; the median counts. Speeds are the image's
+//! logical size over wall time. Needs root (loop devices).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+const GIB: u64 = 1 << 30;
+
+fn sh(cmd: &str) -> anyhow::Result<String> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| cmd.to_string())?;
+    if !out.status.success() {
+        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Deterministic incompressible bytes, written in 4 MiB pieces.
+fn write_noise(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut left = len;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    Ok(sh(&format!("openssl dgst -sha256 -r '{}'", path.display()))?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+struct Images {
+    dense: PathBuf,
+    dense_sha: String,
+    sparse: PathBuf,
+    bmap: PathBuf,
+    zst: PathBuf,
+    sparse_sha: String,
+}
+
+fn prepare(dir: &Path) -> anyhow::Result<Images> {
+    std::fs::create_dir_all(dir)?;
+    let dense = dir.join("dense.img");
+    if std::fs::metadata(&dense).map(|m| m.len()).ok() != Some(2 * GIB) {
+        eprintln!("making a 2 GiB random image");
+        write_noise(&dense, 2 * GIB, 0x5eed)?;
+    }
+    let sparse = dir.join("sparse.img");
+    let bmap = dir.join("sparse.bmap");
+    let zst = dir.join("sparse.img.zst");
+    if !sparse.exists() || !bmap.exists() || !zst.exists() {
+        eprintln!("making a 2 GiB ext4 image with 400 MiB of files, its .bmap and .zst");
+        let files = dir.join("files");
+        let _ = std::fs::remove_dir_all(&files);
+        for d in 0..20 {
+            let sub = files.join(format!("dir{d:02}"));
+            std::fs::create_dir_all(&sub)?;
+            for f in 0..20 {
+                write_noise(&sub.join(format!("file{f:02}.bin")), 1 << 20, (d * 100 + f + 7) as u64)?;
+            }
+        }
+        let _ = std::fs::remove_file(&sparse);
+        sh(&format!("mkfs.ext4 -q -F -d '{}' '{}' 2G", files.display(), sparse.display()))?;
+        std::fs::remove_dir_all(&files)?;
+        sh(&format!("bmaptool -q create '{}' -o '{}'", sparse.display(), bmap.display()))?;
+        sh(&format!("zstd -q -f -3 '{}' -o '{}'", sparse.display(), zst.display()))?;
+    }
+    Ok(Images {
+        dense_sha: sha256_of(&dense)?,
+        sparse_sha: sha256_of(&sparse)?,
+        dense,
+        sparse,
+        bmap,
+        zst,
+    })
+}
+
+/// Runs `cmd` (with `{dev}` replaced) against a fresh loop device; returns wall seconds.
+fn timed_run(dir: &Path, size: u64, source: &Path, cmd: &str, check: Option<&str>) -> anyhow::Result<f64> {
+    let backing = dir.join("target.img");
+    let _ = std::fs::remove_file(&backing);
+    std::fs::File::create(&backing)?.set_len(size + (64 << 20))?;
+    let dev = sh(&format!("losetup -f --show --direct-io=on '{}'", backing.display()))?;
+    sh(&format!("cat '{}' > /dev/null", source.display()))?;
+    let cmd = cmd.replace("{dev}", &dev);
+    let start = Instant::now();
+    let result = sh(&cmd);
+    let secs = start.elapsed().as_secs_f64();
+    let checked = match (&result, check) {
+        (Ok(_), Some(want)) => {
+            let got = sh(&format!("head -c {size} {dev} | openssl dgst -sha256 -r"))?;
+            if !got.starts_with(want) {
+                Err(anyhow::anyhow!("{cmd}: the device does not hold the image"))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    };
+    let _ = sh(&format!("losetup -d {dev}"));
+    let _ = std::fs::remove_file(&backing);
+    result?;
+    checked?;
+    Ok(secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let agent = get("--agent").context("--agent BIN is required")?;
+    let dir = PathBuf::from(get("--workdir").unwrap_or_else(|| "target/bench".into()));
+    let rounds: usize = get("--rounds").map_or(Ok(3), |r| r.parse())?;
+    if !rustix::process::geteuid().is_root() {
+        bail!("the benchmark needs root (loop devices)");
+    }
+    let img = prepare(&dir)?;
+    let size = 2 * GIB;
+    let cases = [
+        (
+            "dense",
+            img.dense.clone(),
+            format!("{agent} copy --image '{}' --target {{dev}} --sha256 {}", img.dense.display(), img.dense_sha),
+            "dd",
+            format!("dd if='{}' of={{dev}} bs=4M oflag=direct conv=fsync status=none", img.dense.display()),
+            img.dense_sha.clone(),
+        ),
+        (
+            "sparse",
+            img.sparse.clone(),
+            format!("{agent} copy --image '{}' --target {{dev}} --bmap '{}'", img.sparse.display(), img.bmap.display()),
+            "bmaptool",
+            format!("bmaptool -q copy --bmap '{}' '{}' {{dev}}", img.bmap.display(), img.sparse.display()),
+            img.sparse_sha.clone(),
+        ),
+        (
+            "zstd",
+            img.zst.clone(),
+            format!(
+                "{agent} copy --image '{}' --format zstd --target {{dev}} --bmap '{}'",
+                img.zst.display(),
+                img.bmap.display()
+            ),
+            "zstd+dd",
+            format!(
+                "zstd -q -dc '{}' | dd of={{dev}} bs=4M iflag=fullblock oflag=direct conv=fsync status=none",
+                img.zst.display()
+            ),
+            img.sparse_sha.clone(),
+        ),
+    ];
+    for (name, source, ours, peer, theirs, sha) in &cases {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // The first round also checks that each tool left the image on the device.
+            let check = (round == 0).then_some(sha.as_str());
+            a.push(timed_run(&dir, size, source, ours, check)?);
+            b.push(timed_run(&dir, size, source, theirs, check)?);
+        }
+        let (ta, tb) = (median(a), median(b));
+        let (sa, sb) = (size as f64 / ta / 1e6, size as f64 / tb / 1e6);
+        println!("bench {name} lazarus_mb_s={sa:.0} peer={peer} peer_mb_s={sb:.0} ratio={:.2}", sa / sb);
+    }
+    Ok(())
+}
