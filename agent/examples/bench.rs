@@ -23,7 +23,11 @@ use anyhow::{bail, Context};
 const GIB: u64 = 1 << 30;
 
 fn sh(cmd: &str) -> anyhow::Result<String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| cmd.to_string())?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .with_context(|| cmd.to_string())?;
     if !out.status.success() {
         bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -53,11 +57,13 @@ fn write_noise(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    Ok(sh(&format!("openssl dgst -sha256 -r '{}'", path.display()))?
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string())
+    Ok(
+        sh(&format!("openssl dgst -sha256 -r '{}'", path.display()))?
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 struct Images {
@@ -87,14 +93,30 @@ fn prepare(dir: &Path) -> anyhow::Result<Images> {
             let sub = files.join(format!("dir{d:02}"));
             std::fs::create_dir_all(&sub)?;
             for f in 0..20 {
-                write_noise(&sub.join(format!("file{f:02}.bin")), 1 << 20, (d * 100 + f + 7) as u64)?;
+                write_noise(
+                    &sub.join(format!("file{f:02}.bin")),
+                    1 << 20,
+                    (d * 100 + f + 7) as u64,
+                )?;
             }
         }
         let _ = std::fs::remove_file(&sparse);
-        sh(&format!("mkfs.ext4 -q -F -d '{}' '{}' 2G", files.display(), sparse.display()))?;
+        sh(&format!(
+            "mkfs.ext4 -q -F -d '{}' '{}' 2G",
+            files.display(),
+            sparse.display()
+        ))?;
         std::fs::remove_dir_all(&files)?;
-        sh(&format!("bmaptool -q create '{}' -o '{}'", sparse.display(), bmap.display()))?;
-        sh(&format!("zstd -q -f -3 '{}' -o '{}'", sparse.display(), zst.display()))?;
+        sh(&format!(
+            "bmaptool -q create '{}' -o '{}'",
+            sparse.display(),
+            bmap.display()
+        ))?;
+        sh(&format!(
+            "zstd -q -f -3 '{}' -o '{}'",
+            sparse.display(),
+            zst.display()
+        ))?;
     }
     Ok(Images {
         dense_sha: sha256_of(&dense)?,
@@ -107,11 +129,20 @@ fn prepare(dir: &Path) -> anyhow::Result<Images> {
 }
 
 /// Runs `cmd` (with `{dev}` replaced) against a fresh loop device; returns wall seconds.
-fn timed_run(dir: &Path, size: u64, source: &Path, cmd: &str, check: Option<&str>) -> anyhow::Result<f64> {
+fn timed_run(
+    dir: &Path,
+    size: u64,
+    source: &Path,
+    cmd: &str,
+    check: Option<&str>,
+) -> anyhow::Result<f64> {
     let backing = dir.join("target.img");
     let _ = std::fs::remove_file(&backing);
     std::fs::File::create(&backing)?.set_len(size + (64 << 20))?;
-    let dev = sh(&format!("losetup -f --show --direct-io=on '{}'", backing.display()))?;
+    let dev = sh(&format!(
+        "losetup -f --show --direct-io=on '{}'",
+        backing.display()
+    ))?;
     sh(&format!("cat '{}' > /dev/null", source.display()))?;
     let cmd = cmd.replace("{dev}", &dev);
     let start = Instant::now();
@@ -142,7 +173,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let agent = get("--agent").context("--agent BIN is required")?;
     let dir = PathBuf::from(get("--workdir").unwrap_or_else(|| "target/bench".into()));
     let rounds: usize = get("--rounds").map_or(Ok(3), |r| r.parse())?;
@@ -194,7 +230,10 @@ fn main() -> anyhow::Result<()> {
         }
         let (ta, tb) = (median(a), median(b));
         let (sa, sb) = (size as f64 / ta / 1e6, size as f64 / tb / 1e6);
-        println!("bench {name} lazarus_mb_s={sa:.0} peer={peer} peer_mb_s={sb:.0} ratio={:.2}", sa / sb);
+        println!(
+            "bench {name} lazarus_mb_s={sa:.0} peer={peer} peer_mb_s={sb:.0} ratio={:.2}",
+            sa / sb
+        );
     }
     Ok(())
 }

@@ -107,6 +107,7 @@ impl Agent {
             flag: live.flag.clone(),
             plan_id: live.plan_id.clone(),
             error: live.error.clone(),
+            found_at_boot: self.boot_flag.clone(),
         }
     }
 

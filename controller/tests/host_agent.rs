@@ -654,3 +654,122 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
         (Some("failed"), Some(709))
     );
 }
+
+#[test]
+fn abort_stops_a_running_copy_and_ends_failed() {
+    let lab = Lab::new();
+    let img = noise(12 * MIB, 15);
+    let fifo = lab.export.join("images/os.img");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let disk = lab.path("disk.img");
+    std::fs::write(&disk, noise(16 * MIB, 16)).unwrap();
+    let flag = lab.path("flag.img");
+    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
+        .status
+        .success());
+    let agent = lab.agent(None, None);
+    let mut c = lab.client(&agent);
+    let p = plan(
+        "aborted",
+        "images/os.img",
+        &img,
+        by_path(&disk),
+        flag_at(&flag),
+    );
+    c.status_of(&Request::Recover(Box::new(p))).unwrap();
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    feed.write_all(&img[..5 * MIB]).unwrap();
+    assert_eq!(
+        c.status_of(&Request::Abort).unwrap().phase,
+        Phase::Recovering
+    );
+    // The reader notices at its next chunk.
+    let _ = feed.write_all(&img[5 * MIB..]);
+    drop(feed);
+    let s = wait_done(&mut c);
+    assert_eq!(
+        (s.phase, s.error.as_ref().map(|e| e.code)),
+        (Phase::Failed, Some(507)),
+        "{s:?}"
+    );
+    assert_eq!(flag_json(&flag)["error_code"], 507);
+    assert!(std::fs::read(&disk).unwrap()[..MIB].iter().all(|&b| b == 0));
+    // Nothing left to abort.
+    assert!(c.call(&Request::Abort).is_err());
+}
+
+#[test]
+fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
+    let lab = Lab::new();
+    let img = noise(3 * MIB, 17);
+    let rel = lab.image("os.img", &img);
+    let disk = lab.path("disk.img");
+    std::fs::write(&disk, noise(4 * MIB, 18)).unwrap();
+    let flag = lab.path("flag.img");
+    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
+        .status
+        .success());
+    let agent = lab.agent(None, None);
+    let plan_text = format!(
+        "plan_id = \"cli-1\"\n[network]\naddress = \"127.0.0.1\"\nprefix_len = 8\n\
+         [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\nversion = \"v4.1\"\noptions = \"\"\n\
+         [image]\npath = \"{rel}\"\nformat = \"raw\"\nsize = {}\nsha256 = \"{}\"\nlayout = \"whole_disk\"\n\
+         [target]\npath = \"{}\"\n[flag]\npath = \"{}\"\n",
+        img.len(),
+        sha(&img),
+        disk.display(),
+        flag.display()
+    );
+    let plan_path = lab.path("plan.toml");
+    std::fs::write(&plan_path, &plan_text).unwrap();
+    let key = lab.key_path.to_str().unwrap();
+    let common = ["--addr", agent.addr.as_str(), "--key-file", key];
+    let run = |args: &[&str]| {
+        let mut all = vec!["agent"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&common);
+        lazarus(&all)
+    };
+    let out = run(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["phase"], "ready");
+    let out = run(&["recover", "--plan", plan_path.to_str().unwrap(), "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("phase:     recovered"));
+    assert!(std::fs::read(&disk).unwrap()[..img.len()] == img[..]);
+    let out = run(&["logs"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plan cli-1 recovered"));
+
+    // A broken plan file is one line naming the file and line; a wrong key is one line too.
+    std::fs::write(&plan_path, plan_text.replace("size = ", "size = \"x")).unwrap();
+    let out = run(&["recover", "--plan", plan_path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("plan.toml") && err.contains("line"), "{err}");
+    let other = lab.path("other.key");
+    lazarus_agent::keyfile::generate(&other).unwrap();
+    let out = lazarus(&[
+        "agent",
+        "status",
+        "--addr",
+        &agent.addr,
+        "--key-file",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}

@@ -315,6 +315,8 @@ pub struct Status {
     pub flag: FlagSummary,
     pub plan_id: Option<String>,
     pub error: Option<ErrorInfo>,
+    /// What the flag held when the agent started, before a stale record was cleared.
+    pub found_at_boot: Option<FlagSummary>,
 }
 
 /// The agent's lifecycle. `// WIRE: append only`.

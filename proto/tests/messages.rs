@@ -76,6 +76,7 @@ fn sample_status() -> Status {
             code: 21,
             message: "bad".into(),
         }),
+        found_at_boot: None,
     }
 }
 
@@ -110,7 +111,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
         (
             Response::Status(sample_status()),
             "0102020202020202020202020202020202040103800880200204046e332d31008020808292c906\
-             01046e332d31011503626164",
+             01046e332d3101150362616400",
         ),
         (
             Response::Logs(Logs {
@@ -361,18 +362,24 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>(),
         flag_summary(),
         proptest::option::of(".*"),
-        proptest::option::of((any::<u32>(), ".*")),
+        (
+            proptest::option::of((any::<u32>(), ".*")),
+            proptest::option::of(flag_summary()),
+        ),
     )
         .prop_map(
-            move |(b, p, s, bytes_done, bytes_total, flag, plan_id, error)| Status {
-                boot_id: BootId(b),
-                phase: phases[p],
-                step: s.map(|s| steps[s]),
-                bytes_done,
-                bytes_total,
-                flag,
-                plan_id,
-                error: error.map(|(code, message)| ErrorInfo { code, message }),
+            move |(b, p, s, bytes_done, bytes_total, flag, plan_id, (error, found_at_boot))| {
+                Status {
+                    boot_id: BootId(b),
+                    phase: phases[p],
+                    step: s.map(|s| steps[s]),
+                    bytes_done,
+                    bytes_total,
+                    flag,
+                    plan_id,
+                    error: error.map(|(code, message)| ErrorInfo { code, message }),
+                    found_at_boot,
+                }
             },
         );
     let refusals = [
