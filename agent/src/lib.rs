@@ -7,6 +7,7 @@
 
 pub mod announce;
 pub mod backup;
+pub mod config;
 pub mod disk;
 pub mod error;
 pub mod flag_store;

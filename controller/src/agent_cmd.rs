@@ -30,7 +30,7 @@ pub fn read_plan(path: &Path) -> Result<Plan, AgentCmdError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| AgentCmdError::PlanRead(shown.clone(), e))?;
     toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
         let at = line.map_or(String::new(), |l| format!("line {l}: "));
         AgentCmdError::PlanParse(shown, format!("{at}{}", e.message()))
     })

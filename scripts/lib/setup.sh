@@ -34,3 +34,24 @@ ensure_rust() {
             || rustup target add x86_64-unknown-linux-musl
     fi
 }
+
+# ensure_kernel DIR: the stock Debian kernel (image, config, modules) unpacked into DIR, fetched
+# through apt. Prints the kernel release. Idempotent.
+ensure_kernel() {
+    local dir=$1 pkg deb
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)
+    if [ -z "$pkg" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)
+    fi
+    [ -n "$pkg" ] || die "cannot find the Debian kernel package"
+    local release=${pkg#linux-image-}
+    if [ ! -f "$dir/boot/vmlinuz-$release" ]; then
+        mkdir -p "$dir/deb"
+        (cd "$dir/deb" && apt-get download -qq "$pkg" >&2)
+        deb=$(ls "$dir/deb/${pkg}"_*.deb | head -n1)
+        dpkg -x "$deb" "$dir"
+        rm -rf "$dir/deb"
+    fi
+    echo "$release"
+}

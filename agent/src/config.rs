@@ -1,0 +1,240 @@
+//! The agent's configuration: `/etc/lazarus/agent.toml` in the initramfs (baked in by
+//! `lazarus-mkinitramfs`, which refuses a config that does not parse), and the kernel command
+//! line keys, parsed in one place into a [`BootConfig`] that is passed down.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+
+/// Path of the config inside the initramfs.
+pub const CONFIG_PATH: &str = "/etc/lazarus/agent.toml";
+/// Path of the cluster key inside the initramfs.
+pub const KEY_PATH: &str = "/etc/lazarus/cluster.key";
+
+/// `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub modules: ModulesConfig,
+    /// TCP port the agent listens on.
+    pub listen_port: u16,
+    /// Seconds to wait for a network link to come up.
+    pub link_timeout_secs: u64,
+    /// Seconds to wait for a DHCP lease.
+    pub dhcp_timeout_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            modules: ModulesConfig::default(),
+            listen_port: lazarus_proto::AGENT_PORT,
+            link_timeout_secs: 30,
+            dhcp_timeout_secs: 60,
+        }
+    }
+}
+
+/// Which kernel modules the initramfs carries and the agent loads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModulesConfig {
+    /// Loaded at every boot, dependencies first (filesystems, NFS).
+    pub always: Vec<String>,
+    /// Drivers carried for the hardware classes the fleet has; each is loaded only when a device
+    /// in `/sys` has a matching modalias (coldplug). Ones the kernel lacks are skipped.
+    pub hardware: Vec<String>,
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        let list = |s: &[&str]| s.iter().map(|m| m.to_string()).collect();
+        Self {
+            always: list(&["nfsv4", "nfsv3", "ext4", "xfs"]),
+            hardware: list(&[
+                // virtual machines
+                "virtio_pci",
+                "virtio_blk",
+                "virtio_scsi",
+                "virtio_net",
+                // storage
+                "nvme",
+                "ahci",
+                "sd_mod",
+                "megaraid_sas",
+                "mpt3sas",
+                // network
+                "e1000",
+                "e1000e",
+                "igb",
+                "ixgbe",
+                "i40e",
+                "ice",
+                "mlx5_core",
+                "bnxt_en",
+                "tg3",
+                "r8169",
+                // USB rescue media
+                "xhci_pci",
+                "ehci_pci",
+                "usb_storage",
+                "uas",
+            ]),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses `agent.toml`; the error names the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            format!(
+                "{}{}",
+                line.map_or(String::new(), |l| format!("line {l}: ")),
+                e.message()
+            )
+        })
+    }
+}
+
+/// Kernel command line keys.
+pub mod keys {
+    /// `lazarus.ip=ADDR/PREFIX[,GATEWAY]`: static bootstrap address (else DHCP).
+    pub const IP: &str = "lazarus.ip";
+    /// `lazarus.iface=MAC|NAME`: the bootstrap interface (else the first with a link).
+    pub const IFACE: &str = "lazarus.iface";
+    /// `lazarus.controller=HOST:PORT`: where to announce `Ready` (port 7461 by default).
+    pub const CONTROLLER: &str = "lazarus.controller";
+    /// `lazarus.flag=PATH`: the flag device to read at boot (else the partition labelled
+    /// `lazarus-flag`, if exactly one disk has one).
+    pub const FLAG: &str = "lazarus.flag";
+}
+
+/// The bootstrap address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticIp {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+}
+
+/// What the kernel command line says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootConfig {
+    pub ip: Option<StaticIp>,
+    pub iface: Option<String>,
+    pub controller: Option<SocketAddr>,
+    pub flag: Option<String>,
+}
+
+impl BootConfig {
+    /// Parses `/proc/cmdline`; unknown keys are ignored, a malformed `lazarus.` value is an error
+    /// naming the key.
+    pub fn parse(cmdline: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for word in cmdline.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                keys::IP => {
+                    out.ip =
+                        Some(parse_ip(value).ok_or_else(|| {
+                            format!("{key}={value}: expected ADDR/PREFIX[,GATEWAY]")
+                        })?)
+                }
+                keys::IFACE => out.iface = Some(value.to_string()),
+                keys::CONTROLLER => {
+                    let addr = value
+                        .parse::<SocketAddr>()
+                        .or_else(|_| {
+                            value
+                                .parse::<IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, lazarus_proto::CONTROLLER_PORT))
+                        })
+                        .map_err(|_| format!("{key}={value}: expected HOST:PORT"))?;
+                    out.controller = Some(addr);
+                }
+                keys::FLAG => out.flag = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_ip(value: &str) -> Option<StaticIp> {
+    let (cidr, gateway) = match value.split_once(',') {
+        Some((c, g)) => (c, Some(g.parse().ok()?)),
+        None => (value, None),
+    };
+    let (addr, prefix) = cidr.split_once('/')?;
+    let address: IpAddr = addr.parse().ok()?;
+    let prefix_len: u8 = prefix.parse().ok()?;
+    if prefix_len > if address.is_ipv4() { 32 } else { 128 } {
+        return None;
+    }
+    Some(StaticIp {
+        address,
+        prefix_len,
+        gateway,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_kernel_command_line() {
+        let c = BootConfig::parse(
+            "console=ttyS0 quiet lazarus.ip=10.0.0.5/24,10.0.0.1 lazarus.iface=52:54:00:12:34:56 lazarus.controller=10.0.0.1:7461 other=x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ip,
+            Some(StaticIp {
+                address: "10.0.0.5".parse().unwrap(),
+                prefix_len: 24,
+                gateway: Some("10.0.0.1".parse().unwrap())
+            })
+        );
+        assert_eq!(c.iface.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(c.controller, Some("10.0.0.1:7461".parse().unwrap()));
+        assert_eq!(
+            BootConfig::parse("lazarus.controller=10.0.0.1")
+                .unwrap()
+                .controller
+                .unwrap()
+                .port(),
+            7461
+        );
+        assert_eq!(BootConfig::parse("").unwrap(), BootConfig::default());
+        for bad in [
+            "lazarus.ip=10.0.0.5",
+            "lazarus.ip=10.0.0.5/33",
+            "lazarus.ip=x/24",
+            "lazarus.controller=nowhere",
+        ] {
+            let err = BootConfig::parse(bad).unwrap_err();
+            assert!(err.starts_with(bad.split('=').next().unwrap()), "{err}");
+        }
+    }
+
+    #[test]
+    fn parses_agent_toml_and_names_the_bad_line() {
+        assert_eq!(AgentConfig::parse("").unwrap(), AgentConfig::default());
+        let c = AgentConfig::parse("listen_port = 9000\n[modules]\nalways = [\"ext4\"]\n").unwrap();
+        assert_eq!(
+            (c.listen_port, c.modules.always.as_slice()),
+            (9000, &["ext4".to_string()][..])
+        );
+        assert!(
+            !c.modules.hardware.is_empty(),
+            "defaults kept for unset fields"
+        );
+        let err = AgentConfig::parse("listen_port = 1\nbogus = 2\n").unwrap_err();
+        assert!(err.starts_with("line 2"), "{err}");
+    }
+}
