@@ -18,6 +18,8 @@ pub struct LogRing {
     start: Instant,
     lines: Mutex<(u64, VecDeque<LogLine>)>,
     echo: bool,
+    /// `/dev/kmsg`, in PID 1 mode: the kernel's log keeps our lines beside its own.
+    kmsg: Mutex<Option<std::fs::File>>,
 }
 
 static RING: OnceLock<LogRing> = OnceLock::new();
@@ -29,11 +31,17 @@ impl LogRing {
             start: Instant::now(),
             lines: Mutex::new((0, VecDeque::with_capacity(KEEP))),
             echo,
+            kmsg: Mutex::new(None),
         });
         if log::set_logger(ring).is_ok() {
             log::set_max_level(level);
         }
         ring
+    }
+
+    /// Also writes every line to `kmsg` (`/dev/kmsg`).
+    pub fn log_to_kmsg(&self, kmsg: std::fs::File) {
+        *self.kmsg.lock().unwrap_or_else(|p| p.into_inner()) = Some(kmsg);
     }
 
     /// Lines with sequence number `since` or later, within one reply's budget.
@@ -85,6 +93,15 @@ impl log::Log for LogRing {
                 record.level(),
                 message
             );
+        }
+        if let Some(kmsg) = self.kmsg.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let prio = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            let _ = writeln!(kmsg, "<{prio}>lazarus: {message}");
         }
         let mut guard = match self.lines.lock() {
             Ok(g) => g,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use lazarus_agent::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
 use lazarus_agent::logring::LogRing;
-use lazarus_agent::platform::HostPlatform;
+use lazarus_agent::platform::Machine;
 use lazarus_agent::service::Agent;
 use lazarus_agent::{announce, identity, keyfile, server, sys};
 use lazarus_proto::{BootId, ImageFormat, Ready, Sha256};
@@ -76,7 +76,7 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
         "lazarus-agent {} (host mode), boot {boot_id}",
         env!("CARGO_PKG_VERSION")
     );
-    let platform = Arc::new(HostPlatform::new(&opts.workdir, opts.export_dir, opts.flag));
+    let platform = Arc::new(Machine::host(&opts.workdir, opts.export_dir, opts.flag));
     let root = platform.root.clone();
     let agent = Agent::start(boot_id, platform, Some(logs));
     if let Some(controller) = opts.controller {
@@ -172,6 +172,9 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    if rustix::process::getpid().is_init() {
+        lazarus_agent::pid1::run();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--version") {
         println!("lazarus-agent {}", env!("CARGO_PKG_VERSION"));

@@ -1,9 +1,9 @@
 //! The seam between the recovery logic and the machine: networking, mounts, disks, reboot.
 //!
-//! [`Platform`] is small on purpose. [`HostPlatform`] runs a recovery as an ordinary process:
+//! [`Platform`] is small on purpose. [`Machine`] in host mode runs a recovery as an ordinary process:
 //! the host keeps its own network, the plan's NFS export maps to a local directory, and the
-//! disk selector matches loop devices or, by path, a regular file. The PID 1 implementation
-//! (kernel network configuration, NFS mount) lives beside it and uses the same interface.
+//! disk selector matches loop devices or, by path, a regular file. In rescue mode (PID 1) the
+//! same machine configures the kernel's network and mounts the export over NFS.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use lazarus_proto::{DiskSelector, FlagLocation, FsType, NetworkPlan, NfsSource};
 use crate::disk::{self, DiskInfo, SelectError};
 use crate::error::AgentError;
 use crate::gpt::{self, GptPartition};
+use crate::network::{self, Interface};
 use crate::root::Root;
 use crate::sys;
 
@@ -46,60 +47,102 @@ pub trait Platform: Send + Sync {
     fn sync(&self);
 }
 
-/// Host mode: a recovery as an ordinary (usually root) process.
+/// Where a [`Machine`] gets its network and image source.
 #[derive(Debug, Clone)]
-pub struct HostPlatform {
+pub enum Mode {
+    /// Host mode: an ordinary (usually root) process. The host keeps its network; the export is
+    /// this local directory.
+    Host { export_dir: PathBuf },
+    /// The rescue initramfs: the plan's address goes on `iface` with netlink, the export is
+    /// mounted over NFS.
+    Rescue { iface: Interface },
+}
+
+/// The machine the agent runs on: disks from sysfs, network and source by [`Mode`].
+#[derive(Debug, Clone)]
+pub struct Machine {
     pub root: Root,
-    /// The local directory standing for the NFS export.
-    pub export_dir: PathBuf,
-    /// Where restored filesystems are mounted.
+    pub mode: Mode,
+    /// Where the source and restored filesystems are mounted.
     pub mount_dir: PathBuf,
-    /// The flag read at start (`--flag`), if any.
+    /// The flag read at start, if any.
     pub boot_flag: Option<PathBuf>,
 }
 
-impl HostPlatform {
-    pub fn new(workdir: &Path, export_dir: Option<PathBuf>, boot_flag: Option<PathBuf>) -> Self {
+impl Machine {
+    /// Host mode under `workdir`; the export is `export_dir` (default `<workdir>/export`).
+    pub fn host(workdir: &Path, export_dir: Option<PathBuf>, boot_flag: Option<PathBuf>) -> Self {
         Self {
             root: Root::default(),
-            export_dir: export_dir.unwrap_or_else(|| workdir.join("export")),
+            mode: Mode::Host {
+                export_dir: export_dir.unwrap_or_else(|| workdir.join("export")),
+            },
             mount_dir: workdir.join("mnt"),
             boot_flag,
         }
     }
 }
 
-impl Platform for HostPlatform {
+impl Platform for Machine {
     fn configure_network(&self, net: &NetworkPlan) -> Result<(), AgentError> {
-        log::info!(
-            "host mode: keeping the host's network (plan asks for {}/{})",
-            net.address,
-            net.prefix_len
-        );
-        Ok(())
+        match &self.mode {
+            Mode::Host { .. } => {
+                log::info!(
+                    "host mode: keeping the host's network (plan asks for {}/{})",
+                    net.address,
+                    net.prefix_len
+                );
+                Ok(())
+            }
+            Mode::Rescue { iface } => {
+                let iface = match &net.interface {
+                    Some(want) => {
+                        network::choose(&self.root, Some(want), std::time::Duration::from_secs(10))
+                            .map_err(AgentError::Network)?
+                    }
+                    None => iface.clone(),
+                };
+                network::bring_up(&self.root, &iface, std::time::Duration::from_secs(30))
+                    .map_err(AgentError::Network)?;
+                network::set_address(&iface, net.address, net.prefix_len, net.gateway)
+                    .map_err(AgentError::Network)
+            }
+        }
     }
 
     fn mount_source(&self, nfs: &NfsSource) -> Result<PathBuf, AgentError> {
-        log::info!(
-            "host mode: export {}:{} is the local directory {}",
-            nfs.server,
-            nfs.export,
-            self.export_dir.display()
-        );
-        if !self.export_dir.is_dir() {
-            return Err(AgentError::MountSource(format!(
-                "{} is not a directory",
-                self.export_dir.display()
-            )));
+        match &self.mode {
+            Mode::Host { export_dir } => {
+                log::info!(
+                    "host mode: export {}:{} is the local directory {}",
+                    nfs.server,
+                    nfs.export,
+                    export_dir.display()
+                );
+                if !export_dir.is_dir() {
+                    return Err(AgentError::MountSource(format!(
+                        "{} is not a directory",
+                        export_dir.display()
+                    )));
+                }
+                Ok(export_dir.clone())
+            }
+            Mode::Rescue { .. } => mount_nfs(&self.mount_dir.join("source"), nfs),
         }
-        Ok(self.export_dir.clone())
     }
 
-    fn unmount_source(&self, _dir: &Path) {}
+    fn unmount_source(&self, dir: &Path) {
+        if let Mode::Rescue { .. } = self.mode {
+            if let Err(e) = sys::unmount(dir, true) {
+                log::warn!("unmounting {}: {e}", dir.display());
+            }
+        }
+    }
 
     fn disks(&self, selector: &DiskSelector) -> Result<Vec<DiskInfo>, SelectError> {
         let mut disks = disk::scan_disks(&self.root)?;
-        if let Some(path) = &selector.path {
+        // Host mode only: a regular file named by path stands for a disk.
+        if let (Mode::Host { .. }, Some(path)) = (&self.mode, &selector.path) {
             let p = Path::new(path);
             if let Ok(meta) = fs::metadata(p) {
                 if meta.is_file() {
@@ -154,6 +197,46 @@ impl Platform for HostPlatform {
     }
 }
 
+/// Mounts an NFS export read-only with mount(2): v4.x as `nfs4`, v3 as `nfs`, soft with
+/// timeouts so a vanished server fails the plan instead of hanging it.
+pub fn mount_nfs(target: &Path, nfs: &NfsSource) -> Result<PathBuf, AgentError> {
+    use lazarus_proto::NfsVersion;
+    fs::create_dir_all(target)
+        .map_err(|e| AgentError::MountSource(format!("creating {}: {e}", target.display())))?;
+    let (fstype, vers) = match nfs.version {
+        NfsVersion::V3 => ("nfs", "3"),
+        NfsVersion::V4 => ("nfs4", "4.0"),
+        NfsVersion::V4_1 => ("nfs4", "4.1"),
+        NfsVersion::V4_2 => ("nfs4", "4.2"),
+    };
+    let mut data = format!("vers={vers},addr={},soft,timeo=600,retrans=3", nfs.server);
+    if nfs.version == NfsVersion::V3 {
+        data.push_str(",nolock,proto=tcp,mountproto=tcp");
+    }
+    if !nfs.options.is_empty() {
+        data.push(',');
+        data.push_str(&nfs.options);
+    }
+    let server = match nfs.server {
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+        a => a.to_string(),
+    };
+    let source = PathBuf::from(format!("{server}:{}", nfs.export));
+    sys::mount_fs(&source, target, fstype, true, &data).map_err(|e| {
+        AgentError::MountSource(format!(
+            "mount -t {fstype} -o {data} {} {}: {e}",
+            source.display(),
+            target.display()
+        ))
+    })?;
+    log::info!(
+        "mounted {} (NFS v{vers}) at {}",
+        source.display(),
+        target.display()
+    );
+    Ok(target.to_owned())
+}
+
 /// BLKRRPART on a whole-disk block device, then makes the kernel's partitions match the GPT
 /// (see [`sync_partitions`]). A regular file has no partition table to re-read.
 pub fn reread_and_wait(root: &Root, disk: &DiskInfo) -> Result<(), AgentError> {
@@ -162,7 +245,7 @@ pub fn reread_and_wait(root: &Root, disk: &DiskInfo) -> Result<(), AgentError> {
     if file.metadata().map_err(|e| err(e.to_string()))?.is_file() {
         return Ok(());
     }
-    if let Err(e) = sys::ioctl_blkrrpart(&file) {
+    if let Err(e) = sys::blk::ioctl_blkrrpart(&file) {
         log::warn!(
             "BLKRRPART on {}: {e}; registering partitions from the GPT",
             disk.dev_path.display()
@@ -193,14 +276,14 @@ pub fn sync_partitions(root: &Root, disk: &DiskInfo) -> Result<Vec<GptPartition>
             .iter()
             .any(|t| t.number == p.number && t.start == p.start && t.len == p.size);
         if !wanted {
-            sys::ioctl_blkpg_del(&file, p.number)
+            sys::blk::ioctl_blkpg_del(&file, p.number)
                 .map_err(|e| err(format!("removing partition {}: {e}", p.number)))?;
         }
     }
     let current = disk::partitions(root, &disk.name);
     for t in &table {
         if !current.iter().any(|p| p.number == t.number) {
-            sys::ioctl_blkpg_add(&file, t.number, t.start, t.len)
+            sys::blk::ioctl_blkpg_add(&file, t.number, t.start, t.len)
                 .map_err(|e| err(format!("adding partition {}: {e}", t.number)))?;
         }
     }

@@ -1,0 +1,184 @@
+//! PID 1 mode: the agent as `/init` of the rescue initramfs. It never returns: a fatal error or a
+//! panic is logged (console and `/dev/kmsg`) and the agent keeps serving; only an accepted
+//! `Reboot` ends it, with sync(2) and reboot(2).
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lazarus_proto::{BootId, FlagLocation, Ready};
+
+use crate::config::{AgentConfig, BootConfig, CONFIG_PATH, KEY_PATH};
+use crate::kmod::ModuleDb;
+use crate::logring::LogRing;
+use crate::platform::{find_flag, Machine, Mode};
+use crate::root::Root;
+use crate::service::Agent;
+use crate::{announce, identity, keyfile, network, server, sys};
+
+/// Runs as PID 1. Never returns.
+pub fn run() -> ! {
+    // /proc must be mounted before the kernel command line can be read, /dev before the console
+    // can be opened; the kernel hands init nothing but its initramfs.
+    let mounted = early_mounts();
+    let logs = LogRing::install(true, log::LevelFilter::Info);
+    if let Ok(kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        logs.log_to_kmsg(kmsg);
+    }
+    for (what, err) in mounted {
+        log::error!("mounting {what}: {err}");
+    }
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    std::thread::spawn(reap_children);
+    log::info!(
+        "lazarus-agent {} starting as PID 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    loop {
+        match std::panic::catch_unwind(|| boot_and_serve(logs)) {
+            Ok(Ok(())) => {
+                log::info!("rebooting");
+                let err = sys::reboot();
+                log::error!("reboot(2) failed: {err}");
+            }
+            Ok(Err(e)) => log::error!("{e}; retrying in 10 s"),
+            Err(_) => log::error!("the agent panicked; retrying in 10 s"),
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+/// mount /proc, /sys, /dev (devtmpfs), /run (tmpfs), and make /dev/console our stdio.
+fn early_mounts() -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    for (src, target, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+    ] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = sys::mount_fs(Path::new(src), Path::new(target), fstype, false, "") {
+            if e != rustix::io::Errno::BUSY {
+                errors.push((target, e.to_string()));
+            }
+        }
+    }
+    if let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        let _ = sys::dup_stdio(console.as_fd());
+    }
+    errors
+}
+
+/// Reaps every child that the kernel re-parents to PID 1.
+fn reap_children() {
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some(_)) => {}
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Boots (modules, network, flag) and serves until a `Reboot` is accepted.
+fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
+    let root = Root::default();
+    let cmdline = std::fs::read_to_string(root.proc.join("cmdline")).unwrap_or_default();
+    let boot = BootConfig::parse(&cmdline).unwrap_or_else(|e| {
+        log::error!("kernel command line: {e}");
+        BootConfig::default()
+    });
+    let config = match std::fs::read_to_string(CONFIG_PATH) {
+        Ok(text) => AgentConfig::parse(&text).unwrap_or_else(|e| {
+            log::error!("{CONFIG_PATH}: {e}; using defaults");
+            AgentConfig::default()
+        }),
+        Err(_) => AgentConfig::default(),
+    };
+    let key = keyfile::load(Path::new(KEY_PATH)).map_err(|e| e.to_string())?;
+
+    load_modules(&root, &config);
+
+    let timeout = Duration::from_secs(config.link_timeout_secs);
+    let iface = network::choose(&root, boot.iface.as_deref(), timeout)?;
+    network::bring_up(&root, &iface, timeout)?;
+    let ip = boot
+        .ip
+        .clone()
+        .ok_or("no lazarus.ip= on the kernel command line, and the DHCP client is not built yet")?;
+    network::set_address(&iface, ip.address, ip.prefix_len, ip.gateway)?;
+
+    let boot_flag = match &boot.flag {
+        Some(p) => Some(PathBuf::from(p)),
+        None => find_flag(&root, &FlagLocation::default(), None)
+            .map_err(|e| log::info!("flag at boot: {e}"))
+            .ok(),
+    };
+    let machine = Machine {
+        root: root.clone(),
+        mode: Mode::Rescue {
+            iface: iface.clone(),
+        },
+        mount_dir: PathBuf::from("/run/lazarus"),
+        boot_flag,
+    };
+    let mut id = [0u8; 16];
+    sys::fill_random(&mut id).map_err(|e| format!("getrandom: {e}"))?;
+    let boot_id = BootId(id);
+    log::info!("boot {boot_id}");
+    let agent = Agent::start(boot_id, Arc::new(machine), Some(logs));
+    let listener = TcpListener::bind(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        config.listen_port,
+    )))
+    .map_err(|e| format!("listening on port {}: {e}", config.listen_port))?;
+    if let Some(controller) = boot.controller {
+        let mut identity = identity::read_identity(&root);
+        identity.address = Some(ip.address);
+        let ready = Ready {
+            boot_id,
+            identity,
+            flag: agent.boot_flag.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let key = key.clone();
+        std::thread::spawn(move || announce::announce(controller, &key, &ready, None));
+    }
+    log::info!("ready");
+    server::serve(listener, agent, key).map_err(|e| format!("serving: {e}"))?;
+    Ok(())
+}
+
+/// Loads the always-load modules, then coldplugs until no new module appears.
+fn load_modules(root: &Root, config: &AgentConfig) {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let db = ModuleDb::open(&Path::new("/lib/modules").join(&release));
+    if db.is_empty() {
+        log::info!("no modules in the initramfs for kernel {release}");
+        return;
+    }
+    let mut loaded = BTreeSet::new();
+    for name in &config.modules.always {
+        if let Err(e) = db.load(name, &mut loaded) {
+            log::warn!("{e}");
+        }
+    }
+    for _ in 0..8 {
+        if db.coldplug(&root.sys, &mut loaded) == 0 {
+            break;
+        }
+        // New buses (virtio, PCI bridges) create their devices asynchronously.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    log::info!("{} modules loaded", loaded.len());
+}

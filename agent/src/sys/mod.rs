@@ -1,0 +1,68 @@
+//! Every call into the kernel that needs `unsafe`, an ioctl, a mount, netlink or reboot lives
+//! under this module, so the rest of the agent can `deny(unsafe_code)`.
+
+pub mod blk;
+pub mod netlink;
+
+/// mount(2): mount filesystem `fstype` from `source` at `target`, with `data` options.
+pub fn mount_fs(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    fstype: &str,
+    read_only: bool,
+    data: &str,
+) -> rustix::io::Result<()> {
+    let mut flags = rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV;
+    if read_only {
+        flags |= rustix::mount::MountFlags::RDONLY;
+    }
+    let data = std::ffi::CString::new(data).map_err(|_| rustix::io::Errno::INVAL)?;
+    let data = (!data.as_bytes().is_empty()).then_some(data.as_c_str());
+    rustix::mount::mount(source, target, fstype, flags, data)
+}
+
+/// umount2(target, 0): unmount; `lazy` adds MNT_DETACH for a source that stopped answering.
+pub fn unmount(target: &std::path::Path, lazy: bool) -> rustix::io::Result<()> {
+    let flags = if lazy {
+        rustix::mount::UnmountFlags::DETACH
+    } else {
+        rustix::mount::UnmountFlags::empty()
+    };
+    rustix::mount::unmount(target, flags)
+}
+
+/// sync(2): flush every filesystem and block device.
+pub fn sync_all() {
+    rustix::fs::sync();
+}
+
+/// getrandom(2) until `buf` is full.
+pub fn fill_random(buf: &mut [u8]) -> rustix::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// reboot(2) with RB_AUTOBOOT, after sync(2). Returns only on failure.
+pub fn reboot() -> rustix::io::Errno {
+    sync_all();
+    match rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+        Ok(()) => rustix::io::Errno::INVAL,
+        Err(e) => e,
+    }
+}
+
+/// finit_module(2): load the kernel module in `file` with no parameters.
+pub fn finit_module(file: &std::fs::File) -> rustix::io::Result<()> {
+    rustix::system::finit_module(file, c"", 0)
+}
+
+/// dup2(console, 0), dup2(console, 1), dup2(console, 2): the console becomes our stdio.
+pub fn dup_stdio(console: std::os::fd::BorrowedFd<'_>) -> rustix::io::Result<()> {
+    rustix::stdio::dup2_stdin(console)?;
+    rustix::stdio::dup2_stdout(console)?;
+    rustix::stdio::dup2_stderr(console)
+}
