@@ -61,7 +61,7 @@ fn early_mounts() -> Vec<(&'static str, String)> {
         ("tmpfs", "/run", "tmpfs"),
     ] {
         let _ = std::fs::create_dir_all(target);
-        if let Err(e) = sys::mount_fs(Path::new(src), Path::new(target), fstype, false, "") {
+        if let Err(e) = sys::mount_kernel_fs(Path::new(src), Path::new(target), fstype) {
             if e != rustix::io::Errno::BUSY {
                 errors.push((target, e.to_string()));
             }

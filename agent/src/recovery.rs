@@ -96,13 +96,15 @@ pub fn recover(
     progress: &Progress,
     observer: &dyn Observer,
 ) -> Result<FlagRecord, AgentError> {
-    let mut flag: Option<FlagStore> = None;
+    // The flag device found so far; opened for each write, so no descriptor is held across the
+    // partition table re-read (an open partition makes BLKRRPART fail with EBUSY).
+    let mut flag: Option<PathBuf> = None;
     let result = run_steps(platform, plan, progress, observer, &mut flag);
     match result {
         Ok(record) => Ok(record),
         Err(err) => {
             log::error!("plan {} failed: {err} (code {})", plan.plan_id, err.code());
-            if let Some(store) = &flag {
+            if let Some(path) = &flag {
                 let update = FlagUpdate {
                     state: FlagState::Failed,
                     error_code: err.code(),
@@ -112,9 +114,9 @@ pub fn recover(
                     plan_id: plan.plan_id.clone(),
                     message: err.to_string(),
                 };
-                match store.write(&update) {
+                match FlagStore::open(path).and_then(|s| s.write(&update)) {
                     Ok(rec) => observer.flag(&rec),
-                    Err(e) => log::error!("writing FAILED to {}: {e}", store.path().display()),
+                    Err(e) => log::error!("writing FAILED to {}: {e}", path.display()),
                 }
             } else {
                 log::warn!(
@@ -131,7 +133,7 @@ fn run_steps(
     plan: &Plan,
     progress: &Progress,
     observer: &dyn Observer,
-    flag: &mut Option<FlagStore>,
+    flag: &mut Option<PathBuf>,
 ) -> Result<FlagRecord, AgentError> {
     validate(plan)?;
     let recovering = |done: u64| FlagUpdate {
@@ -146,7 +148,9 @@ fn run_steps(
     // A flag at a fixed path is known before any disk is chosen: open it first, so that even
     // a plan failing to find its disk leaves FAILED there.
     if let lazarus_proto::FlagLocation::Path(_) = plan.flag {
-        *flag = Some(FlagStore::open(&platform.flag_device(&plan.flag, None)?)?);
+        let path = platform.flag_device(&plan.flag, None)?;
+        FlagStore::open(&path)?;
+        *flag = Some(path);
     }
 
     observer.step(Step::ConfigureNetwork);
@@ -178,10 +182,9 @@ fn run_steps(
         .into());
     }
     let flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
-    let store = FlagStore::open(&flag_path)?;
     // Write-ahead: RECOVERING is durable before the disk changes.
-    observer.flag(&store.write(&recovering(0))?);
-    *flag = Some(store);
+    observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(0))?);
+    *flag = Some(flag_path);
 
     observer.step(Step::CopyImage);
     let spec = CopySpec {
@@ -207,9 +210,8 @@ fn run_steps(
         platform.reread_partitions(&disk)?;
         // The image replaced the partition table and maybe the flag partition itself.
         let flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
-        let store = FlagStore::open(&flag_path)?;
-        observer.flag(&store.write(&recovering(plan.image.size))?);
-        *flag = Some(store);
+        observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(plan.image.size))?);
+        *flag = Some(flag_path);
     }
 
     if let Some(restore) = &plan.restore {
@@ -229,14 +231,14 @@ fn run_steps(
 
     observer.step(Step::Sync);
     platform.sync();
-    let store = flag
+    let path = flag
         .as_ref()
-        .ok_or_else(|| AgentError::Internal("flag store lost".into()))?;
+        .ok_or_else(|| AgentError::Internal("flag device lost".into()))?;
     let done = FlagUpdate {
         state: FlagState::Recovered,
         ..recovering(plan.image.size)
     };
-    let record = store.write(&done)?;
+    let record = FlagStore::open(path)?.write(&done)?;
     observer.flag(&record);
     log::info!("plan {} recovered", plan.plan_id);
     Ok(record)

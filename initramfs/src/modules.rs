@@ -52,11 +52,14 @@ impl ModuleIndex {
                     let bytes = std::fs::read(&path)?;
                     let info = elf::modinfo(&bytes).unwrap_or_default();
                     let name = normalize(&path.file_stem().unwrap_or_default().to_string_lossy());
-                    let depends = info
+                    let mut depends: Vec<String> = info
                         .iter()
                         .filter(|(k, _)| k == "depends")
                         .flat_map(|(_, v)| v.split(',').filter(|d| !d.is_empty()).map(normalize))
                         .collect();
+                    // `softdep=pre: crc32c` is a module the kernel asks for at init through
+                    // modprobe, which the initramfs does not have: treat it as a dependency.
+                    depends.extend(softdeps_pre(&info));
                     let aliases = info
                         .iter()
                         .filter(|(k, _)| k == "alias")
@@ -93,27 +96,56 @@ impl ModuleIndex {
             if self.builtin.contains(&name) {
                 continue;
             }
-            if !self.modules.contains_key(&name) {
-                missing.push(name);
-                continue;
+            match (self.modules.contains_key(&name), self.by_alias(&name)) {
+                (true, _) => self.visit(&name, &mut seen, &mut order),
+                (false, Some(m)) => self.visit(&m.name, &mut seen, &mut order),
+                (false, None) => missing.push(name),
             }
-            self.visit(&name, &mut seen, &mut order);
         }
         (order, missing)
+    }
+
+    /// A module providing `name` as an alias (`crc32c` → `crc32c_generic`, via `crypto-crc32c`).
+    fn by_alias(&self, name: &str) -> Option<&Module> {
+        let crypto = format!("crypto-{name}");
+        self.modules.values().find(|m| {
+            m.aliases
+                .iter()
+                .any(|a| normalize(a) == name || normalize(a) == normalize(&crypto))
+        })
     }
 
     fn visit<'a>(&'a self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<&'a Module>) {
         if !seen.insert(name.to_string()) {
             return;
         }
-        let Some(m) = self.modules.get(name) else {
+        let Some(m) = self.modules.get(name).or_else(|| self.by_alias(name)) else {
             return;
         };
+        if m.name != name && !seen.insert(m.name.clone()) {
+            return;
+        }
         for d in &m.depends {
             self.visit(d, seen, order);
         }
         order.push(m);
     }
+}
+
+fn softdeps_pre(info: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, v) in info.iter().filter(|(k, _)| k == "softdep") {
+        let mut pre = false;
+        for word in v.split_whitespace() {
+            match word {
+                "pre:" => pre = true,
+                "post:" => pre = false,
+                name if pre => out.push(normalize(name)),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// `modules.dep` for the chosen modules, in depmod's format (deps of a module, nearest last).

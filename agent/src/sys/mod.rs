@@ -4,7 +4,8 @@
 pub mod blk;
 pub mod netlink;
 
-/// mount(2): mount filesystem `fstype` from `source` at `target`, with `data` options.
+/// mount(2): mount filesystem `fstype` from `source` at `target`, with `data` options; nosuid
+/// and nodev (never set for /dev itself: use [`mount_kernel_fs`]).
 pub fn mount_fs(
     source: &std::path::Path,
     target: &std::path::Path,
@@ -16,6 +17,31 @@ pub fn mount_fs(
     if read_only {
         flags |= rustix::mount::MountFlags::RDONLY;
     }
+    mount_with(source, target, fstype, flags, data)
+}
+
+/// mount(2) for /proc, /sys, /dev and /run at boot: nosuid only, so device nodes work.
+pub fn mount_kernel_fs(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    fstype: &str,
+) -> rustix::io::Result<()> {
+    mount_with(
+        source,
+        target,
+        fstype,
+        rustix::mount::MountFlags::NOSUID,
+        "",
+    )
+}
+
+fn mount_with(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    fstype: &str,
+    flags: rustix::mount::MountFlags,
+    data: &str,
+) -> rustix::io::Result<()> {
     let data = std::ffi::CString::new(data).map_err(|_| rustix::io::Errno::INVAL)?;
     let data = (!data.as_bytes().is_empty()).then_some(data.as_c_str());
     rustix::mount::mount(source, target, fstype, flags, data)
