@@ -121,14 +121,14 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
             .map_err(|e| log::info!("flag at boot: {e}"))
             .ok(),
     };
-    let machine = Machine {
-        root: root.clone(),
-        mode: Mode::Rescue {
+    let machine = Machine::new(
+        root.clone(),
+        Mode::Rescue {
             iface: iface.clone(),
         },
-        mount_dir: PathBuf::from("/run/lazarus"),
+        PathBuf::from("/run/lazarus"),
         boot_flag,
-    };
+    );
     let mut id = [0u8; 16];
     sys::fill_random(&mut id).map_err(|e| format!("getrandom: {e}"))?;
     let boot_id = BootId(id);

@@ -59,7 +59,7 @@ pub enum Mode {
 }
 
 /// The machine the agent runs on: disks from sysfs, network and source by [`Mode`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Machine {
     pub root: Root,
     pub mode: Mode,
@@ -67,19 +67,33 @@ pub struct Machine {
     pub mount_dir: PathBuf,
     /// The flag read at start, if any.
     pub boot_flag: Option<PathBuf>,
+    /// Flag devices found earlier in this boot, by disk: after a failed copy zeroed a disk's
+    /// partition table, the flag is still found where it was (if it still holds a record).
+    pub remembered: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
 impl Machine {
+    /// A machine in `mode`.
+    pub fn new(root: Root, mode: Mode, mount_dir: PathBuf, boot_flag: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            mode,
+            mount_dir,
+            boot_flag,
+            remembered: Default::default(),
+        }
+    }
+
     /// Host mode under `workdir`; the export is `export_dir` (default `<workdir>/export`).
     pub fn host(workdir: &Path, export_dir: Option<PathBuf>, boot_flag: Option<PathBuf>) -> Self {
-        Self {
-            root: Root::default(),
-            mode: Mode::Host {
+        Self::new(
+            Root::default(),
+            Mode::Host {
                 export_dir: export_dir.unwrap_or_else(|| workdir.join("export")),
             },
-            mount_dir: workdir.join("mnt"),
+            workdir.join("mnt"),
             boot_flag,
-        }
+        )
     }
 }
 
@@ -267,7 +281,9 @@ pub fn sync_partitions(root: &Root, disk: &DiskInfo) -> Result<Vec<GptPartition>
     let sector = u64::from(rustix::fs::ioctl_blksszget(&file).unwrap_or(512));
     let table = match gpt::read_gpt(&file, sector) {
         Ok(t) => t,
-        Err(gpt::GptError::NoHeader) => Vec::new(),
+        // No table (a disk whose failed copy zeroed its first MiB): leave the kernel's view of
+        // the old partitions alone; the flag partition is still reachable through it.
+        Err(gpt::GptError::NoHeader) => return Ok(Vec::new()),
         Err(e) => return Err(err(e.to_string())),
     };
     let current = disk::partitions(root, &disk.name);
@@ -325,8 +341,21 @@ pub fn find_flag(
         let Ok(table) = sync_partitions(root, d) else {
             continue;
         };
-        for t in table.into_iter().filter(|t| &t.name == label) {
+        let before = found.len();
+        for t in table.iter().filter(|t| &t.name == label) {
             found.push(disk::partition(root, &d.name, t.number)?.dev_path);
+        }
+        if found.len() == before && table.is_empty() {
+            // No GPT on the disk (its first MiB was zeroed by a failed copy): the kernel may still
+            // know the old partition by name. Trust it only if it holds a valid flag record.
+            found.extend(
+                disk::partitions(root, &d.name)
+                    .into_iter()
+                    .filter(|p| {
+                        p.label.as_deref() == Some(label.as_str()) && holds_flag_record(&p.dev_path)
+                    })
+                    .map(|p| p.dev_path),
+            );
         }
     }
     match found.as_slice() {
@@ -340,6 +369,14 @@ pub fn find_flag(
             many.len()
         ))),
     }
+}
+
+/// Whether `path` holds a valid flag record: the proof needed before a fallback location is
+/// written to.
+pub fn holds_flag_record(path: &Path) -> bool {
+    crate::flag_store::FlagStore::open(path)
+        .and_then(|s| s.view())
+        .is_ok_and(|v| v.current.is_some())
 }
 
 /// Mounts `device` (ext4 or xfs) read-write under `mount_dir`.

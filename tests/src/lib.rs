@@ -1,0 +1,378 @@
+//! The Lazarus lab, for the end-to-end tests and `scripts/lab`: a network namespace with a tap
+//! device, nfs-ganesha exporting images and backups, and QEMU guests (software emulation) booting
+//! the stock Debian kernel with our rescue initramfs. Everything runs as root, stays inside the
+//! namespace, and is torn down on drop; a failed test keeps its folder (serial log, disks) and
+//! says where.
+
+pub mod disk;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lazarus_proto::ClusterKey;
+
+/// The host's address on the lab network.
+pub const HOST_IP: &str = "10.77.0.1";
+/// The lab network prefix length.
+pub const PREFIX: u8 = 24;
+
+/// The workspace root (for scripts and the shared target folder).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether the lab can run here (root; QEMU and ganesha installed by scripts/test).
+pub fn available() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("needs root (network namespaces, loop devices)".into());
+    }
+    for tool in ["qemu-system-x86_64", "ganesha.nfsd", "ip"] {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Err(format!(
+                "{tool} is not installed (scripts/test installs it)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel, the static agent, a cluster key and the initramfs built from them.
+pub struct Artifacts {
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+    pub key: ClusterKey,
+    pub key_path: PathBuf,
+    pub initramfs_bytes: u64,
+    pub agent_bytes: u64,
+}
+
+/// Fetches the kernel (through apt, once), builds the static agent and the initramfs into `dir`.
+pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
+    std::fs::create_dir_all(dir)?;
+    let kernel_dir = std::env::var_os("LAZARUS_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("lab/kernel"));
+    let release = run(Command::new("bash").arg("-c").arg(format!(
+        ". '{}/scripts/lib/setup.sh' && ensure_kernel '{}'",
+        workspace().display(),
+        kernel_dir.display()
+    )))?;
+    let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{release}"));
+    let agent = match std::env::var_os("LAZARUS_AGENT_STATIC") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            run(Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "--target",
+                    "x86_64-unknown-linux-musl",
+                    "-p",
+                    "lazarus-agent",
+                    "--bin",
+                    "lazarus-agent",
+                ])
+                .current_dir(workspace()))?;
+            target_dir().join("x86_64-unknown-linux-musl/release/lazarus-agent")
+        }
+    };
+    let key_path = dir.join("cluster.key");
+    if !key_path.exists() {
+        lazarus_agent::keyfile::generate(&key_path)?;
+    }
+    let key = lazarus_agent::keyfile::load(&key_path)?;
+    let initramfs = dir.join("initramfs.gz");
+    let report = lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {
+        kernel_dir,
+        agent: agent.clone(),
+        key_file: key_path.clone(),
+        config: None,
+        output: initramfs.clone(),
+    })?;
+    Ok(Artifacts {
+        vmlinuz,
+        initramfs,
+        key,
+        key_path,
+        initramfs_bytes: report.compressed_bytes,
+        agent_bytes: std::fs::metadata(&agent)?.len(),
+    })
+}
+
+/// A network namespace with `tap0` at [`HOST_IP`].
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["tuntap", "add", "tap0", "mode", "tap"],
+            vec!["addr", "add", &format!("{HOST_IP}/{PREFIX}"), "dev", "tap0"],
+            vec!["link", "set", "tap0", "up"],
+        ] {
+            run(Command::new("ip")
+                .args(["netns", "exec", name, "ip"])
+                .args(&args))?;
+        }
+        Ok(ns)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread that entered the namespace: sockets it creates live there (and keep
+    /// living there when handed back).
+    pub fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            let fd = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .context("setns")?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+/// nfs-ganesha serving `export_dir` as `/export` (read-only) inside a namespace.
+pub struct Nfs {
+    child: Child,
+}
+
+impl Nfs {
+    pub fn start(ns: &Netns, dir: &Path, export_dir: &Path) -> anyhow::Result<Self> {
+        let conf = dir.join("ganesha.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {HOST_IP}; NFS_Port = 2049; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+                 NFSV4 {{ Graceless = true; }}\n\
+                 EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RO; Squash = No_Root_Squash; Protocols = 4; SecType = sys; FSAL {{ Name = VFS; }} }}\n",
+                export_dir.display()
+            ),
+        )?;
+        let child = ns
+            .command("ganesha.nfsd")
+            .arg("-F")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-L")
+            .arg(dir.join("ganesha.log"))
+            .arg("-p")
+            .arg(dir.join("ganesha.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ganesha.nfsd")?;
+        let nfs = Self { child };
+        let addr: SocketAddr = format!("{HOST_IP}:2049").parse()?;
+        let up = ns.enter(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
+        })?;
+        if !up {
+            bail!(
+                "nfs-ganesha did not listen on {addr}; see {}",
+                dir.join("ganesha.log").display()
+            );
+        }
+        Ok(nfs)
+    }
+}
+
+impl Drop for Nfs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A QEMU guest booting the rescue initramfs.
+pub struct Vm {
+    child: Child,
+    pub serial: PathBuf,
+    pub command_line: String,
+    pub started: Instant,
+}
+
+/// How to boot a guest.
+pub struct VmSpec<'a> {
+    pub name: &'a str,
+    pub disk: &'a Path,
+    pub disk_serial: &'a str,
+    pub mac: &'a str,
+    pub append: String,
+}
+
+impl Vm {
+    pub fn boot(ns: &Netns, art: &Artifacts, dir: &Path, spec: &VmSpec) -> anyhow::Result<Self> {
+        let serial = dir.join(format!("{}-serial.log", spec.name));
+        let args: Vec<String> = vec![
+            "-accel".into(),
+            "tcg".into(),
+            "-m".into(),
+            "512".into(),
+            "-smp".into(),
+            "1".into(),
+            "-nographic".into(),
+            "-no-reboot".into(),
+            "-nodefaults".into(),
+            "-serial".into(),
+            format!("file:{}", serial.display()),
+            "-kernel".into(),
+            art.vmlinuz.display().to_string(),
+            "-initrd".into(),
+            art.initramfs.display().to_string(),
+            "-append".into(),
+            format!("console=ttyS0 panic=-1 quiet {}", spec.append),
+            "-netdev".into(),
+            "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
+            "-drive".into(),
+            format!(
+                "file={},format=raw,if=none,id=d0,cache=writeback",
+                spec.disk.display()
+            ),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=d0,serial={}", spec.disk_serial),
+        ];
+        let command_line = format!(
+            "ip netns exec {} qemu-system-x86_64 {}",
+            ns.name,
+            args.iter()
+                .map(|a| if a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.clone()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        eprintln!("lab: {command_line}");
+        let child = ns
+            .command("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        Ok(Self {
+            child,
+            serial,
+            command_line,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits for the guest to power off (a reboot ends QEMU with `-no-reboot`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A run's folder: removed after success, kept (and named) after a failure.
+pub struct RunDir {
+    pub path: PathBuf,
+    pub keep: bool,
+}
+
+impl RunDir {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let path = target_dir()
+            .join("lab/runs")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path, keep: false })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || self.keep {
+            eprintln!(
+                "lab: kept {} (serial logs, disks, ganesha log)",
+                self.path.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The rescue boot, end to end: the stock Debian kernel boots our initramfs in QEMU (software
+//! emulation) inside a network namespace, the agent runs as PID 1, announces `Ready`, and is
+//! driven over the real protocol to rewrite the node's disk from nfs-ganesha, restore business
+//! files, and reboot. Then the host inspects the disk.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lazarus_controller::agent_client::AgentClient;
+use lazarus_e2e::disk::{self, FLAG_OFFSET, IMAGE_MIB, MIB};
+use lazarus_e2e::*;
+use lazarus_proto::flag::{FlagRecord, FlagState, SlotsView};
+use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
+use lazarus_proto::*;
+use sha2::Digest;
+
+const GUEST_IP: &str = "10.77.0.2";
+const MAC: &str = "52:54:00:4c:5a:01";
+/// Software emulation on two cores: boots take tens of seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const PLAN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn sha(data: &[u8]) -> Sha256 {
+    Sha256(sha2::Sha256::digest(data).into())
+}
+
+fn flag_on(disk: &Path) -> FlagRecord {
+    let mut slots = vec![0u8; 8192];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut slots, FLAG_OFFSET)
+        .unwrap();
+    SlotsView::decode(&slots).record()
+}
+
+fn plan(id: &str, image: &[u8], restore: Option<RestoreSpec>) -> Plan {
+    Plan {
+        plan_id: id.into(),
+        network: NetworkPlan {
+            address: GUEST_IP.parse().unwrap(),
+            prefix_len: PREFIX,
+            gateway: None,
+            interface: None,
+        },
+        nfs: NfsSource {
+            server: HOST_IP.parse().unwrap(),
+            export: "/export".into(),
+            version: NfsVersion::V4_1,
+            options: String::new(),
+        },
+        image: ImageSpec {
+            path: "images/worker.img".into(),
+            format: ImageFormat::Raw,
+            size: image.len() as u64,
+            sha256: sha(image),
+            layout: ImageLayout::WholeDisk,
+            bmap: None,
+        },
+        target: DiskSelector {
+            serial: Some("LZNODE01".into()),
+            ..DiskSelector::default()
+        },
+        flag: FlagLocation::default(),
+        restore,
+    }
+}
+
+fn wait_done(c: &mut AgentClient) -> Status {
+    let deadline = Instant::now() + PLAN_TIMEOUT;
+    loop {
+        let s = c.status_of(&Request::GetStatus).expect("status");
+        if s.phase != Phase::Recovering {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "plan did not finish: {s:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
+    if let Err(why) = available() {
+        eprintln!(
+            "SKIPPED rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots: {why}"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the QEMU end-to-end test must run in CI: {why}"
+        );
+        return;
+    }
+    let run = RunDir::new("rescue-boot").unwrap();
+    let dir = &run.path;
+    let art = artifacts(dir).expect("building the kernel, agent and initramfs");
+    eprintln!(
+        "lab: static agent {} bytes, initramfs {} bytes",
+        art.agent_bytes, art.initramfs_bytes
+    );
+
+    // The known-good system image and the node's business backup, on the NFS export.
+    let export = dir.join("export");
+    std::fs::create_dir_all(export.join("images")).unwrap();
+    let sysroot = dir.join("sysroot");
+    std::fs::create_dir_all(sysroot.join("etc")).unwrap();
+    std::fs::write(sysroot.join("etc/os-release"), "NAME=lazarus-worker\n").unwrap();
+    let image_path = export.join("images/worker.img");
+    disk::build(&image_path, &sysroot, IMAGE_MIB).unwrap();
+    let image = std::fs::read(&image_path).unwrap();
+    let business = dir.join("business");
+    std::fs::create_dir_all(business.join("srv/app")).unwrap();
+    std::fs::write(business.join("srv/app/orders.db"), b"order 1\norder 2\n").unwrap();
+    std::fs::set_permissions(
+        business.join("srv/app/orders.db"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("orders.db", business.join("srv/app/current")).unwrap();
+    lazarus_agent::backup::create_backup(&lazarus_agent::backup::BackupRequest {
+        node: "node-1",
+        to: &export.join("backups"),
+        root: &business,
+        paths: &["srv".into()],
+        now: 1_795_000_000,
+    })
+    .unwrap();
+
+    // The failed node's disk: the same layout, old contents, a flag partition.
+    let oldroot = dir.join("oldroot");
+    std::fs::create_dir_all(&oldroot).unwrap();
+    std::fs::write(oldroot.join("broken"), "yes").unwrap();
+    let node_disk = dir.join("node-1.img");
+    disk::build(&node_disk, &oldroot, disk::DISK_MIB).unwrap();
+
+    let ns = Netns::create(&format!("lz-e2e-{}", std::process::id())).unwrap();
+    let _nfs = Nfs::start(&ns, dir, &export).unwrap();
+
+    // The controller's side of Ready: listen inside the namespace.
+    let key = art.key.clone();
+    let listener = ns
+        .enter(|| TcpListener::bind(format!("{HOST_IP}:7461")))
+        .unwrap()
+        .unwrap();
+    let ready = std::thread::spawn(move || -> Ready {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let frame = read_frame(&mut s).unwrap();
+        let (_, body, reply) = AnnounceOpener::default().open(&key, &frame).unwrap();
+        write_frame(&mut s, &reply.seal_ack(&key).unwrap()).unwrap();
+        match body {
+            Response::Ready(r) => r,
+            other => panic!("not a Ready: {other:?}"),
+        }
+    });
+
+    let mut vm = Vm::boot(
+        &ns,
+        &art,
+        dir,
+        &VmSpec {
+            name: "node-1",
+            disk: &node_disk,
+            disk_serial: "LZNODE01",
+            mac: MAC,
+            append: format!("lazarus.ip={GUEST_IP}/{PREFIX} lazarus.controller={HOST_IP}:7461"),
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !ready.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "no Ready within {BOOT_TIMEOUT:?}\n{}\n{}",
+            vm.command_line,
+            vm.serial_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ready = ready.join().unwrap();
+    let to_ready = vm.started.elapsed();
+    eprintln!(
+        "lab: Ready {:.1} s after QEMU started",
+        to_ready.as_secs_f64()
+    );
+    assert!(
+        ready
+            .identity
+            .macs
+            .contains(&[0x52, 0x54, 0x00, 0x4c, 0x5a, 0x01]),
+        "{ready:?}"
+    );
+    assert_eq!(ready.flag.as_ref().map(|f| f.state), Some(FlagState::None));
+
+    let addr: SocketAddr = format!("{GUEST_IP}:{AGENT_PORT}").parse().unwrap();
+    let key = art.key.clone();
+    let mut c = ns
+        .enter(move || AgentClient::connect(&addr.to_string(), key, Duration::from_secs(60)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.boot_id(), ready.boot_id);
+
+    // 1. A wrong digest: FAILED, the first MiB zeroed, the agent still answering.
+    let mut bad = plan("e2e-bad-digest", &image, None);
+    bad.image.sha256.0[0] ^= 0xff;
+    c.status_of(&Request::Recover(Box::new(bad))).unwrap();
+    let s = wait_done(&mut c);
+    assert_eq!(
+        (s.phase, s.error.as_ref().map(|e| e.code)),
+        (Phase::Failed, Some(504)),
+        "{s:?}\n{}",
+        vm.serial_log()
+    );
+    let f = flag_on(&node_disk);
+    assert_eq!(
+        (f.state, f.error_code, f.plan_id.as_str()),
+        (FlagState::Failed, 504, "e2e-bad-digest")
+    );
+    let mut head = vec![0u8; MIB as usize];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "first MiB not zero after FAILED"
+    );
+    assert_eq!(
+        c.status_of(&Request::GetStatus).unwrap().phase,
+        Phase::Failed
+    );
+
+    // 2. The image alone: the disk then holds its bytes exactly.
+    c.status_of(&Request::Recover(Box::new(plan("e2e-image", &image, None))))
+        .unwrap();
+    let s = wait_done(&mut c);
+    assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", vm.serial_log());
+    let mut written = vec![0u8; image.len()];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut written, 0)
+        .unwrap();
+    assert_eq!(
+        sha(&written),
+        sha(&image),
+        "the disk does not hold the image"
+    );
+    assert_eq!(
+        (flag_on(&node_disk).state, flag_on(&node_disk).plan_id),
+        (FlagState::Recovered, "e2e-image".to_string())
+    );
+
+    // 3. The whole repair: image and business files, then Reboot.
+    let restore = RestoreSpec {
+        backups_dir: "backups".into(),
+        node: "node-1".into(),
+        failure_time: 1_795_000_100,
+        filesystem: RestoreFilesystem {
+            partition: Some(1),
+            fstype: FsType::Ext4,
+            root: "/".into(),
+        },
+        paths: vec![],
+    };
+    c.status_of(&Request::Recover(Box::new(plan(
+        "e2e-repair",
+        &image,
+        Some(restore),
+    ))))
+    .unwrap();
+    let s = wait_done(&mut c);
+    assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", vm.serial_log());
+    assert_eq!(
+        c.status_of(&Request::Reboot).unwrap().phase,
+        Phase::Rebooting
+    );
+    let exit = vm.wait_exit(Duration::from_secs(120));
+    assert!(
+        exit.is_some(),
+        "QEMU did not exit after Reboot\n{}",
+        vm.serial_log()
+    );
+
+    // On the host: the flag says RECOVERED with the plan id (read by the CLI, as the restored OS
+    // would), and the business files are in the restored filesystem with their modes.
+    let f = flag_on(&node_disk);
+    assert_eq!(
+        (f.state, f.plan_id.as_str()),
+        (FlagState::Recovered, "e2e-repair")
+    );
+    let dev = std::process::Command::new("losetup")
+        .args(["-f", "--show", "-P"])
+        .arg(&node_disk)
+        .output()
+        .unwrap();
+    let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+    let _ = std::process::Command::new("partx")
+        .args(["-a", &dev])
+        .status();
+    let cli = std::process::Command::new(std::env::var("LAZARUS_CLI").unwrap_or_else(|_| {
+        lazarus_e2e::workspace()
+            .join("target/debug/lazarus")
+            .display()
+            .to_string()
+    }))
+    .args(["flag", "show", "--json", &format!("{dev}p2")])
+    .output();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "ro", &format!("{dev}p1")])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    let check = || -> Result<(), String> {
+        if !mounted {
+            return Err("mounting the restored root failed".into());
+        }
+        let os = std::fs::read_to_string(mnt.join("etc/os-release")).map_err(|e| e.to_string())?;
+        if os != "NAME=lazarus-worker\n" {
+            return Err(format!("os-release: {os:?}"));
+        }
+        if mnt.join("broken").exists() {
+            return Err("the old root survived".into());
+        }
+        let db = std::fs::read(mnt.join("srv/app/orders.db")).map_err(|e| e.to_string())?;
+        if db != b"order 1\norder 2\n" {
+            return Err("orders.db differs".into());
+        }
+        let mode = std::fs::metadata(mnt.join("srv/app/orders.db"))
+            .map_err(|e| e.to_string())?
+            .mode()
+            & 0o7777;
+        if mode != 0o640 {
+            return Err(format!("orders.db mode {mode:o}"));
+        }
+        let link = std::fs::read_link(mnt.join("srv/app/current")).map_err(|e| e.to_string())?;
+        if link != Path::new("orders.db") {
+            return Err(format!("symlink {link:?}"));
+        }
+        Ok(())
+    };
+    let result = check();
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &dev])
+        .status();
+    result.unwrap();
+    if let Ok(out) = cli {
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("\"state\":\"recovered\"") && text.contains("e2e-repair"),
+                "{text}"
+            );
+        }
+    }
+    eprintln!(
+        "lab: kernel start to Ready {:.1} s; serial log:\n{}",
+        to_ready.as_secs_f64(),
+        vm.serial_log()
+            .lines()
+            .filter(|l| !l.contains("loaded module"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
