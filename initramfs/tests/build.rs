@@ -12,8 +12,13 @@ fn inputs() -> Option<(PathBuf, PathBuf)> {
     match (kernel, agent) {
         (Some(k), Some(a)) if k.exists() && a.exists() => Some((k, a)),
         _ => {
-            eprintln!("SKIPPED: set LAZARUS_KERNEL_DIR and LAZARUS_AGENT_STATIC (scripts/test does)");
-            assert!(std::env::var_os("CI").is_none(), "the initramfs tests must run in CI");
+            eprintln!(
+                "SKIPPED: set LAZARUS_KERNEL_DIR and LAZARUS_AGENT_STATIC (scripts/test does)"
+            );
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the initramfs tests must run in CI"
+            );
             None
         }
     }
@@ -37,34 +42,89 @@ fn opts(kernel: &Path, agent: &Path, dir: &Path, out: &str) -> BuildOptions {
 
 #[test]
 fn builds_reproducibly_with_modules_and_no_shell() {
-    let Some((kernel, agent)) = inputs() else { return };
+    let Some((kernel, agent)) = inputs() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     key(dir.path());
     let a = build(&opts(&kernel, &agent, dir.path(), "a.gz")).unwrap();
     build(&opts(&kernel, &agent, dir.path(), "b.gz")).unwrap();
-    assert_eq!(std::fs::read(dir.path().join("a.gz")).unwrap(), std::fs::read(dir.path().join("b.gz")).unwrap(), "not reproducible");
-    for m in ["virtio_blk", "virtio_net", "virtio_pci", "nfsv4", "ext4", "sunrpc", "jbd2"] {
-        assert!(a.modules.iter().any(|x| x == m), "{m} missing from {:?}", a.modules);
+    assert_eq!(
+        std::fs::read(dir.path().join("a.gz")).unwrap(),
+        std::fs::read(dir.path().join("b.gz")).unwrap(),
+        "not reproducible"
+    );
+    for m in [
+        "virtio_blk",
+        "virtio_net",
+        "virtio_pci",
+        "nfsv4",
+        "ext4",
+        "sunrpc",
+        "jbd2",
+    ] {
+        assert!(
+            a.modules.iter().any(|x| x == m),
+            "{m} missing from {:?}",
+            a.modules
+        );
     }
     let (archive, _) = assemble(&opts(&kernel, &agent, dir.path(), "c.gz")).unwrap();
     let paths: Vec<&str> = archive.paths().collect();
-    for bad in ["bin/sh", "sh", "busybox", "bin/busybox", "sbin/udevd", "usr"] {
+    for bad in [
+        "bin/sh",
+        "sh",
+        "busybox",
+        "bin/busybox",
+        "sbin/udevd",
+        "usr",
+    ] {
         assert!(!paths.contains(&bad), "the initramfs holds {bad}");
     }
-    assert!(paths.iter().all(|p| !p.ends_with("/sh") && !p.contains("busybox") && !p.contains("udev")), "{paths:?}");
-    assert!(matches!(archive.get("init"), Some(Node::File { executable: true, .. })));
-    assert!(matches!(archive.get("dev/console"), Some(Node::CharDevice(5, 1))));
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.ends_with("/sh") && !p.contains("busybox") && !p.contains("udev")),
+        "{paths:?}"
+    );
+    assert!(matches!(
+        archive.get("init"),
+        Some(Node::File {
+            executable: true,
+            ..
+        })
+    ));
+    assert!(matches!(
+        archive.get("dev/console"),
+        Some(Node::CharDevice(5, 1))
+    ));
     assert!(archive.get("etc/lazarus/cluster.key").is_some());
-    let dep = paths.iter().find(|p| p.ends_with("modules.dep")).expect("modules.dep");
-    let Some(Node::File { data, .. }) = archive.get(dep) else { panic!() };
+    let dep = paths
+        .iter()
+        .find(|p| p.ends_with("modules.dep"))
+        .expect("modules.dep");
+    let Some(Node::File { data, .. }) = archive.get(dep) else {
+        panic!()
+    };
     let dep = String::from_utf8_lossy(data);
-    assert!(dep.lines().any(|l| l.starts_with("kernel/drivers/block/virtio_blk.ko:") && l.contains("virtio_ring.ko")), "{dep}");
-    eprintln!("initramfs: {} bytes compressed, {} modules", a.compressed_bytes, a.modules.len());
+    assert!(
+        dep.lines()
+            .any(|l| l.starts_with("kernel/drivers/block/virtio_blk.ko:")
+                && l.contains("virtio_ring.ko")),
+        "{dep}"
+    );
+    eprintln!(
+        "initramfs: {} bytes compressed, {} modules",
+        a.compressed_bytes,
+        a.modules.len()
+    );
 }
 
 #[test]
 fn a_dynamic_init_a_weak_kernel_and_a_broken_config_are_refused_by_name() {
-    let Some((kernel, agent)) = inputs() else { return };
+    let Some((kernel, agent)) = inputs() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     key(dir.path());
     let mut o = opts(&kernel, Path::new("/bin/ls"), dir.path(), "x.gz");
@@ -78,7 +138,9 @@ fn a_dynamic_init_a_weak_kernel_and_a_broken_config_are_refused_by_name() {
     for e in std::fs::read_dir(kernel.join("boot")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("config-") {
-            let text = std::fs::read_to_string(e.path()).unwrap().replace("CONFIG_DEVTMPFS=y", "# CONFIG_DEVTMPFS is not set");
+            let text = std::fs::read_to_string(e.path())
+                .unwrap()
+                .replace("CONFIG_DEVTMPFS=y", "# CONFIG_DEVTMPFS is not set");
             std::fs::write(weak.join("boot").join(&name), text).unwrap();
         }
     }
@@ -91,9 +153,15 @@ fn a_dynamic_init_a_weak_kernel_and_a_broken_config_are_refused_by_name() {
     std::fs::write(&conf, "listen_port = 7460\nlisten_prot = 1\n").unwrap();
     o.config = Some(conf.clone());
     let err = build(&o).unwrap_err().to_string();
-    assert!(err.contains("agent.toml") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("agent.toml") && err.contains("line 2"),
+        "{err}"
+    );
     std::fs::write(&conf, "[modules]\nalways = [\"no_such_module\"]\n").unwrap();
     let err = build(&o).unwrap_err().to_string();
     assert!(err.contains("no_such_module"), "{err}");
-    assert!(!dir.path().join("x.gz").exists(), "a refused build wrote its output");
+    assert!(
+        !dir.path().join("x.gz").exists(),
+        "a refused build wrote its output"
+    );
 }
