@@ -139,6 +139,11 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         config.listen_port,
     )))
     .map_err(|e| format!("listening on port {}: {e}", config.listen_port))?;
+    let uptime = std::fs::read_to_string(root.proc.join("uptime")).unwrap_or_default();
+    log::info!(
+        "ready, {} s after the kernel started",
+        uptime.split_whitespace().next().unwrap_or("?")
+    );
     if let Some(controller) = boot.controller {
         let mut identity = identity::read_identity(&root);
         identity.address = Some(ip.address);
@@ -151,7 +156,6 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         let key = key.clone();
         std::thread::spawn(move || announce::announce(controller, &key, &ready, None));
     }
-    log::info!("ready");
     server::serve(listener, agent, key).map_err(|e| format!("serving: {e}"))?;
     Ok(())
 }
