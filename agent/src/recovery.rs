@@ -99,7 +99,18 @@ pub fn recover(
     // The flag device found so far; opened for each write, so no descriptor is held across the
     // partition table re-read (an open partition makes BLKRRPART fail with EBUSY).
     let mut flag: Option<PathBuf> = None;
-    let result = run_steps(platform, plan, progress, observer, &mut flag);
+    // A panic in a step is a failure like any other: FAILED goes to the flag found so far.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_steps(platform, plan, progress, observer, &mut flag)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(AgentError::Internal(format!("a step panicked: {what}")))
+    });
     match result {
         Ok(record) => Ok(record),
         Err(err) => {

@@ -8,7 +8,6 @@ use lazarus_proto::{
     BootId, ErrorInfo, ErrorReply, FlagSummary, Hello, Phase, Plan, Request, Response, Status, Step,
 };
 
-use crate::error::AgentError;
 use crate::flag_store::{FlagStore, FlagUpdate};
 use crate::image::Progress;
 use crate::logring::LogRing;
@@ -180,17 +179,7 @@ impl Agent {
         let agent = self.clone();
         std::thread::spawn(move || {
             let platform = agent.platform.clone();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                recovery::recover(platform.as_ref(), &plan, &progress, agent.as_ref())
-            }))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(AgentError::Internal(format!("recovery panicked: {what}")))
-            });
+            let outcome = recovery::recover(platform.as_ref(), &plan, &progress, agent.as_ref());
             let mut live = agent.live();
             match outcome {
                 Ok(_) => {
