@@ -8,6 +8,7 @@
 pub mod announce;
 pub mod backup;
 pub mod config;
+pub mod dhcp;
 pub mod disk;
 pub mod error;
 pub mod flag_store;

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use lazarus_proto::{BootId, FlagLocation, Ready};
 
-use crate::config::{AgentConfig, BootConfig, CONFIG_PATH, KEY_PATH};
+use crate::config::{AgentConfig, BootConfig, StaticIp, CONFIG_PATH, KEY_PATH};
 use crate::kmod::ModuleDb;
 use crate::logring::LogRing;
 use crate::platform::{find_flag, Machine, Mode};
 use crate::root::Root;
 use crate::service::Agent;
-use crate::{announce, identity, keyfile, network, server, sys};
+use crate::{announce, dhcp, identity, keyfile, network, server, sys};
 
 /// Runs as PID 1. Never returns.
 pub fn run() -> ! {
@@ -109,10 +109,24 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
     let timeout = Duration::from_secs(config.link_timeout_secs);
     let iface = network::choose(&root, boot.iface.as_deref(), timeout)?;
     network::bring_up(&root, &iface, timeout)?;
-    let ip = boot
-        .ip
-        .clone()
-        .ok_or("no lazarus.ip= on the kernel command line, and the DHCP client is not built yet")?;
+    let ip = match boot.ip.clone() {
+        Some(ip) => ip,
+        None => {
+            let mac = iface
+                .mac
+                .ok_or_else(|| format!("{} has no MAC address for DHCP", iface.name))?;
+            let lease = dhcp::acquire(
+                &iface.name,
+                mac,
+                Duration::from_secs(config.dhcp_timeout_secs),
+            )?;
+            StaticIp {
+                address: lease.address.into(),
+                prefix_len: lease.prefix_len,
+                gateway: lease.router.map(Into::into),
+            }
+        }
+    };
     network::set_address(&iface, ip.address, ip.prefix_len, ip.gateway)?;
 
     let boot_flag = match &boot.flag {
