@@ -20,6 +20,8 @@ pub struct LogRing {
     echo: bool,
     /// `/dev/kmsg`, in PID 1 mode: the kernel's log keeps our lines beside its own.
     kmsg: Mutex<Option<std::fs::File>>,
+    /// The agent's phase (and step), shown on every console line.
+    phase: Mutex<String>,
 }
 
 static RING: OnceLock<LogRing> = OnceLock::new();
@@ -32,11 +34,20 @@ impl LogRing {
             lines: Mutex::new((0, VecDeque::with_capacity(KEEP))),
             echo,
             kmsg: Mutex::new(None),
+            phase: Mutex::new("booting".into()),
         });
         if log::set_logger(ring).is_ok() {
             log::set_max_level(level);
         }
         ring
+    }
+
+    /// Sets the phase shown on console lines (`ready`, `recovering/copy_image`, …), if the ring
+    /// is installed.
+    pub fn set_phase(phase: &str) {
+        if let Some(ring) = RING.get() {
+            *ring.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.to_string();
+        }
     }
 
     /// Also writes every line to `kmsg` (`/dev/kmsg`).
@@ -84,10 +95,11 @@ impl log::Log for LogRing {
             }
             message.truncate(cut);
         }
+        let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if self.echo {
             let _ = writeln!(
                 std::io::stderr(),
-                "[{:>6}.{:03}] {:<5} {}",
+                "[{:>6}.{:03}] {:<5} {phase}: {}",
                 time_ms / 1000,
                 time_ms % 1000,
                 record.level(),
@@ -101,7 +113,7 @@ impl log::Log for LogRing {
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            let _ = writeln!(kmsg, "<{prio}>lazarus: {message}");
+            let _ = writeln!(kmsg, "<{prio}>lazarus: {phase}: {message}");
         }
         let mut guard = match self.lines.lock() {
             Ok(g) => g,

@@ -70,6 +70,7 @@ impl Agent {
                 Err(e) => log::warn!("no readable flag at {}: {e}", path.display()),
             }
         }
+        LogRing::set_phase("ready");
         Arc::new(Self {
             boot_id,
             platform,
@@ -157,6 +158,7 @@ impl Agent {
                     let mut live = self.live();
                     live.phase = Phase::Rebooting;
                     live.reboot_requested = true;
+                    LogRing::set_phase("rebooting");
                 }
                 log::info!("reboot requested");
                 Response::Status(self.status())
@@ -185,18 +187,35 @@ impl Agent {
                 Ok(_) => {
                     live.phase = Phase::Recovered;
                     live.error = None;
+                    LogRing::set_phase("recovered");
                 }
                 Err(e) => {
                     live.phase = Phase::Failed;
                     live.error = Some(e.info());
+                    LogRing::set_phase("failed");
                 }
             }
         });
     }
 }
 
+/// The snake_case name of a step, as on the wire in JSON.
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::ConfigureNetwork => "configure_network",
+        Step::MountSource => "mount_source",
+        Step::SelectDisk => "select_disk",
+        Step::CopyImage => "copy_image",
+        Step::RereadPartitions => "reread_partitions",
+        Step::MountTarget => "mount_target",
+        Step::RestoreFiles => "restore_files",
+        Step::Sync => "sync",
+    }
+}
+
 impl Observer for Agent {
     fn step(&self, step: Step) {
+        LogRing::set_phase(&format!("recovering/{}", step_name(step)));
         log::info!("step {step:?}");
         self.live().step = Some(step);
     }
