@@ -7,4 +7,5 @@
 
 pub mod agent_client;
 pub mod agent_cmd;
+pub mod cluster;
 pub mod flag_cmd;

@@ -1,0 +1,466 @@
+//! The cluster file (`cluster.toml`): the controller's whole configuration, validated at start.
+//! Every error names the file, the line and the key (`cluster.toml:14: nodes[1].role: …`).
+//!
+//! See `docs/cluster.example.toml` for a commented example.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lazarus_proto::{DiskSelector, FsType, ImageFormat, ImageLayout, NfsVersion, Sha256};
+use serde::Deserialize;
+
+/// The whole cluster file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub controller: ControllerSection,
+    #[serde(default)]
+    pub policy: Policy,
+    pub promotion: Option<Promotion>,
+    pub nfs: NfsSection,
+    pub images: std::collections::BTreeMap<String, Image>,
+    pub nodes: Vec<Node>,
+}
+
+/// Where the controller listens and what it trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// The local HTTP API and `/metrics` (the CLI talks to it).
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// Where agents announce `Ready`.
+    #[serde(default = "default_ready")]
+    pub ready: SocketAddr,
+    pub key_file: PathBuf,
+}
+
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7470))
+}
+
+fn default_ready() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], lazarus_proto::CONTROLLER_PORT))
+}
+
+/// Timing, thresholds and brakes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Consecutive failed checks that mark a node failed.
+    pub failure_threshold: u32,
+    /// Consecutive good checks that mark a failing node healthy again.
+    pub recovery_threshold: u32,
+    pub max_concurrent_repairs: u32,
+    /// More nodes than this failing at once pauses automatic repair (a network fault must not
+    /// wipe a cluster).
+    pub max_unhealthy: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub timeouts: Timeouts,
+    /// Attempts of a step before the node is quarantined.
+    pub retries: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            health_interval: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            recovery_threshold: 2,
+            max_concurrent_repairs: 1,
+            max_unhealthy: 2,
+            poll_interval: Duration::from_secs(2),
+            timeouts: Timeouts::default(),
+            retries: 2,
+        }
+    }
+}
+
+/// How long each repair step may take.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub fence: Duration,
+    #[serde(with = "humantime_serde")]
+    pub attach: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ready: Duration,
+    #[serde(with = "humantime_serde")]
+    pub recover: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reboot: Duration,
+    #[serde(with = "humantime_serde")]
+    pub verify: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            fence: Duration::from_secs(60),
+            attach: Duration::from_secs(120),
+            ready: Duration::from_secs(600),
+            recover: Duration::from_secs(3600),
+            reboot: Duration::from_secs(120),
+            verify: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The command run when a standby takes a failed worker's place; it gets `LAZARUS_FAILED` and
+/// `LAZARUS_PROMOTED` in its environment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    pub command: Vec<String>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The share images and backups come from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsSection {
+    pub server: IpAddr,
+    pub export: String,
+    #[serde(default)]
+    pub version: NfsVersion,
+    #[serde(default)]
+    pub options: String,
+    /// Backups folder relative to the export (`<backups>/<node>/<UTC time>/`).
+    #[serde(default = "default_backups")]
+    pub backups: String,
+}
+
+fn default_backups() -> String {
+    "backups".into()
+}
+
+/// A known-good system image.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub path: String,
+    pub format: ImageFormat,
+    pub size: u64,
+    pub sha256: Sha256,
+    #[serde(default = "default_layout")]
+    pub layout: ImageLayout,
+    pub bmap: Option<lazarus_proto::BmapRef>,
+}
+
+fn default_layout() -> ImageLayout {
+    ImageLayout::WholeDisk
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Worker,
+    Standby,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    pub role: Role,
+    /// MAC addresses (`aa:bb:cc:dd:ee:ff`): how a booted agent is matched to the node.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    pub system_uuid: Option<String>,
+    /// The image the node is rebuilt from (a key of `[images]`).
+    pub image: String,
+    pub health: HealthCheck,
+    pub boot: BootProvider,
+    /// The node's address while it is repaired.
+    pub rescue: RescueNet,
+    /// The node's system disk.
+    pub disk: DiskSelector,
+    /// Where the restored business files go; none: no restore.
+    pub restore: Option<RestoreTarget>,
+}
+
+/// How a node's health is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// A TCP connection to `target` succeeds.
+    Tcp { target: SocketAddr },
+    /// An HTTP GET of `url` answers 2xx.
+    Http { url: String },
+    /// The command exits 0.
+    Exec { command: Vec<String> },
+}
+
+/// How the controller makes a node boot the rescue kernel, and powers it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "provider", rename_all = "lowercase")]
+pub enum BootProvider {
+    /// Operator commands, templated with `{node}`, `{mac}`, `{rescue_ip}`.
+    Command {
+        attach: Vec<String>,
+        detach: Vec<String>,
+        power_off: Option<Vec<String>>,
+        reset: Option<Vec<String>>,
+    },
+    /// A person attaches the rescue media and confirms with `lazarus repair NODE`.
+    Manual,
+    /// A Redfish BMC: virtual media, one-time boot override, power.
+    Redfish {
+        endpoint: String,
+        system: String,
+        username: Option<String>,
+        password_file: Option<PathBuf>,
+        /// URL of the rescue ISO the BMC fetches.
+        image_url: String,
+        #[serde(default)]
+        insecure: bool,
+    },
+}
+
+/// The node's address during a repair.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RescueNet {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub interface: Option<String>,
+}
+
+/// Where business files are restored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreTarget {
+    pub partition: Option<u32>,
+    pub fstype: FsType,
+    #[serde(default = "default_root")]
+    pub root: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+fn default_root() -> String {
+    "/".into()
+}
+
+/// A cluster file that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Cluster {
+    /// Reads and validates a cluster file.
+    pub fn load(path: &Path) -> Result<Self, ClusterError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ClusterError::Read(path.to_owned(), e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; errors name `file`.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ClusterError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let de = toml::Deserializer::parse(text).map_err(|e| ClusterError::Invalid {
+            file: file.into(),
+            line: e.span().map_or(1, |s| line_of(s.start)),
+            key: "-".into(),
+            message: e.message().to_string(),
+        })?;
+        let cluster: Cluster = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ClusterError::Invalid {
+                file: file.into(),
+                line: inner
+                    .span()
+                    .map_or_else(|| line_of_key(text, &key), |s| line_of(s.start)),
+                key,
+                message: inner.message().to_string(),
+            }
+        })?;
+        cluster
+            .validate()
+            .map_err(|(key, message)| ClusterError::Invalid {
+                file: file.into(),
+                line: line_of_key(text, &key),
+                key,
+                message,
+            })?;
+        Ok(cluster)
+    }
+
+    /// Checks what serde cannot: names unique, references resolved, MACs parse, brakes sane.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let p = &self.policy;
+        if p.failure_threshold == 0 || p.recovery_threshold == 0 {
+            return Err((
+                "policy.failure_threshold".into(),
+                "thresholds must be at least 1".into(),
+            ));
+        }
+        if p.max_concurrent_repairs == 0 {
+            return Err((
+                "policy.max_concurrent_repairs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if p.health_timeout >= p.health_interval {
+            return Err((
+                "policy.health_timeout".into(),
+                "must be shorter than policy.health_interval".into(),
+            ));
+        }
+        if self.nodes.is_empty() {
+            return Err(("nodes".into(), "the cluster has no nodes".into()));
+        }
+        let mut names = BTreeSet::new();
+        let mut macs = BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let key = |k: &str| format!("nodes[{i}].{k}");
+            if n.name.is_empty()
+                || !n
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err((
+                    key("name"),
+                    format!("{:?} is not a plain node name", n.name),
+                ));
+            }
+            if !names.insert(n.name.clone()) {
+                return Err((key("name"), format!("node {} is named twice", n.name)));
+            }
+            if !self.images.contains_key(&n.image) {
+                return Err((key("image"), format!("no image {:?} in [images]", n.image)));
+            }
+            for m in &n.macs {
+                let parsed = lazarus_agent::identity::parse_mac(&m.to_ascii_lowercase())
+                    .ok_or_else(|| (key("macs"), format!("{m:?} is not a MAC address")))?;
+                if !macs.insert(parsed) {
+                    return Err((key("macs"), format!("{m} belongs to two nodes")));
+                }
+            }
+            if n.macs.is_empty() && n.system_uuid.is_none() {
+                return Err((
+                    key("macs"),
+                    "give macs or system_uuid, to recognise the node's agent".into(),
+                ));
+            }
+            let d = &n.disk;
+            if d.by_id.is_none() && d.serial.is_none() && d.path.is_none() && d.size.is_none() {
+                return Err((key("disk"), "the disk selector names no disk".into()));
+            }
+            if let BootProvider::Command { attach, detach, .. } = &n.boot {
+                if attach.is_empty() || detach.is_empty() {
+                    return Err((
+                        key("boot"),
+                        "a command provider needs attach and detach commands".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// Best-effort line of a dotted key path (`nodes[1].role`) for semantic errors.
+fn line_of_key(text: &str, key: &str) -> usize {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    let index = key
+        .split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse::<usize>().ok());
+    let mut seen = 0usize;
+    let mut in_target = index.is_none();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("[[nodes]]") {
+            in_target = index == Some(seen);
+            seen += 1;
+        }
+        if in_target && (t.starts_with(&format!("{leaf} ")) || t.starts_with(&format!("{leaf}="))) {
+            return i + 1;
+        }
+    }
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const EXAMPLE: &str = include_str!("../../docs/cluster.example.toml");
+
+    #[test]
+    fn the_example_cluster_file_is_valid() {
+        let c = Cluster::parse(EXAMPLE, "cluster.example.toml").unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.policy.failure_threshold, 3);
+        assert!(c.node("node-2").is_some());
+    }
+
+    fn err(text: &str) -> String {
+        Cluster::parse(text, "cluster.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let bad = EXAMPLE.replacen("role = \"standby\"", "role = \"stanby\"", 1);
+        let e = err(&bad);
+        assert!(
+            e.starts_with("cluster.toml:") && e.contains("nodes[2].role") && e.contains("stanby"),
+            "{e}"
+        );
+        let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        assert!(bad.lines().nth(line - 1).unwrap().contains("stanby"), "{e}");
+
+        let e = err(&EXAMPLE.replacen("image = \"worker\"", "image = \"nope\"", 1));
+        assert!(
+            e.contains("nodes[0].image") && e.contains("no image \"nope\""),
+            "{e}"
+        );
+        let e = err(&EXAMPLE.replacen("name = \"node-2\"", "name = \"node-1\"", 1));
+        assert!(e.contains("named twice"), "{e}");
+        let e = err(&EXAMPLE.replacen("failure_threshold = 3", "failure_threshold = 0", 1));
+        assert!(e.contains("policy.failure_threshold"), "{e}");
+        let e = err(&EXAMPLE.replacen("health_interval = \"5s\"", "health_interval = \"soon\"", 1));
+        assert!(e.contains("policy.health_interval"), "{e}");
+        let e = err(&EXAMPLE.replacen("[controller]", "[controler]", 1));
+        assert!(e.contains("controler"), "{e}");
+        let e = err("this is not toml");
+        assert!(e.starts_with("cluster.toml:1:"), "{e}");
+    }
+}
