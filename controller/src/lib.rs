@@ -9,3 +9,4 @@ pub mod agent_client;
 pub mod agent_cmd;
 pub mod cluster;
 pub mod flag_cmd;
+pub mod repair;

@@ -1,0 +1,546 @@
+//! The controller's state machine, driven event by event with time as an input: the whole
+//! repair, retries and quarantine, timeouts, the brakes, promotion failures. No sleeping.
+
+use lazarus_controller::cluster::Role;
+use lazarus_controller::repair::*;
+use lazarus_proto::flag::FlagState;
+use lazarus_proto::{BootId, FlagSummary, Phase, Status};
+
+fn policy() -> Policy {
+    Policy {
+        failure_threshold: 3,
+        recovery_threshold: 2,
+        max_concurrent_repairs: 1,
+        max_unhealthy: 2,
+        retries: 2,
+        poll_interval: 2,
+        fence_timeout: 60,
+        attach_timeout: 120,
+        ready_timeout: 600,
+        recover_timeout: 3600,
+        reboot_timeout: 120,
+        verify_timeout: 600,
+        can_fence: vec!["w1".into(), "w2".into(), "w3".into(), "s1".into()],
+        has_promotion_hook: true,
+    }
+}
+
+fn cluster(nodes: &[(&str, Role)]) -> ClusterState {
+    ClusterState {
+        nodes: nodes
+            .iter()
+            .map(|(n, r)| {
+                (
+                    n.to_string(),
+                    NodeState {
+                        role: *r,
+                        healthy: true,
+                        ok_streak: 0,
+                        fail_streak: 0,
+                        repair: None,
+                        since: 0,
+                    },
+                )
+            })
+            .collect(),
+        paused: false,
+    }
+}
+
+/// Feeds events in order; keeps the actions and transitions of the last one.
+struct Run {
+    state: ClusterState,
+    policy: Policy,
+    now: Time,
+    last: Outcome,
+    all_transitions: Vec<Transition>,
+}
+
+impl Run {
+    fn new(state: ClusterState) -> Self {
+        Self {
+            state,
+            policy: policy(),
+            now: 1000,
+            last: Outcome::default(),
+            all_transitions: Vec::new(),
+        }
+    }
+
+    fn on(&mut self, e: Event) -> &Outcome {
+        let (s, o) = step(self.state.clone(), e, &self.policy, self.now);
+        self.state = s;
+        self.all_transitions.extend(o.transitions.clone());
+        self.last = o;
+        &self.last
+    }
+
+    fn at(&mut self, dt: Time) -> &mut Self {
+        self.now += dt;
+        self
+    }
+
+    fn step_of(&self, node: &str) -> Option<RepairStep> {
+        self.state.nodes[node]
+            .repair
+            .as_ref()
+            .map(|r| r.step.clone())
+    }
+
+    fn plan_id(&self, node: &str) -> String {
+        self.state.nodes[node]
+            .repair
+            .as_ref()
+            .unwrap()
+            .plan_id
+            .clone()
+    }
+
+    fn fail(&mut self, node: &str, times: u32) {
+        for _ in 0..times {
+            self.on(Event::Health {
+                node: node.into(),
+                ok: false,
+            });
+        }
+    }
+
+    fn done(&mut self, node: &str, action: ActionKind) -> &Outcome {
+        self.on(Event::Done {
+            node: node.into(),
+            action,
+            result: Ok(()),
+        })
+    }
+}
+
+fn status(boot: BootId, phase: Phase, plan: &str, flag: FlagState) -> Status {
+    Status {
+        boot_id: boot,
+        phase,
+        step: None,
+        bytes_done: 10,
+        bytes_total: 10,
+        flag: FlagSummary {
+            state: flag,
+            seq: 3,
+            plan_id: plan.into(),
+            error_code: 0,
+            bytes_done: 10,
+            timestamp: 1,
+        },
+        plan_id: Some(plan.into()),
+        error: (phase == Phase::Failed).then(|| lazarus_proto::ErrorInfo {
+            code: 504,
+            message: "digest mismatch".into(),
+        }),
+        found_at_boot: None,
+    }
+}
+
+const BOOT: BootId = BootId([7; 16]);
+
+#[test]
+fn a_failed_worker_is_fenced_replaced_repaired_and_returns_as_a_standby() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker), ("s1", Role::Standby)]));
+    r.fail("w1", 2);
+    assert_eq!(
+        r.step_of("w1"),
+        None,
+        "two failures are under the threshold"
+    );
+    r.fail("w1", 1);
+    assert_eq!(r.last.actions, vec![Action::Fence { node: "w1".into() }]);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Fencing));
+    let o = r.done("w1", ActionKind::Fence).clone();
+    assert_eq!(
+        o.actions,
+        vec![Action::Promote {
+            failed: "w1".into(),
+            promoted: "s1".into()
+        }]
+    );
+    let o = r.done("w1", ActionKind::Promote).clone();
+    assert_eq!(o.actions, vec![Action::Attach { node: "w1".into() }]);
+    assert_eq!(
+        (r.state.nodes["s1"].role, r.state.nodes["w1"].role),
+        (Role::Worker, Role::Standby)
+    );
+    r.done("w1", ActionKind::Attach);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::WaitingReady));
+    let o = r
+        .on(Event::AgentReady {
+            node: "w1".into(),
+            boot_id: BOOT,
+        })
+        .clone();
+    let plan = r.plan_id("w1");
+    assert!(
+        matches!(&o.actions[..], [Action::Recover { node, plan_id, failure_time: 1000 }] if node == "w1" && *plan_id == plan)
+    );
+    assert_eq!(
+        r.at(2).on(Event::Tick).actions,
+        vec![Action::Poll { node: "w1".into() }]
+    );
+    r.on(Event::AgentStatus {
+        node: "w1".into(),
+        status: status(BOOT, Phase::Recovering, &plan, FlagState::Recovering),
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Recovering));
+    let o = r
+        .on(Event::AgentStatus {
+            node: "w1".into(),
+            status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
+        })
+        .clone();
+    assert_eq!(o.actions, vec![Action::Detach { node: "w1".into() }]);
+    assert_eq!(
+        r.done("w1", ActionKind::Detach).actions,
+        vec![Action::Reboot { node: "w1".into() }]
+    );
+    r.done("w1", ActionKind::Reboot);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Verifying));
+    r.on(Event::Health {
+        node: "w1".into(),
+        ok: true,
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Verifying));
+    r.on(Event::Health {
+        node: "w1".into(),
+        ok: true,
+    });
+    assert_eq!(r.step_of("w1"), None);
+    let w1 = &r.state.nodes["w1"];
+    assert!(w1.healthy && w1.role == Role::Standby);
+    let path: Vec<String> = r
+        .all_transitions
+        .iter()
+        .filter(|t| t.node == "w1")
+        .map(|t| t.to.clone())
+        .collect();
+    assert_eq!(
+        path,
+        [
+            "failing",
+            "queued",
+            "fencing",
+            "promoting",
+            "attaching",
+            "waiting_ready",
+            "recovering",
+            "detaching",
+            "rebooting",
+            "verifying",
+            "healthy"
+        ]
+    );
+}
+
+#[test]
+fn recovered_counts_only_when_phase_flag_and_plan_agree() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.policy.has_promotion_hook = false;
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id("w1");
+    for s in [
+        status(BOOT, Phase::Recovered, &plan, FlagState::Recovering),
+        status(BOOT, Phase::Recovered, "another-plan", FlagState::Recovered),
+    ] {
+        assert!(r
+            .on(Event::AgentStatus {
+                node: "w1".into(),
+                status: s
+            })
+            .actions
+            .is_empty());
+        assert_eq!(r.step_of("w1"), Some(RepairStep::Recovering));
+    }
+    // Unreachable for a while, then back, recovered.
+    r.on(Event::AgentUnreachable {
+        node: "w1".into(),
+        error: "connection refused".into(),
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Recovering));
+    r.on(Event::AgentStatus {
+        node: "w1".into(),
+        status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Detaching));
+}
+
+#[test]
+fn an_agent_reporting_failed_is_retried_with_new_plans_then_quarantined() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let mut plans = vec![r.plan_id("w1")];
+    for attempt in 1..=2 {
+        let plan = r.plan_id("w1");
+        let o = r
+            .on(Event::AgentStatus {
+                node: "w1".into(),
+                status: status(BOOT, Phase::Failed, &plan, FlagState::Failed),
+            })
+            .clone();
+        assert!(
+            matches!(&o.actions[..], [Action::Recover { .. }]),
+            "attempt {attempt}: {o:?}"
+        );
+        plans.push(r.plan_id("w1"));
+    }
+    plans.dedup();
+    assert_eq!(plans.len(), 3, "each retry sends a new plan id: {plans:?}");
+    let plan = r.plan_id("w1");
+    let o = r
+        .on(Event::AgentStatus {
+            node: "w1".into(),
+            status: status(BOOT, Phase::Failed, &plan, FlagState::Failed),
+        })
+        .clone();
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+    assert!(o.actions.iter().any(|a| matches!(a, Action::Alert { message, .. } if message.contains("quarantined") && message.contains("digest mismatch"))));
+    // Quarantine holds until an operator acts.
+    assert!(r.at(100_000).on(Event::Tick).actions.is_empty());
+    r.on(Event::OperatorRepair { node: "w1".into() });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Fencing));
+    r.on(Event::OperatorRelease { node: "w1".into() });
+    assert_eq!(r.step_of("w1"), None);
+    assert!(r.state.nodes["w1"].healthy);
+}
+
+#[test]
+fn step_timeouts_retry_then_quarantine_without_sleeping() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Attach);
+    for _ in 0..2 {
+        let o = r.at(601).on(Event::Tick).clone();
+        assert_eq!(
+            o.actions,
+            vec![Action::Attach { node: "w1".into() }],
+            "no Ready: attach again"
+        );
+        r.done("w1", ActionKind::Attach);
+    }
+    r.at(601).on(Event::Tick);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+    assert!(r.state.nodes["w1"]
+        .repair
+        .as_ref()
+        .unwrap()
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("waiting_ready timed out"));
+}
+
+#[test]
+fn flapping_checks_do_not_start_a_repair() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    for _ in 0..5 {
+        r.fail("w1", 2);
+        r.on(Event::Health {
+            node: "w1".into(),
+            ok: true,
+        });
+    }
+    assert_eq!(r.step_of("w1"), None);
+    assert!(r.state.nodes["w1"].healthy);
+}
+
+#[test]
+fn too_many_failures_at_once_pause_automatic_repair() {
+    let mut r = Run::new(cluster(&[
+        ("w1", Role::Worker),
+        ("w2", Role::Worker),
+        ("w3", Role::Worker),
+        ("s1", Role::Standby),
+    ]));
+    r.policy.max_concurrent_repairs = 3;
+    r.fail("w1", 3);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Fencing));
+    r.fail("w2", 3);
+    assert_eq!(r.step_of("w2"), Some(RepairStep::Fencing));
+    r.fail("w3", 3);
+    assert!(r.state.paused);
+    assert_eq!(
+        r.step_of("w3"),
+        Some(RepairStep::Queued),
+        "a third failure waits"
+    );
+    assert!(r
+        .last
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Alert { message, .. } if message.contains("paused"))));
+    assert!(!r
+        .last
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Fence { node } if node == "w3")));
+}
+
+#[test]
+fn concurrent_repairs_are_limited_and_queued_ones_start_later() {
+    let mut r = Run::new(cluster(&[
+        ("w1", Role::Worker),
+        ("w2", Role::Worker),
+        ("s1", Role::Standby),
+        ("s2", Role::Standby),
+    ]));
+    r.policy.has_promotion_hook = false;
+    r.policy.max_unhealthy = 3;
+    r.fail("w1", 3);
+    r.fail("w2", 3);
+    assert_eq!(
+        (r.step_of("w1"), r.step_of("w2")),
+        (Some(RepairStep::Fencing), Some(RepairStep::Queued))
+    );
+    r.on(Event::OperatorRelease { node: "w1".into() });
+    r.on(Event::Tick);
+    assert_eq!(r.step_of("w2"), Some(RepairStep::Fencing));
+}
+
+#[test]
+fn a_failing_promotion_hook_tries_the_next_standby_then_alerts() {
+    let mut r = Run::new(cluster(&[
+        ("w1", Role::Worker),
+        ("s1", Role::Standby),
+        ("s2", Role::Standby),
+    ]));
+    r.fail("w1", 3);
+    let o = r.done("w1", ActionKind::Fence).clone();
+    let Action::Promote {
+        promoted: first, ..
+    } = &o.actions[0]
+    else {
+        panic!("{o:?}")
+    };
+    let first = first.clone();
+    let o = r
+        .on(Event::Done {
+            node: "w1".into(),
+            action: ActionKind::Promote,
+            result: Err("exit 1".into()),
+        })
+        .clone();
+    let Some(Action::Promote {
+        promoted: second, ..
+    }) = o
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::Promote { .. }))
+    else {
+        panic!("{o:?}")
+    };
+    assert_ne!(*second, first);
+    let o = r
+        .on(Event::Done {
+            node: "w1".into(),
+            action: ActionKind::Promote,
+            result: Err("exit 1".into()),
+        })
+        .clone();
+    assert!(
+        o.actions.iter().any(
+            |a| matches!(a, Action::Alert { message, .. } if message.contains("no healthy standby"))
+        ),
+        "{o:?}"
+    );
+    assert!(
+        o.actions.contains(&Action::Attach { node: "w1".into() }),
+        "the repair proceeds: {o:?}"
+    );
+    assert_eq!(r.state.nodes[&first].role, Role::Standby);
+}
+
+#[test]
+fn a_node_without_power_control_is_not_fenced_but_still_repaired() {
+    let mut r = Run::new(cluster(&[("w9", Role::Worker), ("s1", Role::Standby)]));
+    r.policy.has_promotion_hook = false;
+    r.fail("w9", 3);
+    assert!(r
+        .last
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Alert { message, .. } if message.contains("not fenced"))));
+    assert!(r
+        .last
+        .actions
+        .contains(&Action::Attach { node: "w9".into() }));
+    assert_eq!(
+        r.state.nodes["s1"].role,
+        Role::Worker,
+        "promoted without a hook"
+    );
+}
+
+#[test]
+fn an_agent_that_rebooted_after_recovered_is_recognised_by_its_boot_flag() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id("w1");
+    let mut s = status(BootId([9; 16]), Phase::Ready, "", FlagState::None);
+    s.plan_id = None;
+    s.found_at_boot = Some(FlagSummary {
+        state: FlagState::Recovered,
+        seq: 4,
+        plan_id: plan,
+        error_code: 0,
+        bytes_done: 1,
+        timestamp: 1,
+    });
+    r.on(Event::AgentStatus {
+        node: "w1".into(),
+        status: s,
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Detaching));
+}
+
+#[test]
+fn a_restored_node_that_stays_unhealthy_is_repaired_again_then_quarantined() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.policy.has_promotion_hook = false;
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    for cycle in 0..=2 {
+        r.done("w1", ActionKind::Attach);
+        r.on(Event::AgentReady {
+            node: "w1".into(),
+            boot_id: BOOT,
+        });
+        let plan = r.plan_id("w1");
+        r.on(Event::AgentStatus {
+            node: "w1".into(),
+            status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
+        });
+        r.done("w1", ActionKind::Detach);
+        r.done("w1", ActionKind::Reboot);
+        assert_eq!(
+            r.step_of("w1"),
+            Some(RepairStep::Verifying),
+            "cycle {cycle}"
+        );
+        r.fail("w1", 5);
+        r.at(601).on(Event::Tick);
+    }
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+}
