@@ -10,3 +10,4 @@ pub mod agent_cmd;
 pub mod cluster;
 pub mod flag_cmd;
 pub mod repair;
+pub mod store;

@@ -1,0 +1,180 @@
+//! The controller's memory: the cluster state and the append-only event log, in one embedded
+//! ACID database (redb) in the data directory. A transition is committed (state and its events
+//! in one transaction) before the daemon acts on it, so a controller killed at any instant
+//! restarts from the last committed state: no node promoted twice, no step skipped.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::repair::{ClusterState, Transition};
+
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const CLUSTER_KEY: &str = "cluster";
+
+/// Errors of the store, naming the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {0}: {1}")]
+    Db(PathBuf, String),
+    #[error("state database {0} holds an unreadable record: {1}")]
+    Decode(PathBuf, String),
+}
+
+/// One logged event, numbered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    pub transition: Transition,
+}
+
+/// The state database.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/state.redb`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("state.redb");
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Db(path.clone(), e.to_string()))?;
+        let db =
+            Database::create(&path).map_err(|e| StoreError::Db(path.clone(), e.to_string()))?;
+        Ok(Self { db, path })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db(self.path.clone(), e.to_string())
+    }
+
+    /// The last committed cluster state, if any.
+    pub fn load(&self) -> Result<Option<ClusterState>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = match tx.open_table(STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some(value) = table.get(CLUSTER_KEY).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| StoreError::Decode(self.path.clone(), e.to_string()))
+    }
+
+    /// Commits `state` and appends `transitions` to the event log, atomically and durably.
+    pub fn commit(
+        &self,
+        state: &ClusterState,
+        transitions: &[Transition],
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| self.err(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
+            table
+                .insert(CLUSTER_KEY, bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+            let mut events = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+            let mut next = events
+                .last()
+                .map_err(|e| self.err(e))?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for t in transitions {
+                let bytes = serde_json::to_vec(t).map_err(|e| self.err(e))?;
+                events
+                    .insert(next, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                next += 1;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The event log, oldest first, optionally for one node.
+    pub fn events(&self, node: Option<&str>) -> Result<Vec<LoggedEvent>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = match tx.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let transition: Transition = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Decode(self.path.clone(), e.to_string()))?;
+            if node.is_none_or(|n| n == transition.node) {
+                out.push(LoggedEvent {
+                    seq: k.value(),
+                    transition,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Role;
+    use crate::repair::NodeState;
+
+    fn state(role: Role) -> ClusterState {
+        let mut s = ClusterState::default();
+        s.nodes.insert(
+            "n1".into(),
+            NodeState {
+                role,
+                healthy: true,
+                ok_streak: 1,
+                fail_streak: 0,
+                repair: None,
+                since: 5,
+            },
+        );
+        s
+    }
+
+    fn t(node: &str, to: &str) -> Transition {
+        Transition {
+            time: 1,
+            node: node.into(),
+            from: "a".into(),
+            to: to.into(),
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn state_and_events_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.load().unwrap(), None);
+            assert!(store.events(None).unwrap().is_empty());
+            store
+                .commit(&state(Role::Worker), &[t("n1", "failing"), t("n2", "x")])
+                .unwrap();
+            store
+                .commit(&state(Role::Standby), &[t("n1", "queued")])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), Some(state(Role::Standby)));
+        let all = store.events(None).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        let n1: Vec<String> = store
+            .events(Some("n1"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.transition.to)
+            .collect();
+        assert_eq!(n1, ["failing", "queued"]);
+    }
+}
