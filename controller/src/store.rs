@@ -80,16 +80,15 @@ impl Store {
                 .insert(CLUSTER_KEY, bytes.as_slice())
                 .map_err(|e| self.err(e))?;
             let mut events = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
-            let mut next = events
+            let first = events
                 .last()
                 .map_err(|e| self.err(e))?
                 .map_or(0, |(k, _)| k.value() + 1);
-            for t in transitions {
+            for (seq, t) in (first..).zip(transitions) {
                 let bytes = serde_json::to_vec(t).map_err(|e| self.err(e))?;
                 events
-                    .insert(next, bytes.as_slice())
+                    .insert(seq, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
-                next += 1;
             }
         }
         tx.commit().map_err(|e| self.err(e))
