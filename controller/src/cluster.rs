@@ -375,6 +375,11 @@ impl Cluster {
             if d.by_id.is_none() && d.serial.is_none() && d.path.is_none() && d.size.is_none() {
                 return Err((key("disk"), "the disk selector names no disk".into()));
             }
+            if let HealthCheck::Http { url } = &n.health {
+                if !url.starts_with("http://") {
+                    return Err((key("health"), format!("{url}: health URLs must be http://")));
+                }
+            }
             if let BootProvider::Command { attach, detach, .. } = &n.boot {
                 if attach.is_empty() || detach.is_empty() {
                     return Err((

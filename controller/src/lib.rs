@@ -9,5 +9,6 @@ pub mod agent_client;
 pub mod agent_cmd;
 pub mod cluster;
 pub mod flag_cmd;
+pub mod health;
 pub mod repair;
 pub mod store;
