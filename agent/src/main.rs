@@ -27,6 +27,8 @@ struct HostOptions {
     export_dir: Option<PathBuf>,
     flag: Option<PathBuf>,
     controller: Option<SocketAddr>,
+    /// Announce this MAC instead of the host's (several host-mode agents on one machine).
+    mac: Option<[u8; 6]>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
@@ -35,7 +37,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
         bail!("{USAGE}");
     }
     let (mut host, mut listen, mut key_file, mut workdir) = (false, None, None, None);
-    let (mut export_dir, mut flag, mut controller) = (None, None, None);
+    let (mut export_dir, mut flag, mut controller, mut mac) = (None, None, None, None);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -46,6 +48,9 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
             "--export-dir" => export_dir = Some(PathBuf::from(value()?)),
             "--flag" => flag = Some(PathBuf::from(value()?)),
             "--controller" => controller = Some(value()?.parse().context("--controller")?),
+            "--mac" => {
+                mac = Some(identity::parse_mac(value()?).context("--mac needs aa:bb:cc:dd:ee:ff")?)
+            }
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
@@ -59,6 +64,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
         export_dir,
         flag,
         controller,
+        mac,
     })
 }
 
@@ -82,6 +88,9 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
     if let Some(controller) = opts.controller {
         let mut identity = identity::read_identity(&root);
         identity.address = Some(listener.local_addr()?.ip());
+        if let Some(mac) = opts.mac {
+            identity.macs = vec![mac];
+        }
         let ready = Ready {
             boot_id,
             identity,

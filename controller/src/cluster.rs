@@ -193,6 +193,9 @@ pub struct Node {
     pub disk: DiskSelector,
     /// Where the restored business files go; none: no restore.
     pub restore: Option<RestoreTarget>,
+    /// Where the node's flag record lives (the `lazarus-flag` partition by default).
+    #[serde(default)]
+    pub flag: lazarus_proto::FlagLocation,
 }
 
 /// How a node's health is checked.

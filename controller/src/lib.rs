@@ -7,8 +7,12 @@
 
 pub mod agent_client;
 pub mod agent_cmd;
+pub mod api;
+pub mod api_client;
 pub mod cluster;
+pub mod daemon;
 pub mod flag_cmd;
 pub mod health;
+pub mod provider;
 pub mod repair;
 pub mod store;

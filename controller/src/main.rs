@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lazarus_agent::{backup, keyfile};
 use lazarus_controller::agent_client::AgentClient;
-use lazarus_controller::{agent_cmd, flag_cmd};
+use lazarus_controller::{agent_cmd, api_client, daemon, flag_cmd};
 use lazarus_proto::flag::{validate_plan_id, FlagState};
 use lazarus_proto::Request;
 
@@ -25,6 +25,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller daemon.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// The cluster's nodes: role, state, progress, since, last error.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
+    /// Redraw the status every second while repairs run.
+    Watch {
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
+    /// The event log (time, node, from, to, reason).
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
+    /// Repair NODE now (also takes a node out of quarantine).
+    Repair {
+        node: String,
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
+    /// Return NODE to service as a standby without repairing it.
+    Release {
+        node: String,
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
+    /// The recent log of NODE's rescue agent.
+    Logs {
+        node: String,
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
     /// Write a new cluster key (32 random bytes as hex, mode 0600) to FILE.
     Keygen { file: PathBuf },
     /// Read or write the recovery flag of a file or partition.
@@ -128,6 +172,62 @@ enum FlagCommand {
 
 fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
+        Command::Serve { config, data_dir } => {
+            lazarus_agent::logring::LogRing::install(true, log::LevelFilter::Info);
+            daemon::serve(&config, &data_dir)?;
+            Ok(String::new())
+        }
+        Command::Status { json, api } => {
+            let s = api_client::status(&api)?;
+            Ok(if json {
+                serde_json::to_string(&s)?
+            } else {
+                api_client::render_status(&s)
+            })
+        }
+        Command::Watch { api } => loop {
+            let s = api_client::status(&api)?;
+            println!("\x1b[2J\x1b[H{}", api_client::render_status(&s));
+            for n in s
+                .nodes
+                .iter()
+                .filter(|n| n.bytes_total > 0 && n.state == "recovering")
+            {
+                let width = 40;
+                let filled = (n.bytes_done * width / n.bytes_total) as usize;
+                println!(
+                    "{:<12} [{}{}] {}%",
+                    n.name,
+                    "#".repeat(filled),
+                    ".".repeat(width as usize - filled),
+                    n.bytes_done * 100 / n.bytes_total
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        },
+        Command::Events { node, api } => Ok(api_client::events(&api, node.as_deref())?
+            .iter()
+            .map(|e| {
+                let t = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(e.time),
+                );
+                format!("{t} {:<12} {} -> {}: {}", e.node, e.from, e.to, e.reason)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Command::Repair { node, api } => {
+            api_client::request(&api, "POST", &format!("/api/repair/{node}"))?;
+            Ok(format!("repair of {node} requested"))
+        }
+        Command::Release { node, api } => {
+            api_client::request(&api, "POST", &format!("/api/release/{node}"))?;
+            Ok(format!("{node} released"))
+        }
+        Command::Logs { node, api } => {
+            let body = api_client::request(&api, "GET", &format!("/api/logs/{node}"))?;
+            let lines: Vec<String> = serde_json::from_str(&body)?;
+            Ok(lines.join("\n"))
+        }
         Command::Agent {
             command,
             addr,

@@ -190,6 +190,9 @@ pub enum Event {
     OperatorRepair { node: String },
     /// `lazarus release NODE`: back into service as a standby, unrepaired.
     OperatorRelease { node: String },
+    /// The controller (re)started: re-issue the action of every repair's current step, since
+    /// one in flight when it stopped may have been lost. Attempts are not counted.
+    Resume,
 }
 
 /// The kinds of action whose completion comes back as [`Event::Done`].
@@ -306,13 +309,16 @@ pub fn step(
             result,
         } => done(&mut state, &node, action, result, policy, now, &mut out),
         Event::AgentReady { node, boot_id } => {
-            if let Some(r) = repair_at(
-                &mut state,
-                &node,
-                &[RepairStep::WaitingReady, RepairStep::Recovering],
-            ) {
+            // Ready can beat the attach command's own completion (a fast boot): the agent is up
+            // either way.
+            let steps = [
+                RepairStep::Attaching,
+                RepairStep::WaitingReady,
+                RepairStep::Recovering,
+            ];
+            if let Some(r) = repair_at(&mut state, &node, &steps) {
                 r.boot_id = Some(boot_id);
-                if r.step == RepairStep::WaitingReady {
+                if r.step != RepairStep::Recovering {
                     send_recover(&mut state, &node, policy, now, "agent ready", &mut out);
                 } else {
                     // A new boot while recovering: the agent restarted; the flag tells where it got.
@@ -348,6 +354,31 @@ pub fn step(
                     Some(_) => {}
                 }
             }
+        }
+        Event::Resume => {
+            for (node, n) in &state.nodes {
+                let Some(r) = &n.repair else { continue };
+                let node = node.clone();
+                out.actions.push(match r.step {
+                    RepairStep::Fencing => Action::Fence { node },
+                    RepairStep::Promoting => match &r.promoting {
+                        Some(p) => Action::Promote {
+                            failed: node,
+                            promoted: p.clone(),
+                        },
+                        None => continue,
+                    },
+                    RepairStep::Attaching => Action::Attach { node },
+                    RepairStep::Recovering => Action::Poll { node },
+                    RepairStep::Detaching => Action::Detach { node },
+                    RepairStep::Rebooting => Action::Reboot { node },
+                    RepairStep::Queued
+                    | RepairStep::WaitingReady
+                    | RepairStep::Verifying
+                    | RepairStep::Quarantined => continue,
+                });
+            }
+            tick(&mut state, policy, now, &mut out);
         }
         Event::OperatorRelease { node } => {
             if let Some(n) = state.nodes.get_mut(&node) {

@@ -544,3 +544,31 @@ fn a_restored_node_that_stays_unhealthy_is_repaired_again_then_quarantined() {
     }
     assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
 }
+
+#[test]
+fn resuming_reissues_each_steps_action_without_counting_an_attempt() {
+    let mut r = Run::new(cluster(&[
+        ("w1", Role::Worker),
+        ("w2", Role::Worker),
+        ("s1", Role::Standby),
+    ]));
+    r.policy.max_concurrent_repairs = 2;
+    r.policy.max_unhealthy = 3;
+    r.fail("w1", 3);
+    r.fail("w2", 3);
+    r.done("w2", ActionKind::Fence);
+    // w1 is fencing, w2 promoting s1: a restarted controller does both again.
+    let o = r.on(Event::Resume).clone();
+    assert!(
+        o.actions.contains(&Action::Fence { node: "w1".into() }),
+        "{o:?}"
+    );
+    assert!(
+        o.actions.contains(&Action::Promote {
+            failed: "w2".into(),
+            promoted: "s1".into()
+        }),
+        "{o:?}"
+    );
+    assert_eq!(r.state.nodes["w1"].repair.as_ref().unwrap().attempt, 0);
+}

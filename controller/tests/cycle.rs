@@ -1,0 +1,292 @@
+//! The controller (`lazarus serve`, a real process) against real host-mode agents over loopback:
+//! a worker fails, is fenced, a standby is promoted, the command boot provider "boots" the rescue
+//! agent, the repair runs, the node returns as a standby. And the controller killed with SIGKILL
+//! mid-repair, then restarted, resumes without promoting twice.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lazarus_controller::api::StatusView;
+use lazarus_controller::api_client;
+
+const MIB: usize = 1 << 20;
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node's health endpoint: a TCP port that accepts connections.
+struct HealthPort {
+    addr: String,
+    _listener: TcpListener,
+}
+
+impl HealthPort {
+    fn new(ip: &str) -> Self {
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        Self {
+            addr: l.local_addr().unwrap().to_string(),
+            _listener: l,
+        }
+    }
+}
+
+/// Starts `lazarus serve`.
+fn serve(config: &Path, data: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(
+    api: &str,
+    what: &str,
+    timeout: Duration,
+    log: &Path,
+    pred: impl Fn(&StatusView) -> bool,
+) -> StatusView {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = api_client::status(api) {
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}: {s:?}\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        } else if Instant::now() > deadline {
+            panic!(
+                "no API while waiting for {what}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Ends any agent the test's "rescue boot" started (they exit by themselves after Reboot).
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("lazarus-agent serve --host .*{}", self.0)])
+            .status();
+    }
+}
+
+fn state_of(s: &StatusView, node: &str) -> String {
+    s.nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.state.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_controller_kill() {
+    let lab = Lab::new();
+    let img = noise(3 * MIB, 21);
+    lab.image("worker.img", &img);
+    let disk = lab.path("w1-disk.img");
+    std::fs::write(&disk, noise(4 * MIB, 22)).unwrap();
+    let flag = lab.path("w1-flag.img");
+    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
+        .status
+        .success());
+    let s1_health = HealthPort::new("127.0.0.32");
+    let hook_log = lab.path("promotions.log");
+    let hook = lab.path("promote.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$LAZARUS_FAILED $LAZARUS_PROMOTED\" >> {}\n",
+            hook_log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    // The "rescue boot" of w1: start a host-mode agent at 127.0.0.41, announcing w1's MAC.
+    let agent_log = lab.path("w1-agent.log");
+    let attach = format!(
+        "{} serve --host --listen 127.0.0.41:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:10:01 >> {} 2>&1 &",
+        agent_bin().display(),
+        lab.key_path.display(),
+        lab.path("w1-work").display(),
+        lab.export.display(),
+        flag.display(),
+        agent_log.display()
+    );
+    let config = lab.path("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[controller]
+api = "{api}"
+ready = "{ready}"
+key_file = "{key}"
+
+[policy]
+health_interval = "500ms"
+health_timeout = "300ms"
+failure_threshold = 2
+recovery_threshold = 1
+max_concurrent_repairs = 1
+max_unhealthy = 2
+poll_interval = "300ms"
+retries = 2
+
+[promotion]
+command = ["{hook}"]
+
+[nfs]
+server = "127.0.0.1"
+export = "/export"
+
+[images.worker]
+path = "images/worker.img"
+format = "raw"
+size = {size}
+sha256 = "{sha}"
+
+[[nodes]]
+name = "w1"
+role = "worker"
+macs = ["52:54:00:00:10:01"]
+image = "worker"
+health = {{ kind = "exec", command = ["sh", "-c", "test -e {w1_up}"] }}
+boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
+rescue = {{ address = "127.0.0.41", prefix_len = 8 }}
+disk = {{ path = "{disk}" }}
+flag = {{ path = "{flag}" }}
+
+[[nodes]]
+name = "s1"
+role = "standby"
+macs = ["52:54:00:00:10:02"]
+image = "worker"
+health = {{ kind = "tcp", target = "{s1}" }}
+boot = {{ provider = "manual" }}
+rescue = {{ address = "127.0.0.42", prefix_len = 8 }}
+disk = {{ path = "/nonexistent" }}
+"#,
+            key = lab.key_path.display(),
+            hook = hook.display(),
+            size = img.len(),
+            sha = sha(&img),
+            w1_up = lab.path("w1-up").display(),
+            attach = attach.replace('"', "\\\""),
+            disk = disk.display(),
+            flag = flag.display(),
+            s1 = s1_health.addr,
+        ),
+    )
+    .unwrap();
+    std::fs::write(lab.path("w1-up"), "").unwrap();
+    let data = lab.path("data");
+    let log = lab.path("controller.log");
+    let _agents = KillOnDrop(lab.dir.path().display().to_string());
+    let mut controller = serve(&config, &data, &log);
+    wait_for(&api, "all healthy", Duration::from_secs(20), &log, |s| {
+        s.nodes.iter().all(|n| n.state == "healthy")
+    });
+
+    // w1 dies.
+    std::fs::remove_file(lab.path("w1-up")).unwrap();
+    let s = wait_for(&api, "w1 recovering", Duration::from_secs(60), &log, |s| {
+        matches!(
+            state_of(s, "w1").as_str(),
+            "recovering" | "detaching" | "rebooting" | "verifying"
+        )
+    });
+    assert_eq!(
+        s.nodes.iter().find(|n| n.name == "s1").unwrap().role,
+        lazarus_controller::cluster::Role::Worker
+    );
+
+    // The controller dies mid-repair and comes back: it resumes from its store.
+    let _ = controller.kill();
+    let _ = controller.wait();
+    let mut controller = serve(&config, &data, &log);
+    // The restored node comes up (its health check passes) once the agent has been told to reboot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = api_client::status(&api).ok();
+        let st = s.as_ref().map(|s| state_of(s, "w1")).unwrap_or_default();
+        if st == "verifying" || st == "rebooting" {
+            std::fs::write(lab.path("w1-up"), "").unwrap();
+        }
+        if st == "healthy" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w1 did not come back: {s:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s = api_client::status(&api).unwrap();
+    let w1 = s.nodes.iter().find(|n| n.name == "w1").unwrap();
+    assert_eq!(w1.role, lazarus_controller::cluster::Role::Standby);
+    assert!(
+        std::fs::read(&disk).unwrap()[..img.len()] == img[..],
+        "w1's disk does not hold the image"
+    );
+    assert_eq!(flag_json(&flag)["state"], "recovered");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        "w1 s1\n",
+        "promoted more or less than once"
+    );
+    let events = api_client::events(&api, Some("w1")).unwrap();
+    let path: Vec<&str> = events.iter().map(|e| e.to.as_str()).collect();
+    // waiting_ready may be skipped: a fast agent announces Ready before the attach command returns.
+    for step in [
+        "failing",
+        "queued",
+        "fencing",
+        "promoting",
+        "attaching",
+        "recovering",
+        "detaching",
+        "rebooting",
+        "verifying",
+        "healthy",
+    ] {
+        assert!(path.contains(&step), "{step} missing from {path:?}");
+    }
+    let metrics = api_client::request(&api, "GET", "/metrics").unwrap();
+    assert!(
+        metrics.contains("lazarus_repairs_succeeded_total 1"),
+        "{metrics}"
+    );
+    let out = lazarus(&["status", "--api", &api]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("w1"),
+        "{out:?}"
+    );
+    let _ = controller.kill();
+    let _ = controller.wait();
+}
