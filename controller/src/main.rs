@@ -48,6 +48,9 @@ enum Command {
     Events {
         #[arg(long)]
         node: Option<String>,
+        /// Times as seconds since the first event shown.
+        #[arg(long)]
+        relative: bool,
         #[arg(long, default_value = "127.0.0.1:7470")]
         api: String,
     },
@@ -205,16 +208,29 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             }
             std::thread::sleep(Duration::from_secs(1));
         },
-        Command::Events { node, api } => Ok(api_client::events(&api, node.as_deref())?
-            .iter()
-            .map(|e| {
-                let t = humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_secs(e.time),
-                );
-                format!("{t} {:<12} {} -> {}: {}", e.node, e.from, e.to, e.reason)
-            })
-            .collect::<Vec<_>>()
-            .join("\n")),
+        Command::Events {
+            node,
+            relative,
+            api,
+        } => {
+            let events = api_client::events(&api, node.as_deref())?;
+            let start = events.first().map_or(0, |e| e.time);
+            Ok(events
+                .iter()
+                .map(|e| {
+                    let t = if relative {
+                        format!("+{:>4}s", e.time - start)
+                    } else {
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_secs(e.time),
+                        )
+                        .to_string()
+                    };
+                    format!("{t} {:<8} {} -> {}: {}", e.node, e.from, e.to, e.reason)
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
         Command::Repair { node, api } => {
             api_client::request(&api, "POST", &format!("/api/repair/{node}"))?;
             Ok(format!("repair of {node} requested"))
