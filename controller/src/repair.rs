@@ -77,6 +77,9 @@ pub struct Repair {
     pub plans_sent: u32,
     /// Whole repairs redone because the restored node failed its health checks.
     pub cycles: u32,
+    /// When the current plan was sent.
+    #[serde(default)]
+    pub sent_at: Time,
 }
 
 /// How far along a step is: attempts count per step and are kept while a retry goes back to an
@@ -549,6 +552,7 @@ fn queue_repair(state: &mut ClusterState, node: &str, now: Time, out: &mut Outco
         last_error: None,
         plans_sent: 0,
         cycles: 0,
+        sent_at: 0,
     });
     out.transitions.push(Transition {
         time: now,
@@ -771,6 +775,7 @@ fn send_recover(
         return;
     };
     r.plans_sent += 1;
+    r.sent_at = now;
     r.plan_id = format!("{node}-{}-{}", r.failure_time, r.plans_sent);
     let (plan_id, failure_time) = (r.plan_id.clone(), r.failure_time);
     transition(
@@ -911,6 +916,7 @@ fn agent_status(
     }
     r.bytes_done = status.bytes_done;
     r.bytes_total = status.bytes_total;
+    let sent_at = r.sent_at;
     let ours = status.plan_id.as_deref() == Some(r.plan_id.as_str());
     let flag_ours = status.flag.plan_id == r.plan_id;
     let found_ours = status
@@ -943,7 +949,8 @@ fn agent_status(
             );
             out.actions.push(Action::Detach { node: node.into() });
         }
-        Phase::Ready => send_recover(
+        // A poll may overtake the Recover it follows; resend only once the plan had time to land.
+        Phase::Ready if now >= sent_at + (2 * policy.poll_interval).max(5) => send_recover(
             state,
             node,
             policy,

@@ -290,3 +290,225 @@ disk = {{ path = "/nonexistent" }}
     let _ = controller.kill();
     let _ = controller.wait();
 }
+
+/// A controller over `workers` worker nodes (health: a file exists) and one standby; each
+/// worker's "rescue boot" starts a host-mode agent at 127.0.0.(50+i).
+struct Cluster {
+    lab: Lab,
+    api: String,
+    log: std::path::PathBuf,
+    controller: Child,
+    _agents: KillOnDrop,
+}
+
+impl Cluster {
+    fn start(workers: usize, image_digest_ok: bool, policy: &str) -> Self {
+        let lab = Lab::new();
+        let img = noise(2 * MIB, 31);
+        lab.image("worker.img", &img);
+        let mut digest = sha(&img);
+        if !image_digest_ok {
+            digest.0[0] ^= 0xff;
+        }
+        let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let mut nodes = String::new();
+        for i in 1..=workers {
+            let (disk, flag) = (
+                lab.path(&format!("w{i}-disk.img")),
+                lab.path(&format!("w{i}-flag.img")),
+            );
+            std::fs::write(&disk, noise(3 * MIB, i as u64)).unwrap();
+            assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
+                .status
+                .success());
+            std::fs::write(lab.path(&format!("w{i}-up")), "").unwrap();
+            let attach = format!(
+                "{} serve --host --listen 127.0.0.{}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 &",
+                agent_bin().display(),
+                50 + i,
+                lab.key_path.display(),
+                lab.path(&format!("w{i}-work")).display(),
+                lab.export.display(),
+                flag.display(),
+                lab.path(&format!("w{i}-agent.log")).display()
+            );
+            nodes.push_str(&format!(
+                r#"
+[[nodes]]
+name = "w{i}"
+role = "worker"
+macs = ["52:54:00:00:20:{i:02x}"]
+image = "worker"
+health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
+boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
+rescue = {{ address = "127.0.0.{ip}", prefix_len = 8 }}
+disk = {{ path = "{disk}" }}
+flag = {{ path = "{flag}" }}
+"#,
+                up = lab.path(&format!("w{i}-up")).display(),
+                attach = attach.replace('"', "\\\""),
+                ip = 50 + i,
+                disk = disk.display(),
+                flag = flag.display(),
+            ));
+        }
+        let config = lab.path("cluster.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[controller]
+api = "{api}"
+ready = "{ready}"
+key_file = "{key}"
+
+[policy]
+health_interval = "400ms"
+health_timeout = "300ms"
+failure_threshold = 2
+recovery_threshold = 1
+poll_interval = "300ms"
+{policy}
+
+[nfs]
+server = "127.0.0.1"
+export = "/export"
+
+[images.worker]
+path = "images/worker.img"
+format = "raw"
+size = {size}
+sha256 = "{digest}"
+{nodes}
+[[nodes]]
+name = "s1"
+role = "standby"
+macs = ["52:54:00:00:20:ff"]
+image = "worker"
+health = {{ kind = "exec", command = ["true"] }}
+boot = {{ provider = "manual" }}
+rescue = {{ address = "127.0.0.99", prefix_len = 8 }}
+disk = {{ path = "/nonexistent" }}
+"#,
+                key = lab.key_path.display(),
+                size = img.len(),
+            ),
+        )
+        .unwrap();
+        let log = lab.path("controller.log");
+        let controller = serve(&config, &lab.path("data"), &log);
+        let agents = KillOnDrop(lab.dir.path().display().to_string());
+        let c = Self {
+            lab,
+            api,
+            log,
+            controller,
+            _agents: agents,
+        };
+        wait_for(
+            &c.api,
+            "all healthy",
+            Duration::from_secs(20),
+            &c.log,
+            |s| s.nodes.iter().all(|n| n.state == "healthy"),
+        );
+        c
+    }
+
+    fn kill_node(&self, i: usize) {
+        std::fs::remove_file(self.lab.path(&format!("w{i}-up"))).unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.controller.kill();
+        let _ = self.controller.wait();
+    }
+}
+
+#[test]
+fn an_agent_reporting_failed_is_retried_then_quarantined_until_an_operator_acts() {
+    let c = Cluster::start(1, false, "retries = 1");
+    c.kill_node(1);
+    let s = wait_for(
+        &c.api,
+        "w1 quarantined",
+        Duration::from_secs(60),
+        &c.log,
+        |s| state_of(s, "w1") == "quarantined",
+    );
+    let w1 = s.nodes.iter().find(|n| n.name == "w1").unwrap();
+    let err = w1.last_error.as_deref().unwrap_or_default();
+    assert!(err.contains("error 504") && err.contains("digest"), "{err}");
+    assert!(
+        s.alerts
+            .iter()
+            .any(|(_, n, m)| n.as_deref() == Some("w1") && m.contains("quarantined")),
+        "{:?}",
+        s.alerts
+    );
+    let plans: Vec<String> = api_client::events(&c.api, Some("w1"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.to == "recovering")
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(plans.len(), 2, "one plan and one retry: {plans:?}");
+    // The flag on w1's disk says FAILED with the stable code.
+    let f = flag_json(&c.lab.path("w1-flag.img"));
+    assert_eq!(
+        (f["state"].as_str(), f["error_code"].as_u64()),
+        (Some("failed"), Some(504))
+    );
+    // Quarantine holds; an operator releases the node.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        state_of(&api_client::status(&c.api).unwrap(), "w1"),
+        "quarantined"
+    );
+    let out = lazarus(&["release", "w1", "--api", &c.api]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        &c.api,
+        "w1 released",
+        Duration::from_secs(10),
+        &c.log,
+        |s| state_of(s, "w1") != "quarantined",
+    );
+    let out = lazarus(&["repair", "nope", "--api", &c.api]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn too_many_failures_at_once_pause_automatic_repair() {
+    let c = Cluster::start(3, true, "max_unhealthy = 1\nmax_concurrent_repairs = 3");
+    c.kill_node(1);
+    c.kill_node(2);
+    c.kill_node(3);
+    let s = wait_for(&c.api, "paused", Duration::from_secs(30), &c.log, |s| {
+        s.paused
+    });
+    assert!(
+        s.alerts
+            .iter()
+            .any(|(_, _, m)| m.contains("automatic repair paused")),
+        "{:?}",
+        s.alerts
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let s = api_client::status(&c.api).unwrap();
+    let started = s
+        .nodes
+        .iter()
+        .filter(|n| !matches!(n.state.as_str(), "healthy" | "failing" | "queued"))
+        .count();
+    assert!(started <= 1, "repairs ran while paused: {s:?}");
+    let metrics = api_client::request(&c.api, "GET", "/metrics").unwrap();
+    assert!(
+        metrics.contains("lazarus_nodes{state=\"queued\"}"),
+        "{metrics}"
+    );
+}

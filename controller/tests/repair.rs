@@ -572,3 +572,35 @@ fn resuming_reissues_each_steps_action_without_counting_an_attempt() {
     );
     assert_eq!(r.state.nodes["w1"].repair.as_ref().unwrap().attempt, 0);
 }
+
+#[test]
+fn a_poll_overtaking_the_recover_does_not_resend_the_plan_at_once() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id("w1");
+    let mut ready = status(BOOT, Phase::Ready, "", FlagState::None);
+    ready.plan_id = None;
+    assert!(r
+        .on(Event::AgentStatus {
+            node: "w1".into(),
+            status: ready.clone()
+        })
+        .actions
+        .is_empty());
+    assert_eq!(r.plan_id("w1"), plan);
+    let o = r
+        .at(10)
+        .on(Event::AgentStatus {
+            node: "w1".into(),
+            status: ready,
+        })
+        .clone();
+    assert!(matches!(&o.actions[..], [Action::Recover { .. }]), "{o:?}");
+    assert_ne!(r.plan_id("w1"), plan);
+}
