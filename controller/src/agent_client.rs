@@ -22,6 +22,7 @@ pub enum ClientError {
 }
 
 /// An authenticated connection to one boot of one agent.
+#[derive(Debug)]
 pub struct AgentClient {
     addr: SocketAddr,
     stream: TcpStream,

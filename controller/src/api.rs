@@ -11,12 +11,10 @@
 
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use lazarus_proto::{ClusterKey, Request, Response};
 use serde::Serialize;
 
-use crate::agent_client::AgentClient;
 use crate::cluster::{Cluster, Role};
 use crate::daemon::Shared;
 use crate::repair::{self, Event};
@@ -191,44 +189,25 @@ pub fn serve(
                         format!("{{\"error\":\"no node {node}\"}}"),
                         "application/json",
                     ),
-                    Some(n) => {
-                        let addr = shared
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .agents
-                            .get(node)
-                            .copied()
-                            .unwrap_or_else(|| {
-                                std::net::SocketAddr::new(
-                                    n.rescue.address,
-                                    lazarus_proto::AGENT_PORT,
-                                )
-                            });
-                        match AgentClient::connect(
-                            &addr.to_string(),
-                            key.clone(),
-                            Duration::from_secs(5),
-                        )
-                        .and_then(|mut c| c.call(&Request::GetLogs { since: 0 }))
-                        {
-                            Ok(Response::Logs(l)) => json(
-                                &l.lines
-                                    .iter()
-                                    .map(|l| l.message.clone())
-                                    .collect::<Vec<_>>(),
-                            ),
-                            Ok(_) => (
-                                502,
-                                "{\"error\":\"unexpected reply\"}".into(),
-                                "application/json",
-                            ),
-                            Err(e) => (
-                                502,
-                                format!("{{\"error\":{:?}}}", e.to_string()),
-                                "application/json",
-                            ),
-                        }
-                    }
+                    Some(n) => match crate::daemon::call_agent(
+                        shared,
+                        key,
+                        n,
+                        &Request::GetLogs { since: 0 },
+                    ) {
+                        Ok(Response::Logs(l)) => json(
+                            &l.lines
+                                .iter()
+                                .map(|l| l.message.clone())
+                                .collect::<Vec<_>>(),
+                        ),
+                        Ok(_) => (
+                            502,
+                            "{\"error\":\"unexpected reply\"}".into(),
+                            "application/json",
+                        ),
+                        Err(e) => (502, format!("{{\"error\":{:?}}}", e), "application/json"),
+                    },
                 }
             }
             _ => (

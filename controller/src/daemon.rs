@@ -45,6 +45,12 @@ pub struct Shared {
     pub alerts: Vec<(u64, Option<String>, String)>,
     /// Where each node's agent answers (from its `Ready`).
     pub agents: HashMap<String, SocketAddr>,
+    /// Nodes with a poll in flight: a slow agent gets one poll at a time, not one per tick.
+    pub polling: std::collections::HashSet<String>,
+    /// One connection per agent, reused and used by one caller at a time: two clients saying
+    /// Hello at once would be given the same counter, and the second's command would be refused
+    /// as a replay.
+    pub clients: HashMap<String, Arc<Mutex<Option<AgentClient>>>>,
     pub metrics: Metrics,
 }
 
@@ -225,6 +231,50 @@ pub fn plan_for(cluster: &Cluster, n: &Node, plan_id: &str, failure_time: u64) -
     })
 }
 
+/// Sends `request` to `n`'s agent over the node's one connection (made on first use, made again
+/// once if a kept one has gone stale).
+pub fn call_agent(
+    shared: &Mutex<Shared>,
+    key: &ClusterKey,
+    n: &Node,
+    request: &Request,
+) -> Result<Response, String> {
+    let slot = lock(shared)
+        .clients
+        .entry(n.name.clone())
+        .or_default()
+        .clone();
+    let mut client = lock(&slot);
+    let addr = agent_addr(shared, n);
+    for fresh in [false, true] {
+        if fresh || client.is_none() {
+            *client = Some(
+                AgentClient::connect(&addr.to_string(), key.clone(), Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let Some(c) = client.as_mut() else { continue };
+        match c.call(request) {
+            Ok(r) => return Ok(r),
+            // A refusal is an answer, not a broken connection.
+            Err(e @ crate::agent_client::ClientError::Refused(..)) => return Err(e.to_string()),
+            Err(e) if fresh => {
+                *client = None;
+                return Err(e.to_string());
+            }
+            Err(_) => *client = None,
+        }
+    }
+    Err("no connection".into())
+}
+
+fn status_of(r: Result<Response, String>) -> Result<lazarus_proto::Status, String> {
+    match r? {
+        Response::Status(s) => Ok(s),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
 fn agent_addr(shared: &Mutex<Shared>, n: &Node) -> SocketAddr {
     lock(shared)
         .agents
@@ -312,41 +362,35 @@ fn execute(
                 let Some(plan) = plan_for(&cluster, n, &plan_id, failure_time) else {
                     return;
                 };
-                let addr = agent_addr(&shared, n);
-                match AgentClient::connect(&addr.to_string(), key, Duration::from_secs(10))
-                    .and_then(|mut c| c.status_of(&Request::Recover(Box::new(plan))))
-                {
+                match status_of(call_agent(
+                    &shared,
+                    &key,
+                    n,
+                    &Request::Recover(Box::new(plan)),
+                )) {
                     Ok(status) => Event::AgentStatus { node: name, status },
-                    Err(e) => Event::AgentUnreachable {
-                        node: name,
-                        error: e.to_string(),
-                    },
+                    Err(error) => Event::AgentUnreachable { node: name, error },
                 }
             }
             Action::Poll { node: name } => {
                 let Some(n) = node(&cluster, &name) else {
                     return;
                 };
-                let addr = agent_addr(&shared, n);
-                match AgentClient::connect(&addr.to_string(), key, Duration::from_secs(10))
-                    .and_then(|mut c| c.status_of(&Request::GetStatus))
-                {
+                if !lock(&shared).polling.insert(name.clone()) {
+                    return;
+                }
+                let answer = status_of(call_agent(&shared, &key, n, &Request::GetStatus));
+                lock(&shared).polling.remove(&name);
+                match answer {
                     Ok(status) => Event::AgentStatus { node: name, status },
-                    Err(e) => Event::AgentUnreachable {
-                        node: name,
-                        error: e.to_string(),
-                    },
+                    Err(error) => Event::AgentUnreachable { node: name, error },
                 }
             }
             Action::Reboot { node: name } => {
                 let Some(n) = node(&cluster, &name) else {
                     return;
                 };
-                let addr = agent_addr(&shared, n);
-                let result = AgentClient::connect(&addr.to_string(), key, Duration::from_secs(10))
-                    .and_then(|mut c| c.status_of(&Request::Reboot))
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let result = status_of(call_agent(&shared, &key, n, &Request::Reboot)).map(|_| ());
                 Event::Done {
                     node: name,
                     action: ActionKind::Reboot,

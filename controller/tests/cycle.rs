@@ -295,6 +295,8 @@ disk = {{ path = "/nonexistent" }}
 /// worker's "rescue boot" starts a host-mode agent at 127.0.0.(50+i).
 struct Cluster {
     lab: Lab,
+    /// Agents of this cluster listen at 127.0.<net>.<i>: tests run in parallel.
+    net: u8,
     api: String,
     log: std::path::PathBuf,
     controller: Child,
@@ -303,9 +305,31 @@ struct Cluster {
 
 impl Cluster {
     fn start(workers: usize, image_digest_ok: bool, policy: &str) -> Self {
+        Self::start_with(workers, image_digest_ok, policy, false).0
+    }
+
+    /// With `fifo`, the image is a named pipe the test feeds (returned), so a recovery can be held
+    /// mid-copy.
+    fn start_with(
+        workers: usize,
+        image_digest_ok: bool,
+        policy: &str,
+        fifo: bool,
+    ) -> (Self, Vec<u8>) {
+        static NEXT_NET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(100);
+        let net = NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lab = Lab::new();
         let img = noise(2 * MIB, 31);
-        lab.image("worker.img", &img);
+        if fifo {
+            let path = lab.export.join("images/worker.img");
+            assert!(Command::new("mkfifo")
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success());
+        } else {
+            lab.image("worker.img", &img);
+        }
         let mut digest = sha(&img);
         if !image_digest_ok {
             digest.0[0] ^= 0xff;
@@ -324,9 +348,8 @@ impl Cluster {
                 .success());
             std::fs::write(lab.path(&format!("w{i}-up")), "").unwrap();
             let attach = format!(
-                "{} serve --host --listen 127.0.0.{}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 &",
+                "{} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 &",
                 agent_bin().display(),
-                50 + i,
                 lab.key_path.display(),
                 lab.path(&format!("w{i}-work")).display(),
                 lab.export.display(),
@@ -342,13 +365,12 @@ macs = ["52:54:00:00:20:{i:02x}"]
 image = "worker"
 health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
 boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
-rescue = {{ address = "127.0.0.{ip}", prefix_len = 8 }}
+rescue = {{ address = "127.0.{net}.{i}", prefix_len = 8 }}
 disk = {{ path = "{disk}" }}
 flag = {{ path = "{flag}" }}
 "#,
                 up = lab.path(&format!("w{i}-up")).display(),
                 attach = attach.replace('"', "\\\""),
-                ip = 50 + i,
                 disk = disk.display(),
                 flag = flag.display(),
             ));
@@ -401,6 +423,7 @@ disk = {{ path = "/nonexistent" }}
         let agents = KillOnDrop(lab.dir.path().display().to_string());
         let c = Self {
             lab,
+            net,
             api,
             log,
             controller,
@@ -413,7 +436,7 @@ disk = {{ path = "/nonexistent" }}
             &c.log,
             |s| s.nodes.iter().all(|n| n.state == "healthy"),
         );
-        c
+        (c, img)
     }
 
     fn kill_node(&self, i: usize) {
@@ -455,7 +478,13 @@ fn an_agent_reporting_failed_is_retried_then_quarantined_until_an_operator_acts(
         .filter(|e| e.to == "recovering")
         .map(|e| e.reason)
         .collect();
-    assert_eq!(plans.len(), 2, "one plan and one retry: {plans:?}");
+    assert_eq!(
+        plans.len(),
+        2,
+        "one plan and one retry: {plans:?}\n{}\n{}",
+        std::fs::read_to_string(&c.log).unwrap_or_default(),
+        std::fs::read_to_string(c.lab.path("w1-agent.log")).unwrap_or_default()
+    );
     // The flag on w1's disk says FAILED with the stable code.
     let f = flag_json(&c.lab.path("w1-flag.img"));
     assert_eq!(
@@ -511,4 +540,86 @@ fn too_many_failures_at_once_pause_automatic_repair() {
         metrics.contains("lazarus_nodes{state=\"queued\"}"),
         "{metrics}"
     );
+}
+
+#[test]
+fn an_agent_unreachable_mid_recovery_is_waited_for_and_the_repair_completes() {
+    let (c, img) = Cluster::start_with(1, true, "", true);
+    c.kill_node(1);
+    wait_for(
+        &c.api,
+        "w1 recovering",
+        Duration::from_secs(30),
+        &c.log,
+        |s| state_of(s, "w1") == "recovering",
+    );
+    let mut feed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.lab.export.join("images/worker.img"))
+        .unwrap();
+    std::io::Write::write_all(&mut feed, &img[..MIB]).unwrap();
+    // The agent stops answering (SIGSTOP: its socket accepts, nothing replies).
+    let pid = String::from_utf8(
+        Command::new("pgrep")
+            .args(["-f", &format!("listen 127.0.{}.1:7460", c.net)])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let pid = pid
+        .split_whitespace()
+        .next()
+        .expect("the rescue agent runs")
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let s = wait_for(
+        &c.api,
+        "unreachable noted",
+        Duration::from_secs(40),
+        &c.log,
+        |s| {
+            s.nodes.iter().any(|n| {
+                n.name == "w1"
+                    && n.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("unreachable"))
+            })
+        },
+    );
+    assert_eq!(
+        state_of(&s, "w1"),
+        "recovering",
+        "an unreachable agent is waited for, not abandoned"
+    );
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::io::Write::write_all(&mut feed, &img[MIB..]).unwrap();
+    drop(feed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = api_client::status(&c.api)
+            .map(|s| state_of(&s, "w1"))
+            .unwrap_or_default();
+        if st == "rebooting" || st == "verifying" {
+            std::fs::write(c.lab.path("w1-up"), "").unwrap();
+        }
+        if st == "healthy" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w1 stuck in {st}\n{}",
+            std::fs::read_to_string(&c.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(std::fs::read(c.lab.path("w1-disk.img")).unwrap()[..img.len()] == img[..]);
 }

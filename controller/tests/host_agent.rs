@@ -194,7 +194,7 @@ fn commands_under_a_wrong_key_are_not_answered() {
         other,
         Duration::from_secs(3),
     );
-    let err = r.err().expect("a wrong key was answered");
+    let err = r.expect_err("a wrong key was answered");
     assert!(err.to_string().contains("connection closed"), "{err}");
     assert!(
         agent.log().contains("ignoring a command"),
