@@ -6,6 +6,32 @@ use std::time::Duration;
 use lazarus_proto::frame::{read_frame, seal_announce, write_frame};
 use lazarus_proto::{ClusterKey, Ready, Response, WireError};
 
+/// Announces `agent` (its identity read from `root`, reachable at `address`) to `controller` on
+/// a thread of its own, until acknowledged. `macs` replaces the MACs read from sysfs (host mode
+/// with several agents on one machine).
+pub fn spawn_announcer(
+    controller: SocketAddr,
+    key: &ClusterKey,
+    root: &crate::root::Root,
+    agent: &crate::service::Agent,
+    address: std::net::IpAddr,
+    macs: Option<Vec<[u8; 6]>>,
+) {
+    let mut identity = crate::identity::read_identity(root);
+    identity.address = Some(address);
+    if let Some(macs) = macs {
+        identity.macs = macs;
+    }
+    let ready = Ready {
+        boot_id: agent.boot_id,
+        identity,
+        flag: agent.boot_flag.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let key = key.clone();
+    std::thread::spawn(move || announce(controller, &key, &ready, None));
+}
+
 /// First retry delay; doubles up to [`MAX_BACKOFF`], each with ±25% jitter.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -13,7 +13,7 @@ use lazarus_agent::logring::LogRing;
 use lazarus_agent::platform::Machine;
 use lazarus_agent::service::Agent;
 use lazarus_agent::{announce, identity, keyfile, server, sys};
-use lazarus_proto::{BootId, ImageFormat, Ready, Sha256};
+use lazarus_proto::{BootId, ImageFormat, Sha256};
 
 const USAGE: &str =
     "usage: lazarus-agent serve --host --listen ADDR --key-file FILE --workdir DIR \
@@ -86,19 +86,15 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
     let root = platform.root.clone();
     let agent = Agent::start(boot_id, platform, Some(logs));
     if let Some(controller) = opts.controller {
-        let mut identity = identity::read_identity(&root);
-        identity.address = Some(listener.local_addr()?.ip());
-        if let Some(mac) = opts.mac {
-            identity.macs = vec![mac];
-        }
-        let ready = Ready {
-            boot_id,
-            identity,
-            flag: agent.boot_flag.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let key = key.clone();
-        std::thread::spawn(move || announce::announce(controller, &key, &ready, None));
+        let address = listener.local_addr()?.ip();
+        announce::spawn_announcer(
+            controller,
+            &key,
+            &root,
+            &agent,
+            address,
+            opts.mac.map(|m| vec![m]),
+        );
     }
     server::serve(listener, agent, key)?;
     sys::sync_all();

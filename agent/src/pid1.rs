@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lazarus_proto::{BootId, FlagLocation, Ready};
+use lazarus_proto::{BootId, FlagLocation};
 
 use crate::config::{AgentConfig, BootConfig, StaticIp, CONFIG_PATH, KEY_PATH};
 use crate::kmod::ModuleDb;
@@ -17,7 +17,7 @@ use crate::logring::LogRing;
 use crate::platform::{find_flag, Machine, Mode};
 use crate::root::Root;
 use crate::service::Agent;
-use crate::{announce, dhcp, identity, keyfile, network, server, sys};
+use crate::{announce, dhcp, keyfile, network, server, sys};
 
 /// Runs as PID 1. Never returns.
 pub fn run() -> ! {
@@ -159,16 +159,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         uptime.split_whitespace().next().unwrap_or("?")
     );
     if let Some(controller) = boot.controller {
-        let mut identity = identity::read_identity(&root);
-        identity.address = Some(ip.address);
-        let ready = Ready {
-            boot_id,
-            identity,
-            flag: agent.boot_flag.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let key = key.clone();
-        std::thread::spawn(move || announce::announce(controller, &key, &ready, None));
+        announce::spawn_announcer(controller, &key, &root, &agent, ip.address, None);
     }
     server::serve(listener, agent, key).map_err(|e| format!("serving: {e}"))?;
     Ok(())

@@ -417,33 +417,11 @@ fn run_hook(
     promoted: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let (program, args) = command.split_first().ok_or("empty promotion command")?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .env("LAZARUS_FAILED", failed)
-        .env("LAZARUS_PROMOTED", promoted)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            return if s.success() {
-                Ok(())
-            } else {
-                Err(format!("{program}: {s}"))
-            };
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "{program}: no answer within {}s",
-                timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::command::run(
+        command,
+        &[("LAZARUS_FAILED", failed), ("LAZARUS_PROMOTED", promoted)],
+        timeout,
+    )
 }
 
 /// Health-checks every node not under repair (and restored nodes being verified), each interval.

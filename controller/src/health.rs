@@ -4,8 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::HealthCheck;
 
@@ -16,7 +15,7 @@ pub fn check(health: &HealthCheck, timeout: Duration) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| format!("tcp {target}: {e}")),
         HealthCheck::Http { url } => http_get(url, timeout),
-        HealthCheck::Exec { command } => exec(command, timeout),
+        HealthCheck::Exec { command } => crate::command::run(command, &[], timeout),
     }
 }
 
@@ -57,36 +56,6 @@ fn http_get(url: &str, timeout: Duration) -> Result<(), String> {
         Some(c) if (200..300).contains(&c) => Ok(()),
         Some(c) => Err(format!("{url}: HTTP {c}")),
         None => Err(format!("{url}: not an HTTP answer")),
-    }
-}
-
-fn exec(command: &[String], timeout: Duration) -> Result<(), String> {
-    let (program, args) = command.split_first().ok_or("empty health command")?;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("{program}: {e}"))? {
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(format!("{program}: {status}"))
-            };
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "{program}: no answer within {}s",
-                timeout.as_secs_f32()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -10,6 +10,7 @@ pub mod agent_cmd;
 pub mod api;
 pub mod api_client;
 pub mod cluster;
+pub mod command;
 pub mod daemon;
 pub mod flag_cmd;
 pub mod health;

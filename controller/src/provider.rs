@@ -7,8 +7,7 @@
 //! - `redfish`: virtual media and a one-time boot override through the BMC (to come; a cluster
 //!   file naming it is refused by `lazarus serve` until then).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::{BootProvider, Node};
 
@@ -34,7 +33,7 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Str
                 Op::Detach => detach,
                 Op::PowerOff => power_off.as_ref().ok_or("no power_off command")?,
             };
-            run_command(&template(argv, node), timeout).map(|()| None)
+            crate::command::run(&template(argv, node), &[], timeout).map(|()| None)
         }
         BootProvider::Manual => Ok(Some(match op {
             Op::Attach => format!(
@@ -57,41 +56,4 @@ fn template(argv: &[String], node: &Node) -> Vec<String> {
                 .replace("{rescue_ip}", &node.rescue.address.to_string())
         })
         .collect()
-}
-
-/// Runs a command with a timeout; its exit status decides.
-pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
-    let (program, args) = argv.split_first().ok_or("empty command")?;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("{program}: {e}"))? {
-            if status.success() {
-                return Ok(());
-            }
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            return Err(format!(
-                "{program}: {status}: {}",
-                err.lines().last().unwrap_or("").trim()
-            ));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "{program}: no answer within {}s",
-                timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
