@@ -18,7 +18,7 @@ use lazarus_proto::{
 };
 
 use crate::agent_client::AgentClient;
-use crate::cluster::{BootProvider, Cluster, Node};
+use crate::cluster::{Cluster, Node};
 use crate::repair::{self, Action, ActionKind, ClusterState, Event, Policy, Transition};
 use crate::store::Store;
 use crate::{health, provider};
@@ -34,8 +34,6 @@ pub enum DaemonError {
     Key(#[from] lazarus_agent::keyfile::KeyFileError),
     #[error("listening on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
-    #[error("node {0}: {1}")]
-    Unsupported(String, String),
 }
 
 /// What the API shows, refreshed after every event.
@@ -77,14 +75,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs the daemon until the process is stopped.
 pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     let cluster = Arc::new(Cluster::load(config)?);
-    for n in &cluster.nodes {
-        if let BootProvider::Redfish { .. } = n.boot {
-            return Err(DaemonError::Unsupported(
-                n.name.clone(),
-                "the redfish boot provider is not built yet".into(),
-            ));
-        }
-    }
     let key = lazarus_agent::keyfile::load(&cluster.controller.key_file)?;
     let store = Arc::new(Store::open(data_dir)?);
     let policy = Policy::from_cluster(&cluster);

@@ -15,5 +15,6 @@ pub mod daemon;
 pub mod flag_cmd;
 pub mod health;
 pub mod provider;
+pub mod redfish;
 pub mod repair;
 pub mod store;

@@ -4,8 +4,7 @@
 //! - `command`: the operator's commands (ipmitool, a PDU, a QEMU monitor), with `{node}`,
 //!   `{mac}` and `{rescue_ip}` replaced, each run with a timeout;
 //! - `manual`: the controller alerts a person to do it;
-//! - `redfish`: virtual media and a one-time boot override through the BMC (to come; a cluster
-//!   file naming it is refused by `lazarus serve` until then).
+//! - `redfish`: virtual media and a one-time boot override through the BMC ([`crate::redfish`]).
 
 use std::time::Duration;
 
@@ -43,7 +42,36 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Str
             Op::Detach => format!("remove the rescue media from {}", node.name),
             Op::PowerOff => format!("power {} off", node.name),
         })),
-        BootProvider::Redfish { .. } => Err("the redfish boot provider is not built yet".into()),
+        BootProvider::Redfish {
+            endpoint,
+            system,
+            username,
+            password_file,
+            image_url,
+            insecure,
+        } => {
+            let password = match password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| format!("reading {}: {e}", f.display()))?
+                        .trim_end()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let bmc = crate::redfish::Bmc {
+                endpoint: endpoint.trim_end_matches('/').to_string(),
+                system: system.clone(),
+                auth: username.clone().map(|u| (u, password.unwrap_or_default())),
+                insecure: *insecure,
+            };
+            match op {
+                Op::PowerOff => bmc.power_off(timeout),
+                Op::Attach => bmc.attach(image_url),
+                Op::Detach => bmc.detach(),
+            }
+            .map(|()| None)
+        }
     }
 }
 
