@@ -37,8 +37,31 @@ const MAX_ENTRIES: u32 = 1024;
 
 /// Reads the primary GPT of a disk with `sector` bytes per logical block.
 pub fn read_gpt(disk: &impl FileExt, sector: u64) -> Result<Vec<GptPartition>, GptError> {
+    parse_gpt(|buf, offset| disk.read_exact_at(buf, offset), sector)
+}
+
+/// Reads the primary GPT from the first bytes of an image held in memory (its first MiB).
+pub fn read_gpt_bytes(head: &[u8], sector: u64) -> Result<Vec<GptPartition>, GptError> {
+    parse_gpt(
+        |buf, offset| {
+            let start = usize::try_from(offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let src = head
+                .get(start..start + buf.len())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        },
+        sector,
+    )
+}
+
+fn parse_gpt(
+    read_at: impl Fn(&mut [u8], u64) -> io::Result<()>,
+    sector: u64,
+) -> Result<Vec<GptPartition>, GptError> {
     let mut header = vec![0u8; sector as usize];
-    disk.read_exact_at(&mut header, sector)?;
+    read_at(&mut header, sector)?;
     if &header[..8] != b"EFI PART" {
         return Err(GptError::NoHeader);
     }
@@ -65,7 +88,7 @@ pub fn read_gpt(disk: &impl FileExt, sector: u64) -> Result<Vec<GptPartition>, G
         return Err(GptError::Invalid("entry layout"));
     }
     let mut entries = vec![0u8; count as usize * entry_len];
-    disk.read_exact_at(
+    read_at(
         &mut entries,
         entries_lba
             .checked_mul(sector)

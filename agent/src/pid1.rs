@@ -51,8 +51,9 @@ pub fn run() -> ! {
     }
 }
 
-/// mount /proc, /sys, /dev (devtmpfs), /run (tmpfs), and make /dev/console our stdio.
-fn early_mounts() -> Vec<(&'static str, String)> {
+/// mount /proc, /sys, /dev (devtmpfs), /run (tmpfs), and make /dev/console our stdio. Also used
+/// by the lab's worker system (`examples/lab_worker.rs`).
+pub fn early_mounts() -> Vec<(&'static str, String)> {
     let mut errors = Vec::new();
     for (src, target, fstype) in [
         ("proc", "/proc", "proc"),
@@ -166,7 +167,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
 }
 
 /// Loads the always-load modules, then coldplugs until no new module appears.
-fn load_modules(root: &Root, config: &AgentConfig) {
+pub fn load_modules(root: &Root, config: &AgentConfig) {
     let release = rustix::system::uname()
         .release()
         .to_string_lossy()

@@ -6,6 +6,7 @@
 //! same machine configures the kernel's network and mounts the export over NFS.
 
 use std::fs;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use lazarus_proto::{DiskSelector, FlagLocation, FsType, NetworkPlan, NfsSource};
@@ -36,6 +37,16 @@ pub trait Platform: Send + Sync {
         &self,
         location: &FlagLocation,
         disk: Option<&DiskInfo>,
+    ) -> Result<PathBuf, AgentError>;
+    /// Registers partition `number` of `disk` (`start`, `len` bytes) with the kernel, replacing a
+    /// stale one of that number, and returns its device node: for the flag partition as the image
+    /// defines it, when a wrecked disk no longer describes one.
+    fn register_partition(
+        &self,
+        disk: &DiskInfo,
+        number: u32,
+        start: u64,
+        len: u64,
     ) -> Result<PathBuf, AgentError>;
     /// The flag device to read at start, before any plan, if there is one.
     fn boot_flag_device(&self) -> Option<PathBuf>;
@@ -191,6 +202,54 @@ impl Platform for Machine {
         disk: Option<&DiskInfo>,
     ) -> Result<PathBuf, AgentError> {
         find_flag(&self.root, location, disk)
+    }
+
+    fn register_partition(
+        &self,
+        disk: &DiskInfo,
+        number: u32,
+        start: u64,
+        len: u64,
+    ) -> Result<PathBuf, AgentError> {
+        let err = |e: String| AgentError::Partitions(disk.dev_path.clone(), e);
+        let file = fs::File::open(&disk.dev_path).map_err(|e| err(e.to_string()))?;
+        if !file
+            .metadata()
+            .map_err(|e| err(e.to_string()))?
+            .file_type()
+            .is_block_device()
+        {
+            return Err(AgentError::NoFlag(format!(
+                "{} is not a block device",
+                disk.dev_path.display()
+            )));
+        }
+        if start.checked_add(len).is_none_or(|end| end > disk.size) {
+            return Err(err(format!(
+                "partition {number} ({start}+{len}) lies past the end of the disk"
+            )));
+        }
+        if disk::partitions(&self.root, &disk.name)
+            .iter()
+            .any(|p| p.number == number)
+        {
+            sys::blk::ioctl_blkpg_del(&file, number)
+                .map_err(|e| err(format!("removing partition {number}: {e}")))?;
+        }
+        sys::blk::ioctl_blkpg_add(&file, number, start, len)
+            .map_err(|e| err(format!("adding partition {number}: {e}")))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Ok(p) = disk::partition(&self.root, &disk.name, number) {
+                if p.dev_path.exists() {
+                    return Ok(p.dev_path);
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(err(format!("partition {number} did not appear")));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     fn boot_flag_device(&self) -> Option<PathBuf> {

@@ -192,7 +192,26 @@ fn run_steps(
         }
         .into());
     }
-    let flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
+    let flag_path = match platform.flag_device(&plan.flag, Some(&disk)) {
+        Ok(p) => p,
+        // A wrecked disk (its partition table gone) that a whole-disk image replaces: the flag
+        // partition is where the image puts it. Writing there first is writing to the disk that
+        // was chosen and is about to be rewritten whole.
+        Err(AgentError::NoFlag(why)) if plan.image.layout == ImageLayout::WholeDisk => {
+            let lazarus_proto::FlagLocation::PartLabel(label) = &plan.flag else {
+                return Err(AgentError::NoFlag(why));
+            };
+            let part = image_partition(&image_path, plan.image.format, label).ok_or_else(|| {
+                AgentError::NoFlag(format!("{why}, and the image has none either"))
+            })?;
+            log::warn!(
+                "{why}; using the image's partition {} for the flag",
+                part.number
+            );
+            platform.register_partition(&disk, part.number, part.start, part.len)?
+        }
+        Err(e) => return Err(e),
+    };
     // Write-ahead: RECOVERING is durable before the disk changes.
     observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(0))?);
     *flag = Some(flag_path);
@@ -253,6 +272,31 @@ fn run_steps(
     observer.flag(&record);
     log::info!("plan {} recovered", plan.plan_id);
     Ok(record)
+}
+
+/// The partition labelled `label` in the image's own primary GPT (read from its first MiB).
+fn image_partition(
+    path: &Path,
+    format: lazarus_proto::ImageFormat,
+    label: &str,
+) -> Option<crate::gpt::GptPartition> {
+    use std::io::Read;
+    let file = File::open(path).ok()?;
+    let mut head = vec![0u8; crate::image::HEADER_LEN as usize];
+    let mut reader = crate::image::decoder(format, file);
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    head.truncate(got);
+    [512u64, 4096]
+        .iter()
+        .filter_map(|&sector| crate::gpt::read_gpt_bytes(&head, sector).ok())
+        .flatten()
+        .find(|p| p.name == label)
 }
 
 /// How the copy is checked: the plan's whole-image digest, or its block map, which must itself

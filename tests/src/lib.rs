@@ -64,6 +64,8 @@ pub fn available() -> Result<(), String> {
 /// The kernel, the static agent, a cluster key and the initramfs built from them.
 pub struct Artifacts {
     pub vmlinuz: PathBuf,
+    /// The unpacked kernel package (for building more initramfs images).
+    pub kernel_dir: PathBuf,
     pub initramfs: PathBuf,
     pub key: ClusterKey,
     pub key_path: PathBuf,
@@ -108,6 +110,7 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
     }
     let key = lazarus_agent::keyfile::load(&key_path)?;
     let initramfs = dir.join("initramfs.gz");
+    std::fs::write(dir.join("kernel-dir"), kernel_dir.display().to_string())?;
     let report = lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {
         kernel_dir,
         agent: agent.clone(),
@@ -117,12 +120,51 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
     })?;
     Ok(Artifacts {
         vmlinuz,
+        kernel_dir: kernel_dir_for(&initramfs),
         initramfs,
         key,
         key_path,
         initramfs_bytes: report.compressed_bytes,
         agent_bytes: std::fs::metadata(&agent)?.len(),
     })
+}
+
+fn kernel_dir_for(initramfs: &Path) -> PathBuf {
+    let note = initramfs.with_file_name("kernel-dir");
+    PathBuf::from(std::fs::read_to_string(note).unwrap_or_default())
+}
+
+/// The lab's worker system (`agent/examples/lab_worker.rs`) as the `/init` of an initramfs: what
+/// a restored node boots into, reading its root filesystem from its own disk.
+pub fn worker_initramfs(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> {
+    let worker = match std::env::var_os("LAZARUS_LAB_WORKER") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            run(Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "--target",
+                    "x86_64-unknown-linux-musl",
+                    "-p",
+                    "lazarus-agent",
+                    "--example",
+                    "lab_worker",
+                ])
+                .current_dir(workspace()))?;
+            target_dir().join("x86_64-unknown-linux-musl/release/examples/lab_worker")
+        }
+    };
+    let out = dir.join("worker-initramfs.gz");
+    lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {
+        kernel_dir: art.kernel_dir.clone(),
+        agent: worker,
+        key_file: art.key_path.clone(),
+        config: None,
+        output: out.clone(),
+    })?;
+    Ok(out)
 }
 
 /// A network namespace with `tap0` at [`HOST_IP`].
@@ -146,6 +188,30 @@ impl Netns {
             run(Command::new("ip")
                 .args(["netns", "exec", name, "ip"])
                 .args(&args))?;
+        }
+        Ok(ns)
+    }
+
+    /// A namespace whose bridge `br0` at [`HOST_IP`] joins the taps `taps` (one per guest).
+    pub fn create_bridged(name: &str, taps: &[&str]) -> anyhow::Result<Self> {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        let ip = |args: &[&str]| {
+            run(Command::new("ip")
+                .args(["netns", "exec", name, "ip"])
+                .args(args))
+        };
+        ip(&["link", "set", "lo", "up"])?;
+        ip(&["link", "add", "br0", "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{HOST_IP}/{PREFIX}"), "dev", "br0"])?;
+        ip(&["link", "set", "br0", "up"])?;
+        for tap in taps {
+            ip(&["tuntap", "add", tap, "mode", "tap"])?;
+            ip(&["link", "set", tap, "master", "br0"])?;
+            ip(&["link", "set", tap, "up"])?;
         }
         Ok(ns)
     }
