@@ -99,6 +99,12 @@ fn metrics(sh: &Shared) -> String {
         "lazarus_repairs_failed_total {}\n",
         m.repairs_quarantined
     ));
+    out.push_str("# HELP lazarus_step_seconds_total Seconds spent in each repair step, all repairs.\n# TYPE lazarus_step_seconds_total counter\n");
+    for (step, secs) in &m.step_seconds {
+        out.push_str(&format!(
+            "lazarus_step_seconds_total{{step=\"{step}\"}} {secs}\n"
+        ));
+    }
     out.push_str("# HELP lazarus_nodes Nodes per state.\n# TYPE lazarus_nodes gauge\n");
     let mut per: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for n in sh.state.nodes.values() {

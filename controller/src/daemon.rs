@@ -60,6 +60,8 @@ pub struct Metrics {
     pub repairs_quarantined: u64,
     /// Seconds spent per repair step, summed over all repairs.
     pub step_seconds: BTreeMap<String, u64>,
+    /// The step each node is in and since when.
+    pub current: BTreeMap<String, (String, u64)>,
 }
 
 pub fn now() -> u64 {
@@ -172,8 +174,13 @@ fn count(m: &mut Metrics, transitions: &[Transition], state: &ClusterState, now:
         if t.to == "quarantined" {
             m.repairs_quarantined += 1;
         }
-        let _ = (state, now);
+        if let Some((step, since)) = m.current.insert(t.node.clone(), (t.to.clone(), t.time)) {
+            if !matches!(step.as_str(), "healthy" | "failing") {
+                *m.step_seconds.entry(step).or_default() += t.time.saturating_sub(since);
+            }
+        }
     }
+    let _ = (state, now);
 }
 
 fn node<'a>(cluster: &'a Cluster, name: &str) -> Option<&'a Node> {
