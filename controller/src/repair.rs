@@ -1007,20 +1007,17 @@ fn retry_or_quarantine(
     }
     let attempt = r.attempt;
     let step = r.step.clone();
-    let again = |a| {
-        move |state: &mut ClusterState| {
-            if let Some(r) = state.nodes.get_mut(node).and_then(|n| n.repair.as_mut()) {
-                r.attempt = a;
-            }
-        }
-    };
     match step {
         RepairStep::Fencing => {
             out.actions.push(Action::Fence { node: node.into() });
             extend(state, node, now + policy.fence_timeout);
         }
-        RepairStep::Promoting | RepairStep::Attaching | RepairStep::WaitingReady => {
-            // Attach again (power-cycles into the rescue kernel).
+        // Attach again (power-cycles into the rescue kernel); for a restored system that does not
+        // come up healthy, that repairs it again from the start.
+        RepairStep::Promoting
+        | RepairStep::Attaching
+        | RepairStep::WaitingReady
+        | RepairStep::Verifying => {
             transition(
                 state,
                 node,
@@ -1030,7 +1027,6 @@ fn retry_or_quarantine(
                 &format!("retry {attempt}: {reason}"),
                 out,
             );
-            again(attempt)(state);
             out.actions.push(Action::Attach { node: node.into() });
         }
         RepairStep::Recovering => {
@@ -1042,7 +1038,6 @@ fn retry_or_quarantine(
                 &format!("retry {attempt}: {reason}"),
                 out,
             );
-            again(attempt)(state);
         }
         RepairStep::Detaching => {
             out.actions.push(Action::Detach { node: node.into() });
@@ -1051,20 +1046,6 @@ fn retry_or_quarantine(
         RepairStep::Rebooting => {
             out.actions.push(Action::Reboot { node: node.into() });
             extend(state, node, now + policy.reboot_timeout);
-        }
-        RepairStep::Verifying => {
-            // The restored system does not come up healthy: repair it again from the start.
-            transition(
-                state,
-                node,
-                RepairStep::Attaching,
-                now + policy.attach_timeout,
-                now,
-                &format!("retry {attempt}: {reason}"),
-                out,
-            );
-            again(attempt)(state);
-            out.actions.push(Action::Attach { node: node.into() });
         }
         RepairStep::Queued | RepairStep::Quarantined => {}
     }

@@ -85,25 +85,12 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
         kernel_dir.display()
     )))?;
     let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{release}"));
-    let agent = match std::env::var_os("LAZARUS_AGENT_STATIC") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            run(Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--release",
-                    "--target",
-                    "x86_64-unknown-linux-musl",
-                    "-p",
-                    "lazarus-agent",
-                    "--bin",
-                    "lazarus-agent",
-                ])
-                .current_dir(workspace()))?;
-            target_dir().join("x86_64-unknown-linux-musl/release/lazarus-agent")
-        }
-    };
+    let agent = static_build(
+        "LAZARUS_AGENT_STATIC",
+        "--bin",
+        "lazarus-agent",
+        "lazarus-agent",
+    )?;
     let key_path = dir.join("cluster.key");
     if !key_path.exists() {
         lazarus_agent::keyfile::generate(&key_path)?;
@@ -137,25 +124,12 @@ fn kernel_dir_for(initramfs: &Path) -> PathBuf {
 /// The lab's worker system (`agent/examples/lab_worker.rs`) as the `/init` of an initramfs: what
 /// a restored node boots into, reading its root filesystem from its own disk.
 pub fn worker_initramfs(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> {
-    let worker = match std::env::var_os("LAZARUS_LAB_WORKER") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            run(Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--release",
-                    "--target",
-                    "x86_64-unknown-linux-musl",
-                    "-p",
-                    "lazarus-agent",
-                    "--example",
-                    "lab_worker",
-                ])
-                .current_dir(workspace()))?;
-            target_dir().join("x86_64-unknown-linux-musl/release/examples/lab_worker")
-        }
-    };
+    let worker = static_build(
+        "LAZARUS_LAB_WORKER",
+        "--example",
+        "lab_worker",
+        "examples/lab_worker",
+    )?;
     let out = dir.join("worker-initramfs.gz");
     lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {
         kernel_dir: art.kernel_dir.clone(),
@@ -165,6 +139,30 @@ pub fn worker_initramfs(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> 
         output: out.clone(),
     })?;
     Ok(out)
+}
+
+/// A static musl build of the agent package's `kind` (`--bin`/`--example`) `name`: the path in
+/// `env` (scripts/test builds it first), else built now.
+fn static_build(env: &str, kind: &str, name: &str, output: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    run(Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "-p",
+            "lazarus-agent",
+            kind,
+            name,
+        ])
+        .current_dir(workspace()))?;
+    Ok(target_dir()
+        .join("x86_64-unknown-linux-musl/release")
+        .join(output))
 }
 
 /// A network namespace with `tap0` at [`HOST_IP`].
