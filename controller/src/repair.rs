@@ -730,13 +730,25 @@ fn after_fence(
             }),
         }
     }
+    attach(state, node, policy, now, "attaching the rescue kernel", out);
+}
+
+/// Moves `node` to Attaching and asks for the rescue boot.
+fn attach(
+    state: &mut ClusterState,
+    node: &str,
+    policy: &Policy,
+    now: Time,
+    reason: &str,
+    out: &mut Outcome,
+) {
     transition(
         state,
         node,
         RepairStep::Attaching,
         now + policy.attach_timeout,
         now,
-        "attaching the rescue kernel",
+        reason,
         out,
     );
     out.actions.push(Action::Attach { node: node.into() });
@@ -849,16 +861,7 @@ fn done(
             if let Some(s) = standby {
                 promote(state, node, &s, now, out);
             }
-            transition(
-                state,
-                node,
-                RepairStep::Attaching,
-                now + policy.attach_timeout,
-                now,
-                "attaching the rescue kernel",
-                out,
-            );
-            out.actions.push(Action::Attach { node: node.into() });
+            attach(state, node, policy, now, "attaching the rescue kernel", out);
         }
         ActionKind::Attach => transition(
             state,
@@ -1018,16 +1021,14 @@ fn retry_or_quarantine(
         | RepairStep::Attaching
         | RepairStep::WaitingReady
         | RepairStep::Verifying => {
-            transition(
+            attach(
                 state,
                 node,
-                RepairStep::Attaching,
-                now + policy.attach_timeout,
+                policy,
                 now,
                 &format!("retry {attempt}: {reason}"),
                 out,
             );
-            out.actions.push(Action::Attach { node: node.into() });
         }
         RepairStep::Recovering => {
             send_recover(

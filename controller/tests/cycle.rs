@@ -108,10 +108,7 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
     lab.image("worker.img", &img);
     let disk = lab.path("w1-disk.img");
     std::fs::write(&disk, noise(4 * MIB, 22)).unwrap();
-    let flag = lab.path("w1-flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("w1-flag.img");
     let s1_health = HealthPort::new("127.0.0.32");
     let hook_log = lab.path("promotions.log");
     let hook = lab.path("promote.sh");
@@ -321,12 +318,7 @@ impl Cluster {
         let lab = Lab::new();
         let img = noise(2 * MIB, 31);
         if fifo {
-            let path = lab.export.join("images/worker.img");
-            assert!(Command::new("mkfifo")
-                .arg(&path)
-                .status()
-                .unwrap()
-                .success());
+            lab.fifo_image("worker.img");
         } else {
             lab.image("worker.img", &img);
         }
@@ -338,14 +330,9 @@ impl Cluster {
         let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let mut nodes = String::new();
         for i in 1..=workers {
-            let (disk, flag) = (
-                lab.path(&format!("w{i}-disk.img")),
-                lab.path(&format!("w{i}-flag.img")),
-            );
+            let disk = lab.path(&format!("w{i}-disk.img"));
+            let flag = lab.flag(&format!("w{i}-flag.img"));
             std::fs::write(&disk, noise(3 * MIB, i as u64)).unwrap();
-            assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-                .status
-                .success());
             std::fs::write(lab.path(&format!("w{i}-up")), "").unwrap();
             let attach = format!(
                 "{} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 &",

@@ -21,10 +21,7 @@ fn recovers_onto_a_file() {
     let rel = lab.image("os.img", &img);
     let disk = lab.path("disk.img");
     std::fs::write(&disk, noise(8 * MIB, 2)).unwrap();
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(Some(&flag), None);
     let mut c = lab.client(&agent);
     let s = c.status_of(&Request::GetStatus).unwrap();
@@ -70,10 +67,7 @@ fn a_wrong_digest_ends_failed_with_the_first_mib_zero_and_the_agent_still_answer
     let rel = lab.image("os.img", &img);
     let disk = lab.path("disk.img");
     std::fs::write(&disk, noise(6 * MIB, 4)).unwrap();
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(Some(&flag), None);
     let mut c = lab.client(&agent);
     let mut p = plan("bad-digest", &rel, &img, by_path(&disk), flag_at(&flag));
@@ -108,10 +102,7 @@ fn a_truncated_image_ends_failed() {
     let rel = lab.image("os.img", &img[..3 * MIB]);
     let disk = lab.path("disk.img");
     std::fs::write(&disk, noise(6 * MIB, 6)).unwrap();
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(None, None);
     let mut c = lab.client(&agent);
     c.status_of(&Request::Recover(Box::new(plan(
@@ -133,10 +124,7 @@ fn no_matching_disk_fails_before_anything_is_written() {
     let lab = Lab::new();
     let img = noise(MIB, 7);
     let rel = lab.image("os.img", &img);
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(None, None);
     let mut c = lab.client(&agent);
     let sel = DiskSelector {
@@ -208,18 +196,10 @@ fn killed_mid_copy_the_flag_is_not_recovered_and_the_next_recover_completes() {
     let lab = Lab::new();
     let img = noise(12 * MIB, 9);
     // The image is a FIFO the test feeds: the agent is killed while it waits for the rest.
-    let fifo = lab.export.join("images/os.img");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let fifo = lab.fifo_image("os.img");
     let disk = lab.path("disk.img");
     std::fs::write(&disk, noise(16 * MIB, 10)).unwrap();
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let p = plan(
         "killed",
         "images/os.img",
@@ -537,10 +517,7 @@ fn two_matching_disks_are_refused() {
     std::fs::write(&a, noise(size, 13)).unwrap();
     std::fs::write(&b, noise(size, 14)).unwrap();
     let (da, db) = (Loop::new(&a), Loop::new(&b));
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(None, None);
     let mut c = lab.client(&agent);
     let sel = DiskSelector {
@@ -659,18 +636,10 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
 fn abort_stops_a_running_copy_and_ends_failed() {
     let lab = Lab::new();
     let img = noise(12 * MIB, 15);
-    let fifo = lab.export.join("images/os.img");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let fifo = lab.fifo_image("os.img");
     let disk = lab.path("disk.img");
     std::fs::write(&disk, noise(16 * MIB, 16)).unwrap();
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(None, None);
     let mut c = lab.client(&agent);
     let p = plan(
@@ -709,10 +678,7 @@ fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
     let rel = lab.image("os.img", &img);
     let disk = lab.path("disk.img");
     std::fs::write(&disk, noise(4 * MIB, 18)).unwrap();
-    let flag = lab.path("flag.img");
-    assert!(lazarus(&["flag", "init", flag.to_str().unwrap()])
-        .status
-        .success());
+    let flag = lab.flag("flag.img");
     let agent = lab.agent(None, None);
     let plan_text = format!(
         "plan_id = \"cli-1\"\n[network]\naddress = \"127.0.0.1\"\nprefix_len = 8\n\

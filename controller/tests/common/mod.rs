@@ -129,6 +129,30 @@ impl Lab {
         AgentClient::connect(&agent.addr, self.key.clone(), Duration::from_secs(10)).unwrap()
     }
 
+    /// A formatted flag file `NAME` in the lab folder.
+    pub fn flag(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        let out = lazarus(&["flag", "init", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    /// A named pipe in the export as `images/NAME`: an image the test feeds, so a copy can be held
+    /// mid-way.
+    pub fn fifo_image(&self, name: &str) -> PathBuf {
+        let path = self.export.join("images").join(name);
+        assert!(Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success());
+        path
+    }
+
     /// Puts `data` in the export as `images/NAME`.
     pub fn image(&self, name: &str, data: &[u8]) -> String {
         std::fs::write(self.export.join("images").join(name), data).unwrap();
