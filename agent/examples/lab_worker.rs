@@ -9,10 +9,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
-use lazarus_agent::config::{AgentConfig, BootConfig};
+use lazarus_agent::config::BootConfig;
 use lazarus_agent::logring::LogRing;
 use lazarus_agent::root::Root;
 use lazarus_agent::{network, pid1, sys};
+use lazarus_node::agent_config::AgentConfig;
 
 fn main() {
     let _ = pid1::early_mounts();

@@ -15,7 +15,7 @@ pub fn spawn_announcer(
     root: &crate::root::Root,
     agent: &crate::service::Agent,
     address: std::net::IpAddr,
-    macs: Option<Vec<[u8; 6]>>,
+    macs: Option<Vec<lazarus_proto::MacAddr>>,
 ) {
     let mut identity = crate::identity::read_identity(root);
     identity.address = Some(address);
@@ -87,6 +87,6 @@ fn announce_once(
 /// `d` scaled by a random factor in [0.75, 1.25).
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
-    let r = crate::sys::fill_random(&mut b).map_or(0x8000, |()| u16::from_le_bytes(b));
+    let r = lazarus_node::random::fill(&mut b).map_or(0x8000, |()| u16::from_le_bytes(b));
     d.mul_f64(0.75 + f64::from(r) / 131_072.0)
 }

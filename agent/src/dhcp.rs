@@ -25,13 +25,17 @@ pub struct Lease {
 
 /// Runs DISCOVER/OFFER/REQUEST/ACK on interface `name` (already up) with hardware address `mac`
 /// until a lease arrives or `timeout` passes.
-pub fn acquire(name: &str, mac: [u8; 6], timeout: Duration) -> Result<Lease, String> {
+pub fn acquire(
+    name: &str,
+    mac: lazarus_proto::MacAddr,
+    timeout: Duration,
+) -> Result<Lease, String> {
     let mut device = NoRxChecksum(
         RawSocket::new(name, Medium::Ethernet).map_err(|e| format!("raw socket on {name}: {e}"))?,
     );
     let start = StdInstant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
-    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
     let mut iface = Interface::new(config, &mut device, now());
     let mut storage = [smoltcp::iface::SocketStorage::EMPTY; 1];
     let mut sockets = SocketSet::new(&mut storage[..]);

@@ -6,10 +6,10 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::backup::BackupError;
 use crate::disk::SelectError;
-use crate::flag_store::StoreError;
 use crate::image::ImageError;
+use lazarus_node::backup::BackupError;
+use lazarus_node::flag_store::StoreError;
 
 /// Everything that can end a recovery.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ impl AgentError {
             Self::Partitions(..) => 600,
             Self::MountTarget(_) => 700,
             Self::Restore(e) => match e {
-                BackupError::NodeName(_) => 701,
+                // 701 (a bad node name) is retired: `NodeName` refuses one when a plan is decoded.
                 BackupError::List(..) => 702,
                 BackupError::NoneBefore { .. } => 703,
                 BackupError::Manifest(..) => 704,

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use lazarus_proto::Identity;
+use lazarus_proto::{Identity, MacAddr};
 
 use crate::root::Root;
 
@@ -14,8 +14,8 @@ pub fn read_identity(root: &Root) -> Identity {
             let Ok(text) = fs::read_to_string(e.path().join("address")) else {
                 continue;
             };
-            if let Some(mac) = parse_mac(text.trim()) {
-                if mac != [0; 6] {
+            if let Ok(mac) = text.trim().parse::<MacAddr>() {
+                if mac != MacAddr::ZERO {
                     macs.push(mac);
                 }
             }
@@ -37,16 +37,6 @@ pub fn read_identity(root: &Root) -> Identity {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut out {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,10 +53,8 @@ mod tests {
         fs::create_dir_all(root.sys.join("class/dmi/id")).unwrap();
         fs::write(root.sys.join("class/dmi/id/product_uuid"), "1234-abcd\n").unwrap();
         let id = read_identity(&root);
-        assert_eq!(id.macs, vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]]);
+        assert_eq!(id.macs, vec![MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])]);
         assert_eq!(id.system_uuid.as_deref(), Some("1234-abcd"));
         assert_eq!(id.serial, None);
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
     }
 }

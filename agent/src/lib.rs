@@ -6,16 +6,13 @@
 #![deny(unsafe_code)]
 
 pub mod announce;
-pub mod backup;
 pub mod config;
 pub mod dhcp;
 pub mod disk;
 pub mod error;
-pub mod flag_store;
 pub mod gpt;
 pub mod identity;
 pub mod image;
-pub mod keyfile;
 pub mod kmod;
 pub mod logring;
 pub mod network;
@@ -27,5 +24,3 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod sys;
-
-pub use flag_store::{FlagStore, FlagUpdate, StoreError};

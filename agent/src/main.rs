@@ -12,7 +12,8 @@ use lazarus_agent::image::{write_image, Bmap, CopySpec, Progress, Target, Verifi
 use lazarus_agent::logring::LogRing;
 use lazarus_agent::platform::Machine;
 use lazarus_agent::service::Agent;
-use lazarus_agent::{announce, identity, keyfile, server, sys};
+use lazarus_agent::{announce, server, sys};
+use lazarus_node::keyfile;
 use lazarus_proto::{BootId, ImageFormat, Sha256};
 
 const USAGE: &str =
@@ -28,7 +29,7 @@ struct HostOptions {
     flag: Option<PathBuf>,
     controller: Option<SocketAddr>,
     /// Announce this MAC instead of the host's (several host-mode agents on one machine).
-    mac: Option<[u8; 6]>,
+    mac: Option<lazarus_proto::MacAddr>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
@@ -48,9 +49,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
             "--export-dir" => export_dir = Some(PathBuf::from(value()?)),
             "--flag" => flag = Some(PathBuf::from(value()?)),
             "--controller" => controller = Some(value()?.parse().context("--controller")?),
-            "--mac" => {
-                mac = Some(identity::parse_mac(value()?).context("--mac needs aa:bb:cc:dd:ee:ff")?)
-            }
+            "--mac" => mac = Some(value()?.parse::<lazarus_proto::MacAddr>()?),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
@@ -76,7 +75,7 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(opts.listen).with_context(|| format!("listening on {}", opts.listen))?;
     let mut boot = [0u8; 16];
-    sys::fill_random(&mut boot).context("drawing a boot id")?;
+    lazarus_node::random::fill(&mut boot).context("drawing a boot id")?;
     let boot_id = BootId(boot);
     log::info!(
         "lazarus-agent {} (host mode), boot {boot_id}",

@@ -5,16 +5,16 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::identity::parse_mac;
 use crate::root::Root;
 use crate::sys::netlink::Netlink;
+use lazarus_proto::MacAddr;
 
 /// An interface as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub name: String,
     pub index: u32,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
 }
 
 /// Interfaces other than loopback, sorted by name.
@@ -32,7 +32,7 @@ pub fn interfaces(root: &Root) -> Vec<Interface> {
                     .map(|s| s.trim().to_string())
             };
             let index = read("ifindex")?.parse().ok()?;
-            let mac = read("address").and_then(|m| parse_mac(&m));
+            let mac = read("address").and_then(|m| m.parse::<MacAddr>().ok());
             (name != "lo").then_some(Interface { name, index, mac })
         })
         .collect();
@@ -44,7 +44,7 @@ pub fn interfaces(root: &Root) -> Vec<Interface> {
 /// for drivers to create it.
 pub fn choose(root: &Root, want: Option<&str>, timeout: Duration) -> Result<Interface, String> {
     let deadline = Instant::now() + timeout;
-    let want_mac = want.and_then(parse_mac);
+    let want_mac = want.and_then(|w| w.parse::<MacAddr>().ok());
     loop {
         let all = interfaces(root);
         let found = match want {

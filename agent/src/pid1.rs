@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use lazarus_proto::{BootId, FlagLocation};
 
-use crate::config::{AgentConfig, BootConfig, StaticIp, CONFIG_PATH, KEY_PATH};
+use crate::config::{BootConfig, StaticIp};
 use crate::kmod::ModuleDb;
 use crate::logring::LogRing;
 use crate::platform::{find_flag, Machine, Mode};
 use crate::root::Root;
 use crate::service::Agent;
-use crate::{announce, dhcp, keyfile, network, server, sys};
+use crate::{announce, dhcp, network, server, sys};
+use lazarus_node::agent_config::{AgentConfig, CONFIG_PATH, KEY_PATH};
+use lazarus_node::keyfile;
 
 /// Runs as PID 1. Never returns.
 pub fn run() -> ! {
@@ -145,7 +147,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         boot_flag,
     );
     let mut id = [0u8; 16];
-    sys::fill_random(&mut id).map_err(|e| format!("getrandom: {e}"))?;
+    lazarus_node::random::fill(&mut id).map_err(|e| format!("getrandom: {e}"))?;
     let boot_id = BootId(id);
     log::info!("boot {boot_id}");
     let agent = Agent::start(boot_id, Arc::new(machine), Some(logs));

@@ -433,7 +433,7 @@ pub fn find_flag(
 /// Whether `path` holds a valid flag record: the proof needed before a fallback location is
 /// written to.
 pub fn holds_flag_record(path: &Path) -> bool {
-    crate::flag_store::FlagStore::open(path)
+    lazarus_node::flag_store::FlagStore::open(path)
         .and_then(|s| s.view())
         .is_ok_and(|v| v.current.is_some())
 }

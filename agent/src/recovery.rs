@@ -20,12 +20,12 @@ use std::path::{Component, Path, PathBuf};
 use lazarus_proto::flag::{validate_plan_id, FlagRecord, FlagState};
 use lazarus_proto::{ImageLayout, Plan, Step};
 
-use crate::backup::{check_node_name, restore_backup};
 use crate::disk::{self, DiskInfo};
 use crate::error::AgentError;
-use crate::flag_store::{FlagStore, FlagUpdate};
 use crate::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
 use crate::platform::Platform;
+use lazarus_node::backup::restore_backup;
+use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
 /// Callbacks from a running recovery to whoever reports its status.
 pub trait Observer: Sync {
@@ -54,7 +54,6 @@ pub fn validate(plan: &Plan) -> Result<(), AgentError> {
         return Err(AgentError::Plan("partition numbers start at 1".into()));
     }
     if let Some(r) = &plan.restore {
-        check_node_name(&r.node).map_err(|e| AgentError::Plan(e.to_string()))?;
         relative(&r.backups_dir).map_err(AgentError::Plan)?;
         if r.filesystem.partition.is_none() && plan.image.layout == ImageLayout::WholeDisk {
             return Err(AgentError::Plan(

@@ -8,12 +8,12 @@ use lazarus_proto::{
     BootId, ErrorInfo, ErrorReply, FlagSummary, Hello, Phase, Plan, Request, Response, Status, Step,
 };
 
-use crate::flag_store::{FlagStore, FlagUpdate};
 use crate::image::Progress;
 use crate::logring::LogRing;
 use crate::platform::Platform;
 use crate::recovery::{self, Observer};
 use crate::state::{decide, Verdict};
+use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
 /// What the status reports; changed only under the lock.
 #[derive(Debug, Clone)]

@@ -9,26 +9,10 @@ use lazarus_agent::image::{
     write_image, CopySpec, ImageError, Progress, Target, Verification, HEADER_LEN,
 };
 use lazarus_proto::{ImageFormat, Sha256};
-use sha2::Digest;
 
 const MIB: usize = 1 << 20;
 
-fn sha(data: &[u8]) -> Sha256 {
-    Sha256(sha2::Sha256::digest(data).into())
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use lazarus_testkit::{noise, require, root, sha, Loop};
 
 /// An image that looks like a filesystem: data islands in a sea of zeros, odd total size.
 fn sparse_image() -> Vec<u8> {
@@ -306,43 +290,16 @@ fn abort_stops_the_copy_and_zeroes_the_header() {
     assert_header_zero(&path);
 }
 
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn new(backing: &Path) -> Option<Self> {
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--direct-io=on"])
-            .arg(backing)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
-fn root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 #[test]
 fn images_land_on_a_loop_device_as_root() {
-    if !root() {
-        eprintln!("SKIPPED images_land_on_a_loop_device_as_root: needs root for losetup (CI runs as root)");
+    if !require("images_land_on_a_loop_device_as_root", root("losetup")) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let img = sparse_image();
     let backing = target_file(dir.path(), 24 * MIB);
-    let dev = Loop::new(&backing).expect("losetup -f failed");
-    let target = Target::open(Path::new(&dev.0)).unwrap();
+    let dev = Loop::attach(&backing, false, true).unwrap();
+    let target = Target::open(dev.path()).unwrap();
     assert!(target.is_block_device());
     let report = write_image(
         &img[..],

@@ -46,7 +46,7 @@ impl AgentClient {
         stream.set_write_timeout(Some(timeout)).map_err(wire)?;
         stream.set_nodelay(true).map_err(wire)?;
         let mut nonce = [0u8; 8];
-        lazarus_agent::sys::fill_random(&mut nonce).map_err(|e| wire(e.into()))?;
+        lazarus_node::random::fill(&mut nonce).map_err(wire)?;
         let (frame, wait) =
             seal_hello(&key, u64::from_le_bytes(nonce)).map_err(|e| ClientError::Wire(sock, e))?;
         write_frame(&mut stream, &frame).map_err(|e| ClientError::Wire(sock, e))?;

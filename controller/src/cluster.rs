@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lazarus_proto::{DiskSelector, FsType, ImageFormat, ImageLayout, NfsVersion, Sha256};
+use lazarus_proto::{MacAddr, NodeName};
 use serde::Deserialize;
 
 /// The whole cluster file.
@@ -177,11 +178,11 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
-    pub name: String,
+    pub name: NodeName,
     pub role: Role,
     /// MAC addresses (`aa:bb:cc:dd:ee:ff`): how a booted agent is matched to the node.
     #[serde(default)]
-    pub macs: Vec<String>,
+    pub macs: Vec<MacAddr>,
     pub system_uuid: Option<String>,
     /// The image the node is rebuilt from (a key of `[images]`).
     pub image: String,
@@ -344,17 +345,6 @@ impl Cluster {
         let mut macs = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let key = |k: &str| format!("nodes[{i}].{k}");
-            if n.name.is_empty()
-                || !n
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err((
-                    key("name"),
-                    format!("{:?} is not a plain node name", n.name),
-                ));
-            }
             if !names.insert(n.name.clone()) {
                 return Err((key("name"), format!("node {} is named twice", n.name)));
             }
@@ -362,9 +352,7 @@ impl Cluster {
                 return Err((key("image"), format!("no image {:?} in [images]", n.image)));
             }
             for m in &n.macs {
-                let parsed = lazarus_agent::identity::parse_mac(&m.to_ascii_lowercase())
-                    .ok_or_else(|| (key("macs"), format!("{m:?} is not a MAC address")))?;
-                if !macs.insert(parsed) {
+                if !macs.insert(*m) {
                     return Err((key("macs"), format!("{m} belongs to two nodes")));
                 }
             }

@@ -31,7 +31,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cluster key: {0}")]
-    Key(#[from] lazarus_agent::keyfile::KeyFileError),
+    Key(#[from] lazarus_node::keyfile::KeyFileError),
     #[error("listening on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
 }
@@ -77,7 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs the daemon until the process is stopped.
 pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     let cluster = Arc::new(Cluster::load(config)?);
-    let key = lazarus_agent::keyfile::load(&cluster.controller.key_file)?;
+    let key = lazarus_node::keyfile::load(&cluster.controller.key_file)?;
     let store = Arc::new(Store::open(data_dir)?);
     let policy = Policy::from_cluster(&cluster);
     let mut state = store
@@ -238,7 +238,7 @@ pub fn call_agent(
 ) -> Result<Response, String> {
     let slot = lock(shared)
         .clients
-        .entry(n.name.clone())
+        .entry(n.name.to_string())
         .or_default()
         .clone();
     let mut client = lock(&slot);
@@ -275,7 +275,7 @@ fn status_of(r: Result<Response, String>) -> Result<lazarus_proto::Status, Strin
 fn agent_addr(shared: &Mutex<Shared>, n: &Node) -> SocketAddr {
     lock(shared)
         .agents
-        .get(&n.name)
+        .get(n.name.as_str())
         .copied()
         .unwrap_or_else(|| SocketAddr::new(n.rescue.address, lazarus_proto::AGENT_PORT))
 }
@@ -430,7 +430,7 @@ fn health_loop(cluster: &Cluster, shared: &Mutex<Shared>, tx: &Sender<Event>) {
                 .nodes
                 .iter()
                 .filter(|n| {
-                    sh.state.nodes.get(&n.name).is_some_and(|s| {
+                    sh.state.nodes.get(n.name.as_str()).is_some_and(|s| {
                         s.repair
                             .as_ref()
                             .is_none_or(|r| r.step == repair::RepairStep::Verifying)
@@ -444,7 +444,7 @@ fn health_loop(cluster: &Cluster, shared: &Mutex<Shared>, tx: &Sender<Event>) {
                 .map(|n| {
                     s.spawn(|| {
                         (
-                            n.name.clone(),
+                            n.name.to_string(),
                             health::check(&n.health, cluster.policy.health_timeout).is_ok(),
                         )
                     })
@@ -493,11 +493,7 @@ fn ready_listener(
         };
         let _ = reply.seal_ack(key).map(|ack| write_frame(&mut s, &ack));
         let matched = cluster.nodes.iter().find(|n| {
-            let by_mac = n
-                .macs
-                .iter()
-                .filter_map(|m| lazarus_agent::identity::parse_mac(&m.to_ascii_lowercase()))
-                .any(|m| ready.identity.macs.contains(&m));
+            let by_mac = n.macs.iter().any(|m| ready.identity.macs.contains(m));
             let by_uuid = n.system_uuid.as_ref().is_some_and(|u| {
                 ready
                     .identity
@@ -521,12 +517,12 @@ fn ready_listener(
             .unwrap_or(n.rescue.address);
         log::info!("{}: agent ready at {ip} (boot {boot_id})", n.name);
         lock(shared).agents.insert(
-            n.name.clone(),
+            n.name.to_string(),
             SocketAddr::new(ip, lazarus_proto::AGENT_PORT),
         );
         if tx
             .send(Event::AgentReady {
-                node: n.name.clone(),
+                node: n.name.to_string(),
                 boot_id,
             })
             .is_err()

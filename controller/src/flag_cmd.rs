@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use lazarus_agent::flag_store::{FlagStore, FlagUpdate, StoreError};
+use lazarus_node::flag_store::{FlagStore, FlagUpdate, StoreError};
 use lazarus_proto::flag::{FlagRecord, FlagState};
 use serde::Serialize;
 

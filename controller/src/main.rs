@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lazarus_agent::flag_store::FlagUpdate;
+use lazarus_node::flag_store::FlagUpdate;
 use std::time::Duration;
 
-use lazarus_agent::{backup, keyfile};
 use lazarus_controller::agent_client::AgentClient;
 use lazarus_controller::{agent_cmd, api_client, daemon, flag_cmd};
+use lazarus_node::{backup, keyfile};
 use lazarus_proto::flag::{validate_plan_id, FlagState};
 use lazarus_proto::Request;
 
@@ -95,7 +95,7 @@ enum Command {
     Backup {
         /// This node's name in the cluster.
         #[arg(long)]
-        node: String,
+        node: lazarus_proto::NodeName,
         /// The backups directory (on the NFS share).
         #[arg(long)]
         to: PathBuf,
@@ -176,7 +176,6 @@ enum FlagCommand {
 fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
         Command::Serve { config, data_dir } => {
-            lazarus_agent::logring::LogRing::install(true, log::LevelFilter::Info);
             daemon::serve(&config, &data_dir)?;
             Ok(String::new())
         }
@@ -326,6 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<String> {
 }
 
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("LAZARUS_LOG", "info"))
+        .format_target(false)
+        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -341,12 +343,24 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => print_out(&out),
         Err(e) => {
             eprintln!("lazarus: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints a command's output. A reader that went away (`lazarus flag show F | head -2`) ends it
+/// quietly, as for any Unix tool; another write error is the command's error.
+fn print_out(out: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lazarus: writing the output: {e}");
             ExitCode::from(2)
         }
     }

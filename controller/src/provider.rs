@@ -76,7 +76,7 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Str
 }
 
 fn template(argv: &[String], node: &Node) -> Vec<String> {
-    let mac = node.macs.first().cloned().unwrap_or_default();
+    let mac = node.macs.first().map(|m| m.to_string()).unwrap_or_default();
     argv.iter()
         .map(|a| {
             a.replace("{node}", &node.name)

@@ -163,7 +163,7 @@ impl Policy {
                     crate::cluster::BootProvider::Redfish { .. } => true,
                     crate::cluster::BootProvider::Manual => false,
                 })
-                .map(|n| n.name.clone())
+                .map(|n| n.name.to_string())
                 .collect(),
             has_promotion_hook: c.promotion.is_some(),
         }
@@ -279,7 +279,7 @@ pub fn initial(cluster: &crate::cluster::Cluster, now: Time) -> ClusterState {
             .iter()
             .map(|n| {
                 (
-                    n.name.clone(),
+                    n.name.to_string(),
                     NodeState {
                         role: n.role,
                         healthy: true,

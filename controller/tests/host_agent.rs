@@ -303,11 +303,7 @@ fn reboot_is_answered_and_then_the_host_mode_agent_exits() {
 }
 
 fn skip_unless_root(name: &str) -> bool {
-    if !is_root() {
-        eprintln!("SKIPPED {name}: needs root for loop devices and mount (CI runs as root)");
-        return true;
-    }
-    false
+    !lazarus_testkit::require(name, lazarus_testkit::root("loop devices and mount"))
 }
 
 /// Builds a whole-disk image: GPT, partition 1 `root` (ext4 holding `files`), partition 2
@@ -426,7 +422,7 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
     );
     p.restore = Some(RestoreSpec {
         backups_dir: "backups".into(),
-        node: "node-a".into(),
+        node: "node-a".parse().unwrap(),
         failure_time,
         filesystem: RestoreFilesystem {
             partition: Some(1),
@@ -588,7 +584,7 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
     let dir = lab
         .export
         .join("backups/node-a")
-        .join(lazarus_agent::backup::time::format_utc(ts));
+        .join(lazarus_node::backup::time::format_utc(ts));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("files.tar.zst"), &zst).unwrap();
     std::fs::write(
@@ -611,7 +607,7 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
     );
     p.restore = Some(RestoreSpec {
         backups_dir: "backups".into(),
-        node: "node-a".into(),
+        node: "node-a".parse().unwrap(),
         failure_time: ts + 10,
         filesystem: RestoreFilesystem {
             partition: Some(1),
@@ -727,7 +723,7 @@ fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("plan.toml") && err.contains("line"), "{err}");
     let other = lab.path("other.key");
-    lazarus_agent::keyfile::generate(&other).unwrap();
+    lazarus_node::keyfile::generate(&other).unwrap();
     let out = lazarus(&[
         "agent",
         "status",

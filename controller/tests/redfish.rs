@@ -41,16 +41,10 @@ fn get(url: &str) -> Value {
 
 #[test]
 fn redfish_powers_off_attaches_the_rescue_iso_once_and_detaches_it() {
-    if Command::new("sh")
-        .args(["-c", "command -v sushy-emulator"])
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        eprintln!("SKIPPED redfish test: sushy-emulator not installed (scripts/test installs sushy-tools)");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the Redfish test must run in CI"
-        );
+    if !lazarus_testkit::require(
+        "redfish_powers_off_attaches_the_rescue_iso_once_and_detaches_it",
+        lazarus_testkit::program("sushy-emulator", "scripts/test installs sushy-tools"),
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

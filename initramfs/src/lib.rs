@@ -4,7 +4,6 @@
 //!
 //! Reproducible: sorted entries, mtime 0, owner 0:0, gzip without a timestamp; building twice
 //! gives the same bytes. No root needed.
-#![deny(unsafe_code)]
 
 pub mod cpio;
 pub mod elf;
@@ -14,7 +13,7 @@ pub mod modules;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lazarus_agent::config::{AgentConfig, CONFIG_PATH, KEY_PATH};
+use lazarus_node::agent_config::{AgentConfig, ConfigError, CONFIG_PATH, KEY_PATH};
 
 use cpio::{Archive, Node};
 use modules::ModuleIndex;
@@ -62,9 +61,11 @@ pub enum BuildError {
     #[error("modules the agent config asks for are not in kernel {release}: {missing}")]
     MissingModules { release: String, missing: String },
     #[error("agent config {0}: {1}")]
-    Config(PathBuf, String),
+    Config(PathBuf, ConfigError),
+    #[error("agent config {0} is not UTF-8")]
+    ConfigEncoding(PathBuf),
     #[error("cluster key: {0}")]
-    Key(#[from] lazarus_agent::keyfile::KeyFileError),
+    Key(#[from] lazarus_node::keyfile::KeyFileError),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
@@ -77,11 +78,11 @@ pub fn assemble(opts: &BuildOptions) -> Result<(Archive, BuildReport), BuildErro
     if !elf::is_static_executable(&agent).map_err(|e| BuildError::Elf(opts.agent.clone(), e))? {
         return Err(BuildError::NotStatic(opts.agent.clone()));
     }
-    let key = lazarus_agent::keyfile::load(&opts.key_file)?;
+    let key = lazarus_node::keyfile::load(&opts.key_file)?;
     let (config, config_text) = match &opts.config {
         Some(path) => {
             let text = String::from_utf8(read(path)?)
-                .map_err(|_| BuildError::Config(path.clone(), "not UTF-8".into()))?;
+                .map_err(|_| BuildError::ConfigEncoding(path.clone()))?;
             (
                 AgentConfig::parse(&text).map_err(|e| BuildError::Config(path.clone(), e))?,
                 Some(text),

@@ -3,48 +3,60 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use clap::Parser;
 use lazarus_initramfs::{build, BuildOptions};
 
-const USAGE: &str =
-    "usage: lazarus-mkinitramfs --kernel-dir DIR --agent BIN --key-file FILE [--config agent.toml] -o OUT";
-
-fn parse(args: &[String]) -> anyhow::Result<BuildOptions> {
-    let (mut kernel_dir, mut agent, mut key_file, mut config, mut output) =
-        (None, None, None, None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .map(PathBuf::from)
-                .with_context(|| format!("{arg} needs a value"))
-        };
-        match arg.as_str() {
-            "--kernel-dir" => kernel_dir = Some(value()?),
-            "--agent" => agent = Some(value()?),
-            "--key-file" => key_file = Some(value()?),
-            "--config" => config = Some(value()?),
-            "-o" | "--output" => output = Some(value()?),
-            "-h" | "--help" => bail!("{USAGE}"),
-            other => bail!("unknown argument {other:?}; {USAGE}"),
-        }
-    }
-    Ok(BuildOptions {
-        kernel_dir: kernel_dir.context("--kernel-dir is required")?,
-        agent: agent.context("--agent is required")?,
-        key_file: key_file.context("--key-file is required")?,
-        config,
-        output: output.context("-o is required")?,
-    })
+/// Builds the Lazarus rescue initramfs: the static agent as /init, the kernel modules it needs,
+/// the cluster key and the agent config; reproducible, no root needed.
+#[derive(Parser)]
+#[command(name = "lazarus-mkinitramfs", version)]
+struct Cli {
+    /// An unpacked kernel package (boot/config-*, lib/modules/*).
+    #[arg(long)]
+    kernel_dir: PathBuf,
+    /// The static agent binary.
+    #[arg(long)]
+    agent: PathBuf,
+    /// The cluster key file (mode 0600).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// agent.toml to bake in (defaults otherwise).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to write the gzip newc archive.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse(&args).and_then(|o| Ok((build(&o)?, o))) {
-        Ok((r, o)) => {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "lazarus-mkinitramfs: {}",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let opts = BuildOptions {
+        kernel_dir: cli.kernel_dir,
+        agent: cli.agent,
+        key_file: cli.key_file,
+        config: cli.config,
+        output: cli.output,
+    };
+    match build(&opts) {
+        Ok(r) => {
             println!(
                 "wrote {} for kernel {}: {} bytes ({} uncompressed), {} modules{}",
-                o.output.display(),
+                opts.output.display(),
                 r.release,
                 r.compressed_bytes,
                 r.cpio_bytes,
@@ -58,10 +70,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!(
-                "lazarus-mkinitramfs: {}",
-                format!("{e:#}").replace('\n', " ")
-            );
+            eprintln!("lazarus-mkinitramfs: {e}");
             ExitCode::from(2)
         }
     }

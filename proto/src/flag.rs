@@ -29,7 +29,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{FlagSummary, Sha256};
+use crate::types::Sha256;
+
+/// A flag record as reported over the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagSummary {
+    pub state: FlagState,
+    pub seq: u64,
+    pub plan_id: String,
+    pub error_code: u32,
+    pub bytes_done: u64,
+    pub timestamp: u64,
+}
 
 /// Size of one slot; a multiple of every logical block size in use (512, 4096).
 pub const SLOT_LEN: usize = 4096;

@@ -8,6 +8,7 @@
 //!   (HMAC-SHA256 with the cluster key, requests bound to the agent's boot id and a strictly
 //!   increasing counter, replies bound to their request).
 //! - [`key`]: the cluster key and its 64-hex-character file format.
+//! - [`types`]: digests, boot ids, MAC addresses and node names, validated where parsed.
 //! - [`flag`]: the on-disk flag record codec, pure, so the restored OS can read it without the
 //!   agent.
 //!
@@ -18,10 +19,12 @@ pub mod flag;
 pub mod frame;
 pub mod key;
 pub mod message;
+pub mod types;
 
 pub use frame::{WireError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use key::{ClusterKey, KeyError};
 pub use message::*;
+pub use types::NameError;
 
 /// TCP port the agent listens on.
 pub const AGENT_PORT: u16 = 7460;

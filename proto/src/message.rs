@@ -7,92 +7,12 @@
 //!
 //! The same types are read from TOML (a plan file): digests and boot ids are hex strings there.
 
-use core::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::flag::FlagState;
-
-/// Fixed-size byte strings shown as hex to humans (TOML, JSON) and as raw bytes on the wire.
-macro_rules! hex_bytes {
-    ($(#[$doc:meta])* $name:ident, $len:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-        pub struct $name(pub [u8; $len]);
-
-        impl $name {
-            /// Lowercase hex.
-            pub fn to_hex(&self) -> String {
-                self.0.iter().map(|b| format!("{b:02x}")).collect()
-            }
-
-            /// Parses exactly `2 * len` hex characters.
-            pub fn from_hex(s: &str) -> Option<Self> {
-                let s = s.as_bytes();
-                if s.len() != 2 * $len {
-                    return None;
-                }
-                let mut out = [0u8; $len];
-                for (i, b) in out.iter_mut().enumerate() {
-                    let pair = core::str::from_utf8(&s[2 * i..2 * i + 2]).ok()?;
-                    *b = u8::from_str_radix(pair, 16).ok()?;
-                }
-                Some(Self(out))
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self.to_hex())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                if s.is_human_readable() {
-                    s.serialize_str(&self.to_hex())
-                } else {
-                    self.0.serialize(s)
-                }
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                if d.is_human_readable() {
-                    let s = String::deserialize(d)?;
-                    Self::from_hex(&s).ok_or_else(|| {
-                        serde::de::Error::custom(format!(
-                            "expected {} hex characters, found {:?}",
-                            2 * $len,
-                            s
-                        ))
-                    })
-                } else {
-                    <[u8; $len]>::deserialize(d).map(Self)
-                }
-            }
-        }
-    };
-}
-
-hex_bytes!(
-    /// A SHA-256 digest.
-    Sha256,
-    32
-);
-hex_bytes!(
-    /// A random id the agent draws at every boot; requests are bound to it.
-    BootId,
-    16
-);
+pub use crate::flag::FlagSummary;
+pub use crate::types::{BootId, MacAddr, NodeName, Sha256};
 
 /// Controller to agent. `// WIRE: append only`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +194,7 @@ pub struct RestoreSpec {
     /// Directory of backups relative to the NFS export root; backups of a node are in
     /// `<backups_dir>/<node>/<UTC timestamp>/`.
     pub backups_dir: String,
-    pub node: String,
+    pub node: NodeName,
     /// Unix seconds: the newest complete backup strictly older than this is restored.
     pub failure_time: u64,
     /// The restored filesystem the files go into.
@@ -351,17 +271,6 @@ pub enum Step {
     Sync,
 }
 
-/// A flag record as reported over the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlagSummary {
-    pub state: FlagState,
-    pub seq: u64,
-    pub plan_id: String,
-    pub error_code: u32,
-    pub bytes_done: u64,
-    pub timestamp: u64,
-}
-
 /// A failure: a stable numeric code (the agent's error table) and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
@@ -422,7 +331,7 @@ pub struct Ready {
 /// How the controller recognises a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Identity {
-    pub macs: Vec<[u8; 6]>,
+    pub macs: Vec<MacAddr>,
     /// DMI system UUID, where present.
     pub system_uuid: Option<String>,
     /// DMI system serial, where present.

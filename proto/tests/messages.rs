@@ -40,7 +40,7 @@ fn sample_plan() -> Plan {
         flag: FlagLocation::default(),
         restore: Some(RestoreSpec {
             backups_dir: "backups".into(),
-            node: "n3".into(),
+            node: "n3".parse().unwrap(),
             failure_time: 1_764_000_000,
             filesystem: RestoreFilesystem {
                 partition: Some(2),
@@ -129,7 +129,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
             Response::Ready(Ready {
                 boot_id: BootId([3; 16]),
                 identity: Identity {
-                    macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]],
+                    macs: vec![MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])],
                     system_uuid: Some("u".into()),
                     serial: None,
                     address: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
@@ -275,7 +275,7 @@ fn plan() -> impl Strategy<Value = Plan> {
     let restore = proptest::option::of(
         (
             ".*",
-            ".*",
+            "[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,40}",
             any::<u64>(),
             proptest::option::of(any::<u32>()),
             any::<bool>(),
@@ -285,7 +285,7 @@ fn plan() -> impl Strategy<Value = Plan> {
             .prop_map(
                 |(backups_dir, node, failure_time, partition, xfs, root, paths)| RestoreSpec {
                     backups_dir,
-                    node,
+                    node: node.parse().unwrap(),
                     failure_time,
                     filesystem: RestoreFilesystem {
                         partition,
@@ -427,7 +427,7 @@ fn response() -> impl Strategy<Value = Response> {
                     Response::Ready(Ready {
                         boot_id: BootId(b),
                         identity: Identity {
-                            macs,
+                            macs: macs.into_iter().map(MacAddr).collect(),
                             system_uuid,
                             serial,
                             address,

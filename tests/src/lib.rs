@@ -93,9 +93,9 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
     )?;
     let key_path = dir.join("cluster.key");
     if !key_path.exists() {
-        lazarus_agent::keyfile::generate(&key_path)?;
+        lazarus_node::keyfile::generate(&key_path)?;
     }
-    let key = lazarus_agent::keyfile::load(&key_path)?;
+    let key = lazarus_node::keyfile::load(&key_path)?;
     let initramfs = dir.join("initramfs.gz");
     std::fs::write(dir.join("kernel-dir"), kernel_dir.display().to_string())?;
     let report = lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {

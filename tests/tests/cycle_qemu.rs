@@ -63,12 +63,10 @@ fn up(ns: &Netns, addr: &str) -> bool {
 
 #[test]
 fn a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby() {
-    if let Err(why) = available() {
-        eprintln!("SKIPPED the QEMU full cycle: {why}");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the QEMU full cycle must run in CI: {why}"
-        );
+    if !lazarus_testkit::require(
+        "a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby",
+        available(),
+    ) {
         return;
     }
     let run = RunDir::new("full-cycle").unwrap();

@@ -81,14 +81,10 @@ fn wait_done(c: &mut AgentClient) -> Status {
 
 #[test]
 fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
-    if let Err(why) = available() {
-        eprintln!(
-            "SKIPPED rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots: {why}"
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the QEMU end-to-end test must run in CI: {why}"
-        );
+    if !lazarus_testkit::require(
+        "rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots",
+        available(),
+    ) {
         return;
     }
     let run = RunDir::new("rescue-boot").unwrap();
@@ -117,8 +113,8 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     )
     .unwrap();
     std::os::unix::fs::symlink("orders.db", business.join("srv/app/current")).unwrap();
-    lazarus_agent::backup::create_backup(&lazarus_agent::backup::BackupRequest {
-        node: "node-1",
+    lazarus_node::backup::create_backup(&lazarus_node::backup::BackupRequest {
+        node: &"node-1".parse().unwrap(),
         to: &export.join("backups"),
         root: &business,
         paths: &["srv".into()],
@@ -187,7 +183,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
         ready
             .identity
             .macs
-            .contains(&[0x52, 0x54, 0x00, 0x4c, 0x5a, 0x01]),
+            .contains(&MacAddr([0x52, 0x54, 0x00, 0x4c, 0x5a, 0x01])),
         "{ready:?}"
     );
     assert_eq!(ready.flag.as_ref().map(|f| f.state), Some(FlagState::None));
@@ -253,7 +249,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     // 3. The whole repair: image and business files, then Reboot.
     let restore = RestoreSpec {
         backups_dir: "backups".into(),
-        node: "node-1".into(),
+        node: "node-1".parse().unwrap(),
         failure_time: 1_795_000_100,
         filesystem: RestoreFilesystem {
             partition: Some(1),

@@ -23,7 +23,6 @@ pub mod bmap;
 mod buf;
 mod target;
 mod verify;
-mod zstd;
 
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,9 +33,9 @@ use lazarus_proto::{ImageFormat, Sha256};
 
 pub use bmap::{Bmap, BmapError, MappedRange};
 pub use buf::{AlignedBuf, Pool, ALIGN};
+pub use lazarus_node::zstd::ZstdFrames;
 pub use target::Target;
 pub use verify::Verification;
-pub use zstd::ZstdFrames;
 
 /// Bytes held back until the digest matched.
 pub const HEADER_LEN: u64 = 1 << 20;

@@ -62,16 +62,6 @@ pub fn sync_all() {
     rustix::fs::sync();
 }
 
-/// getrandom(2) until `buf` is full.
-pub fn fill_random(buf: &mut [u8]) -> rustix::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        filled +=
-            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
-    }
-    Ok(())
-}
-
 /// reboot(2) with RB_AUTOBOOT, after sync(2). Returns only on failure.
 pub fn reboot() -> rustix::io::Errno {
     sync_all();

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use lazarus_controller::agent_client::AgentClient;
 use lazarus_proto::*;
-use sha2::Digest;
 
 /// The agent binary, built beside `lazarus` (built on demand when this package is tested alone).
 pub fn agent_bin() -> PathBuf {
@@ -39,25 +38,8 @@ pub fn lazarus(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-pub fn sha(data: &[u8]) -> Sha256 {
-    Sha256(sha2::Sha256::digest(data).into())
-}
-
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
+#[allow(unused_imports)]
+pub use lazarus_testkit::{is_root, noise, sha, Loop};
 
 /// A lab folder: key, export dir (the "NFS export"), work dir.
 pub struct Lab {
@@ -71,8 +53,8 @@ impl Lab {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("cluster.key");
-        lazarus_agent::keyfile::generate(&key_path).unwrap();
-        let key = lazarus_agent::keyfile::load(&key_path).unwrap();
+        lazarus_node::keyfile::generate(&key_path).unwrap();
+        let key = lazarus_node::keyfile::load(&key_path).unwrap();
         let export = dir.path().join("export");
         std::fs::create_dir_all(export.join("images")).unwrap();
         Self {
@@ -245,33 +227,4 @@ pub fn flag_json(path: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A loop device over a file (with partition scanning), detached on drop.
-pub struct Loop(pub PathBuf);
-
-impl Loop {
-    pub fn new(backing: &Path) -> Self {
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "-P"])
-            .arg(backing)
-            .output()
-            .expect("losetup");
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    }
-
-    pub fn name(&self) -> String {
-        self.0.file_name().unwrap().to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
 }

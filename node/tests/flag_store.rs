@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use lazarus_agent::flag_store::{plan_write, FlagStore, FlagUpdate, StoreError};
+use lazarus_node::flag_store::{plan_write, FlagStore, FlagUpdate, StoreError};
 use lazarus_proto::flag::{FlagRecord, FlagState, SlotsView, MIN_PARTITION_LEN, SLOT_LEN};
 use proptest::prelude::*;
 

@@ -75,7 +75,7 @@ pub fn load(path: &Path) -> Result<ClusterKey, KeyFileError> {
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<(), KeyFileError> {
-    crate::sys::fill_random(buf).map_err(|e| KeyFileError::Random(e.into()))
+    crate::random::fill(buf).map_err(KeyFileError::Random)
 }
 
 #[cfg(test)]

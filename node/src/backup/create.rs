@@ -4,15 +4,14 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use super::{
-    check_node_name, time, BackupError, FoundBackup, HashingWriter, Manifest, ARCHIVE, FORMAT,
-    MANIFEST,
-};
+use lazarus_proto::NodeName;
+
+use super::{time, BackupError, FoundBackup, HashingWriter, Manifest, ARCHIVE, FORMAT, MANIFEST};
 
 /// What to back up.
 #[derive(Debug, Clone)]
 pub struct BackupRequest<'a> {
-    pub node: &'a str,
+    pub node: &'a NodeName,
     /// The backups directory (on NFS in production).
     pub to: &'a Path,
     /// The filesystem root the paths are relative to (`/` on a node).
@@ -25,7 +24,6 @@ pub struct BackupRequest<'a> {
 /// Writes `<to>/<node>/<UTC now>/` with the archive and manifest, atomically: under a dot-name
 /// first, flushed, then renamed into place.
 pub fn create_backup(req: &BackupRequest) -> Result<FoundBackup, BackupError> {
-    check_node_name(req.node)?;
     if req.paths.is_empty() {
         return Err(BackupError::NothingToBackUp("no paths given".into()));
     }
@@ -111,7 +109,7 @@ fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manif
         .map_err(|e| BackupError::Write(archive_path.clone(), e))?;
     let manifest = Manifest {
         format: FORMAT,
-        node: req.node.to_string(),
+        node: req.node.clone(),
         created: req.now,
         archive: ARCHIVE.to_string(),
         archive_size,

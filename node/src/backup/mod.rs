@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use lazarus_proto::Sha256;
+use lazarus_proto::{NodeName, Sha256};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -31,7 +31,7 @@ const FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
-    pub node: String,
+    pub node: NodeName,
     /// Unix seconds; the directory is named for it in UTC.
     pub created: u64,
     pub archive: String,
@@ -44,13 +44,11 @@ pub struct Manifest {
 /// Errors of backup and restore, one per failing step, naming the path.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    #[error("node name {0:?} is not a plain name")]
-    NodeName(String),
     #[error("listing backups in {0}: {1}")]
     List(PathBuf, io::Error),
     #[error("no complete backup of node {node} older than {before} in {dir}")]
     NoneBefore {
-        node: String,
+        node: NodeName,
         before: String,
         dir: PathBuf,
     },
@@ -82,20 +80,6 @@ pub enum BackupError {
     NothingToBackUp(String),
 }
 
-/// Checks a node name is one plain path component.
-pub fn check_node_name(node: &str) -> Result<(), BackupError> {
-    let ok = !node.is_empty()
-        && node.len() <= 253
-        && node != "."
-        && node != ".."
-        && !node.starts_with('.')
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    ok.then_some(())
-        .ok_or_else(|| BackupError::NodeName(node.to_string()))
-}
-
 /// A complete backup found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundBackup {
@@ -112,8 +96,11 @@ impl FoundBackup {
 /// The newest complete backup of `node` in `backups` taken strictly before `before` (unix
 /// seconds). Directories with other names, and ones whose manifest does not parse or names
 /// another node, are skipped with a warning.
-pub fn choose_backup(backups: &Path, node: &str, before: u64) -> Result<FoundBackup, BackupError> {
-    check_node_name(node)?;
+pub fn choose_backup(
+    backups: &Path,
+    node: &NodeName,
+    before: u64,
+) -> Result<FoundBackup, BackupError> {
     let dir = backups.join(node);
     let entries = fs::read_dir(&dir).map_err(|e| BackupError::List(dir.clone(), e))?;
     let mut candidates: Vec<(u64, PathBuf)> = entries
@@ -127,7 +114,7 @@ pub fn choose_backup(backups: &Path, node: &str, before: u64) -> Result<FoundBac
     candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (secs, path) in candidates {
         match read_manifest(&path) {
-            Ok(m) if m.node == node && m.created == secs && check_archive_name(&m.archive) => {
+            Ok(m) if m.node == *node && m.created == secs && check_archive_name(&m.archive) => {
                 return Ok(FoundBackup {
                     dir: path,
                     manifest: m,
@@ -141,7 +128,7 @@ pub fn choose_backup(backups: &Path, node: &str, before: u64) -> Result<FoundBac
         }
     }
     Err(BackupError::NoneBefore {
-        node: node.to_string(),
+        node: node.clone(),
         before: time::format_utc(before),
         dir,
     })
@@ -256,17 +243,17 @@ impl<W: Write> Write for HashingWriter<W> {
 /// chooses it, checks the archive's size and digest, checks every entry, then extracts.
 pub fn restore_backup(
     backups: &Path,
-    node: &str,
+    node: &NodeName,
     failure_time: u64,
     dest: &Path,
     only: &[String],
 ) -> Result<(FoundBackup, ExtractReport), BackupError> {
     let found = choose_backup(backups, node, failure_time)?;
     verify_archive(&found)?;
-    let open = || -> Result<crate::image::ZstdFrames<io::BufReader<fs::File>>, BackupError> {
+    let open = || -> Result<crate::zstd::ZstdFrames<io::BufReader<fs::File>>, BackupError> {
         let path = found.archive_path();
         let file = fs::File::open(&path).map_err(|e| BackupError::Read(path, e))?;
-        Ok(crate::image::ZstdFrames::new(io::BufReader::with_capacity(
+        Ok(crate::zstd::ZstdFrames::new(io::BufReader::with_capacity(
             1 << 20,
             file,
         )))

@@ -1,0 +1,22 @@
+//! What runs on a node and touches its files, shared by the rescue agent, the controller's CLI
+//! (run on nodes: `lazarus flag`, `lazarus backup`, `lazarus keygen`) and the initramfs builder:
+//!
+//! - [`keyfile`]: the cluster key file (64 hex characters, mode 0600, never overwritten);
+//! - [`flag_store`]: durable, power-safe reads and writes of the flag record on a file or block
+//!   device (the record's bytes are `lazarus_proto::flag`'s);
+//! - [`backup`]: the business-file backup format: create, choose, verify, extract;
+//! - [`agent_config`]: the schema of the agent's baked-in `agent.toml`;
+//! - [`zstd`]: a pure-Rust reader of multi-frame zstd streams (backups and images);
+//! - [`random`]: random bytes from the kernel.
+//!
+//! It holds no network code and no knowledge of the repair: the agent and controller own those.
+#![deny(unsafe_code)]
+
+pub mod agent_config;
+pub mod backup;
+pub mod flag_store;
+pub mod keyfile;
+pub mod random;
+pub mod zstd;
+
+pub use flag_store::{FlagStore, FlagUpdate, StoreError};

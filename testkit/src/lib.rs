@@ -1,0 +1,223 @@
+//! Helpers shared by every Lazarus test crate, so no crate keeps its own copy:
+//!
+//! - [`skip`] and [`require`]: a test that cannot run here says why, loudly; under `scripts/test`
+//!   (`LAZARUS_REQUIRE_ALL=1`) it fails instead, so a skip is never counted as a pass;
+//! - [`noise`] and [`sha`]: deterministic test data and its digest;
+//! - [`Loop`]: a loop device over a file, detached on drop;
+//! - [`Reaped`]: a child process stopped by its pid (and its process group) on drop, never by a
+//!   name pattern.
+//!
+//! It depends on nothing of Lazarus but the wire types, so every crate can use it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+/// The environment variable that turns every skip into a failure (`scripts/test` sets it).
+pub const REQUIRE_ALL: &str = "LAZARUS_REQUIRE_ALL";
+/// Where skips are counted (one line each), if set: `scripts/test` prints the total.
+pub const SKIP_LOG: &str = "LAZARUS_SKIP_LOG";
+
+/// Records that `test` cannot run here because of `why`. Under `LAZARUS_REQUIRE_ALL=1` this
+/// panics, failing the test; otherwise it prints `SKIPPED test: why` and appends a line to
+/// `$LAZARUS_SKIP_LOG`. The caller returns after it.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+        panic!("{line} ({REQUIRE_ALL}=1: every test must run)");
+    }
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// `Ok(())` when the test can run; otherwise [`skip`]s it and returns `false`, so a test begins
+/// `if !require("name", check()) { return; }`.
+pub fn require(test: &str, check: Result<(), String>) -> bool {
+    match check {
+        Ok(()) => true,
+        Err(why) => {
+            skip(test, &why);
+            false
+        }
+    }
+}
+
+/// `Ok(())` as root, else the reason, for [`require`].
+pub fn root(what: &str) -> Result<(), String> {
+    if is_root() {
+        Ok(())
+    } else {
+        Err(format!("needs root for {what} (scripts/test runs as root)"))
+    }
+}
+
+/// `Ok(())` when `program` is on the PATH, else the reason, for [`require`].
+pub fn program(program: &str, installed_by: &str) -> Result<(), String> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()));
+    if found {
+        Ok(())
+    } else {
+        Err(format!("{program} is not installed ({installed_by})"))
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Deterministic incompressible bytes (xorshift), the same for the same seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// SHA-256 of `data`.
+pub fn sha(data: &[u8]) -> lazarus_proto::Sha256 {
+    use sha2::Digest;
+    lazarus_proto::Sha256(sha2::Sha256::digest(data).into())
+}
+
+/// A loop device over a file, detached on drop.
+pub struct Loop(pub PathBuf);
+
+impl Loop {
+    /// `losetup -f --show [-P] [--direct-io=on] FILE`: `partscan` registers partitions,
+    /// `direct_io` makes the loop device bypass the backing file's page cache.
+    pub fn attach(backing: &Path, partscan: bool, direct_io: bool) -> Result<Self, String> {
+        let mut cmd = Command::new("losetup");
+        cmd.args(["-f", "--show"]);
+        if partscan {
+            cmd.arg("-P");
+        }
+        if direct_io {
+            cmd.arg("--direct-io=on");
+        }
+        let out = cmd
+            .arg(backing)
+            .output()
+            .map_err(|e| format!("running losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup {}: {}",
+                backing.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Loop(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        )))
+    }
+
+    /// With partition scanning, as a disk is seen; panics if losetup fails.
+    pub fn new(backing: &Path) -> Self {
+        Self::attach(backing, true, false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The device path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The kernel name (`loop3`).
+    pub fn name(&self) -> String {
+        self.0.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// Child processes stopped by their pid on drop: each gets SIGKILL, and so does its process
+/// group when it leads one (started with `process_group(0)`), then it is reaped.
+#[derive(Default)]
+pub struct Reaped(pub Vec<Child>);
+
+impl Reaped {
+    pub fn push(&mut self, child: Child) -> &mut Child {
+        self.0.push(child);
+        self.0.last_mut().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill_group(c.id());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// kill(-pid, SIGKILL) when `pid` leads its own process group; nothing otherwise.
+pub fn kill_group(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    if rustix::process::getpgid(Some(pid)).ok() == Some(pid) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_deterministic_and_seeded() {
+        assert_eq!(noise(64, 7), noise(64, 7));
+        assert_ne!(noise(64, 7), noise(64, 8));
+    }
+
+    #[test]
+    fn a_skip_fails_the_test_when_every_test_is_required() {
+        // Run the check in a child process so this process's environment is left alone.
+        if std::env::var_os("LAZARUS_TESTKIT_CHILD").is_some() {
+            skip("child", "testing the skip");
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let run = |require_all: &str| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "tests::a_skip_fails_the_test_when_every_test_is_required",
+                    "--nocapture",
+                ])
+                .env("LAZARUS_TESTKIT_CHILD", "1")
+                .env(REQUIRE_ALL, require_all)
+                .env_remove(SKIP_LOG)
+                .output()
+                .unwrap()
+        };
+        let strict = run("1");
+        assert!(!strict.status.success(), "a required skip passed");
+        assert!(
+            String::from_utf8_lossy(&strict.stdout).contains("SKIPPED child")
+                || String::from_utf8_lossy(&strict.stderr).contains("SKIPPED child")
+        );
+        let lax = run("0");
+        assert!(lax.status.success(), "a local skip failed");
+        assert!(String::from_utf8_lossy(&lax.stderr).contains("SKIPPED child: testing the skip"));
+    }
+}
