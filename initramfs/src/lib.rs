@@ -55,7 +55,7 @@ pub enum BuildError {
     #[error("{0}: {1}")]
     Elf(PathBuf, elf::ElfError),
     #[error("{0}")]
-    Kernel(String),
+    Kernel(#[from] modules::ReleaseError),
     #[error("kernel {release} lacks what the agent needs: {missing}")]
     KernelConfig { release: String, missing: String },
     #[error("modules the agent config asks for are not in kernel {release}: {missing}")]
@@ -90,8 +90,7 @@ pub fn assemble(opts: &BuildOptions) -> Result<(Archive, BuildReport), BuildErro
         }
         None => (AgentConfig::default(), None),
     };
-    let (release, modules_dir) =
-        modules::find_release(&opts.kernel_dir).map_err(BuildError::Kernel)?;
+    let (release, modules_dir) = modules::find_release(&opts.kernel_dir)?;
     let kconfig_path = opts
         .kernel_dir
         .join("boot")

@@ -170,22 +170,29 @@ pub fn modules_alias(chosen: &[&Module]) -> String {
     out
 }
 
+/// Why an unpacked kernel package has no single kernel release.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("no kernel modules under {0}")]
+    None(PathBuf),
+    #[error("several kernel releases under {0}: {1}")]
+    Several(PathBuf, String),
+}
+
 /// The `lib/modules/<release>` folder of an unpacked kernel package, and its release.
-pub fn find_release(kernel_dir: &Path) -> Result<(String, PathBuf), String> {
+pub fn find_release(kernel_dir: &Path) -> Result<(String, PathBuf), ReleaseError> {
     let base = kernel_dir.join("lib/modules");
     let releases: Vec<_> = std::fs::read_dir(&base)
-        .map_err(|e| format!("{}: {e}", base.display()))?
+        .map_err(|e| ReleaseError::Read(base.clone(), e))?
         .flatten()
         .filter(|e| e.path().join("kernel").is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     match releases.as_slice() {
         [one] => Ok((one.clone(), base.join(one))),
-        [] => Err(format!("no kernel modules under {}", base.display())),
-        many => Err(format!(
-            "several kernel releases under {}: {}",
-            base.display(),
-            many.join(", ")
-        )),
+        [] => Err(ReleaseError::None(base)),
+        many => Err(ReleaseError::Several(base, many.join(", "))),
     }
 }

@@ -100,17 +100,20 @@ impl FlagState {
     }
 }
 
+/// A state name that is none of `none`, `recovering`, `recovered`, `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?} (expected none, recovering, recovered or failed)")]
+pub struct UnknownState(pub String);
+
 impl std::str::FromStr for FlagState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Self::None),
             "recovering" => Ok(Self::Recovering),
             "recovered" => Ok(Self::Recovered),
             "failed" => Ok(Self::Failed),
-            _ => Err(format!(
-                "unknown state {s:?} (expected none, recovering, recovered or failed)"
-            )),
+            _ => Err(UnknownState(s.to_string())),
         }
     }
 }

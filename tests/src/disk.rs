@@ -2,7 +2,7 @@
 //! (`mkfs.ext4 -d`), a GPT (`sfdisk` on a file), and the flag partition.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
@@ -24,6 +24,37 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// The lab's known-good system image, on an NFS export laid out as the controller expects.
+pub struct WorkerImage {
+    /// The export's root (`images/`, `backups/` below it).
+    pub export: PathBuf,
+    /// The files of the image's root filesystem.
+    pub sysroot: PathBuf,
+    /// `export/images/worker.img`.
+    pub path: PathBuf,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Builds `dir/export/images/worker.img` (IMAGE_MIB long) from a small root filesystem
+/// (`dir/sysroot`, an `/etc/os-release` naming the lab worker).
+pub fn worker_image(dir: &Path) -> anyhow::Result<WorkerImage> {
+    let export = dir.join("export");
+    std::fs::create_dir_all(export.join("images"))?;
+    let sysroot = dir.join("sysroot");
+    std::fs::create_dir_all(sysroot.join("etc"))?;
+    std::fs::write(sysroot.join("etc/os-release"), "NAME=lazarus-worker\n")?;
+    let path = export.join("images/worker.img");
+    build(&path, &sysroot, IMAGE_MIB)?;
+    let bytes = std::fs::read(&path)?;
+    Ok(WorkerImage {
+        export,
+        sysroot,
+        path,
+        bytes,
+    })
 }
 
 /// Writes a disk image: GPT for a 64 MiB disk, partition 1 `root` (ext4 holding `files`),

@@ -9,16 +9,7 @@ fn main() -> ExitCode {
     let cmd = std::env::args().nth(1).unwrap_or_default();
     let result = match cmd.as_str() {
         "up" => up(),
-        "down" => {
-            let _ = Netns {
-                name: "lazarus-lab".into(),
-            };
-            let _ = std::process::Command::new("pkill")
-                .args(["-f", "ganesha.nfsd -F -f .*lab/up"])
-                .status();
-            println!("lab down");
-            Ok(())
-        }
+        "down" => down(),
         _ => Err(anyhow::anyhow!("usage: lazarus-lab up|down")),
     };
     match result {
@@ -28,6 +19,27 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Stops the NFS server `up` started, by the pid it wrote (checked to still be ganesha), and
+/// removes the namespace.
+fn down() -> anyhow::Result<()> {
+    let pid_file = lazarus_e2e::workspace().join("target/lab/up/ganesha.pid");
+    if let Ok(text) = std::fs::read_to_string(&pid_file) {
+        let pid: i32 = text.trim().parse()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("ganesha.nfsd") {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+            }
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    drop(Netns {
+        name: "lazarus-lab".into(),
+    });
+    println!("lab down");
+    Ok(())
 }
 
 fn up() -> anyhow::Result<()> {

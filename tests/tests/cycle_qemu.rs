@@ -7,25 +7,15 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lazarus_controller::api_client;
-use lazarus_e2e::disk::{self, IMAGE_MIB};
+use lazarus_e2e::disk;
 use lazarus_e2e::*;
 use sha2::Digest;
-
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn supervisor(dir: &Path, vmlinuz: &Path) -> String {
     format!(
@@ -73,14 +63,8 @@ fn a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby() 
     let dir = run.path.clone();
     let art = artifacts(&dir).unwrap();
     worker_initramfs(&art, &dir).unwrap();
-    let export = dir.join("export");
-    std::fs::create_dir_all(export.join("images")).unwrap();
-    let sysroot = dir.join("sysroot");
-    std::fs::create_dir_all(sysroot.join("etc")).unwrap();
-    std::fs::write(sysroot.join("etc/os-release"), "NAME=lazarus-worker\n").unwrap();
-    let image_path = export.join("images/worker.img");
-    disk::build(&image_path, &sysroot, IMAGE_MIB).unwrap();
-    let image = std::fs::read(&image_path).unwrap();
+    let worker = disk::worker_image(&dir).unwrap();
+    let (export, sysroot, image) = (&worker.export, &worker.sysroot, &worker.bytes);
     let image_sha: [u8; 32] = sha2::Sha256::digest(&image).into();
     for node in ["w1", "s1"] {
         disk::build(&dir.join(format!("{node}.img")), &sysroot, disk::DISK_MIB).unwrap();
@@ -104,7 +88,8 @@ fn a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby() 
     let ns = Netns::create_bridged(&format!("lz-cycle-{}", std::process::id()), &["tw1", "ts1"])
         .unwrap();
     let _nfs = Nfs::start(&ns, &dir, &export).unwrap();
-    let mut procs = Kill(Vec::new());
+    // The supervisors lead their own process groups, so their QEMU children go with them.
+    let mut procs = lazarus_testkit::Reaped::default();
     for (name, tap, mac, serial, ip, rip) in [
         (
             "w1",
@@ -125,6 +110,7 @@ fn a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby() 
     ] {
         procs.0.push(
             ns.command("sh")
+                .process_group(0)
                 .arg(&script)
                 .args([name, tap, mac, serial, ip, rip])
                 .stdout(Stdio::null())

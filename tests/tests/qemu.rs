@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lazarus_controller::agent_client::AgentClient;
-use lazarus_e2e::disk::{self, FLAG_OFFSET, IMAGE_MIB, MIB};
+use lazarus_e2e::disk::{self, FLAG_OFFSET, MIB};
 use lazarus_e2e::*;
 use lazarus_proto::flag::{FlagRecord, FlagState, SlotsView};
 use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
@@ -96,14 +96,8 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     );
 
     // The known-good system image and the node's business backup, on the NFS export.
-    let export = dir.join("export");
-    std::fs::create_dir_all(export.join("images")).unwrap();
-    let sysroot = dir.join("sysroot");
-    std::fs::create_dir_all(sysroot.join("etc")).unwrap();
-    std::fs::write(sysroot.join("etc/os-release"), "NAME=lazarus-worker\n").unwrap();
-    let image_path = export.join("images/worker.img");
-    disk::build(&image_path, &sysroot, IMAGE_MIB).unwrap();
-    let image = std::fs::read(&image_path).unwrap();
+    let worker = disk::worker_image(dir).unwrap();
+    let (export, image) = (&worker.export, &worker.bytes);
     let business = dir.join("business");
     std::fs::create_dir_all(business.join("srv/app")).unwrap();
     std::fs::write(business.join("srv/app/orders.db"), b"order 1\norder 2\n").unwrap();
