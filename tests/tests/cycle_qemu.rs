@@ -65,9 +65,9 @@ fn a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby() 
     worker_initramfs(&art, &dir).unwrap();
     let worker = disk::worker_image(&dir).unwrap();
     let (export, sysroot, image) = (&worker.export, &worker.sysroot, &worker.bytes);
-    let image_sha: [u8; 32] = sha2::Sha256::digest(&image).into();
+    let image_sha: [u8; 32] = sha2::Sha256::digest(image).into();
     for node in ["w1", "s1"] {
-        disk::build(&dir.join(format!("{node}.img")), &sysroot, disk::DISK_MIB).unwrap();
+        disk::build(&dir.join(format!("{node}.img")), sysroot, disk::DISK_MIB).unwrap();
         std::fs::write(dir.join(format!("{node}.mode")), "worker").unwrap();
     }
     let script = dir.join("run-node.sh");
@@ -87,7 +87,7 @@ fn a_dead_worker_vm_is_replaced_repaired_over_nfs_and_boots_back_as_a_standby() 
 
     let ns = Netns::create_bridged(&format!("lz-cycle-{}", std::process::id()), &["tw1", "ts1"])
         .unwrap();
-    let _nfs = Nfs::start(&ns, &dir, &export).unwrap();
+    let _nfs = Nfs::start(&ns, &dir, export).unwrap();
     // The supervisors lead their own process groups, so their QEMU children go with them.
     let mut procs = lazarus_testkit::Reaped::default();
     for (name, tap, mac, serial, ip, rip) in [

@@ -124,7 +124,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     disk::build(&node_disk, &oldroot, disk::DISK_MIB).unwrap();
 
     let ns = Netns::create(&format!("lz-e2e-{}", std::process::id())).unwrap();
-    let _nfs = Nfs::start(&ns, dir, &export).unwrap();
+    let _nfs = Nfs::start(&ns, dir, export).unwrap();
 
     // The controller's side of Ready: listen inside the namespace.
     let key = art.key.clone();
@@ -191,7 +191,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     assert_eq!(c.boot_id(), ready.boot_id);
 
     // 1. A wrong digest: FAILED, the first MiB zeroed, the agent still answering.
-    let mut bad = plan("e2e-bad-digest", &image, None);
+    let mut bad = plan("e2e-bad-digest", image, None);
     bad.image.sha256.0[0] ^= 0xff;
     c.status_of(&Request::Recover(Box::new(bad))).unwrap();
     let s = wait_done(&mut c);
@@ -221,7 +221,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     );
 
     // 2. The image alone: the disk then holds its bytes exactly.
-    c.status_of(&Request::Recover(Box::new(plan("e2e-image", &image, None))))
+    c.status_of(&Request::Recover(Box::new(plan("e2e-image", image, None))))
         .unwrap();
     let s = wait_done(&mut c);
     assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", vm.serial_log());
@@ -232,7 +232,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
         .unwrap();
     assert_eq!(
         sha(&written),
-        sha(&image),
+        sha(image),
         "the disk does not hold the image"
     );
     assert_eq!(
@@ -254,7 +254,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     };
     c.status_of(&Request::Recover(Box::new(plan(
         "e2e-repair",
-        &image,
+        image,
         Some(restore),
     ))))
     .unwrap();
