@@ -1,4 +1,4 @@
-//! Builds the rescue initramfs: a gzip-compressed newc cpio holding `/init` (the static agent),
+//! Builds the rescue initramfs (and, in [`iso`], bootable rescue media from it): a gzip-compressed newc cpio holding `/init` (the static agent),
 //! the kernel modules the agent config and the hardware classes need (with dependencies and
 //! `modules.dep`/`modules.alias`), the cluster key and the agent config, and nothing else.
 //!
@@ -7,6 +7,7 @@
 
 pub mod cpio;
 pub mod elf;
+pub mod iso;
 pub mod kconfig;
 pub mod modules;
 

@@ -1,4 +1,5 @@
-//! `lazarus-mkinitramfs --kernel-dir DIR --agent BIN --key-file FILE [--config agent.toml] -o OUT`
+//! `lazarus-mkinitramfs --kernel-dir DIR --agent BIN --key-file FILE [--config agent.toml] -o OUT
+//! [--iso FILE [--cmdline TEXT]]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,12 @@ struct Cli {
     /// Where to write the gzip newc archive.
     #[arg(short, long)]
     output: PathBuf,
+    /// Also write a hybrid rescue ISO (UEFI and BIOS, CD and USB disk) with the kernel and it.
+    #[arg(long)]
+    iso: Option<PathBuf>,
+    /// The kernel command line of the ISO.
+    #[arg(long, default_value = lazarus_initramfs::iso::DEFAULT_CMDLINE, requires = "iso")]
+    cmdline: String,
 }
 
 fn main() -> ExitCode {
@@ -46,13 +53,27 @@ fn main() -> ExitCode {
         }
     };
     let opts = BuildOptions {
-        kernel_dir: cli.kernel_dir,
-        agent: cli.agent,
-        key_file: cli.key_file,
-        config: cli.config,
-        output: cli.output,
+        kernel_dir: cli.kernel_dir.clone(),
+        agent: cli.agent.clone(),
+        key_file: cli.key_file.clone(),
+        config: cli.config.clone(),
+        output: cli.output.clone(),
     };
-    match build(&opts) {
+    match build(&opts).map_err(|e| e.to_string()).and_then(|r| {
+        let Some(iso) = &cli.iso else {
+            return Ok(r);
+        };
+        let kernel = opts.kernel_dir.join(format!("boot/vmlinuz-{}", r.release));
+        let made = lazarus_initramfs::iso::build_iso(&lazarus_initramfs::iso::IsoOptions {
+            kernel,
+            initrds: vec![opts.output.clone()],
+            cmdline: cli.cmdline.clone(),
+            output: iso.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+        println!("wrote {} ({} bytes)", iso.display(), made.bytes);
+        Ok(r)
+    }) {
         Ok(r) => {
             println!(
                 "wrote {} for kernel {}: {} bytes ({} uncompressed), {} modules{}",

@@ -319,45 +319,106 @@ pub struct Vm {
 /// How to boot a guest.
 pub struct VmSpec<'a> {
     pub name: &'a str,
-    pub disk: &'a Path,
+    /// The node's disk (a virtio disk with serial `disk_serial`), if it has one.
+    pub disk: Option<&'a Path>,
     pub disk_serial: &'a str,
     pub mac: &'a str,
-    pub append: String,
+    pub boot: VmBoot<'a>,
 }
+
+/// What a guest boots.
+pub enum VmBoot<'a> {
+    /// The lab kernel and initramfs, loaded by QEMU itself, with this command line.
+    Direct { append: String },
+    /// A rescue medium through real firmware, as a CD or as a (USB) disk.
+    Media {
+        image: &'a Path,
+        firmware: Firmware,
+        as_disk: bool,
+    },
+}
+
+/// The guest's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// OVMF (EDK II), UEFI without secure boot.
+    Uefi,
+    /// SeaBIOS, legacy BIOS (QEMU's default).
+    Bios,
+}
+
+/// OVMF's code and variable-store template (Debian's `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl Vm {
     pub fn boot(ns: &Netns, art: &Artifacts, dir: &Path, spec: &VmSpec) -> anyhow::Result<Self> {
         let serial = dir.join(format!("{}-serial.log", spec.name));
-        let args: Vec<String> = vec![
-            "-accel".into(),
-            "tcg".into(),
-            "-m".into(),
-            "512".into(),
-            "-smp".into(),
-            "1".into(),
-            "-nographic".into(),
-            "-no-reboot".into(),
-            "-nodefaults".into(),
-            "-serial".into(),
-            format!("file:{}", serial.display()),
-            "-kernel".into(),
-            art.vmlinuz.display().to_string(),
-            "-initrd".into(),
-            art.initramfs.display().to_string(),
-            "-append".into(),
-            format!("console=ttyS0 panic=-1 quiet {}", spec.append),
+        let mut args: Vec<String> = [
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(["-serial".into(), format!("file:{}", serial.display())]);
+        match &spec.boot {
+            VmBoot::Direct { append } => args.extend([
+                "-kernel".into(),
+                art.vmlinuz.display().to_string(),
+                "-initrd".into(),
+                art.initramfs.display().to_string(),
+                "-append".into(),
+                format!("console=ttyS0 panic=-1 quiet {append}"),
+            ]),
+            VmBoot::Media {
+                image,
+                firmware,
+                as_disk,
+            } => {
+                if *firmware == Firmware::Uefi {
+                    let vars = dir.join(format!("{}-vars.fd", spec.name));
+                    std::fs::copy(OVMF_VARS, &vars).context("copying the OVMF variables")?;
+                    args.extend([
+                        "-drive".into(),
+                        format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+                        "-drive".into(),
+                        format!("if=pflash,format=raw,file={}", vars.display()),
+                    ]);
+                }
+                args.extend(if *as_disk {
+                    [
+                        "-drive".into(),
+                        format!("file={},format=raw,if=virtio,readonly=on", image.display()),
+                    ]
+                } else {
+                    ["-cdrom".into(), image.display().to_string()]
+                });
+            }
+        }
+        args.extend([
             "-netdev".into(),
             "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
             "-device".into(),
             format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
-            "-drive".into(),
-            format!(
-                "file={},format=raw,if=none,id=d0,cache=writeback",
-                spec.disk.display()
-            ),
-            "-device".into(),
-            format!("virtio-blk-pci,drive=d0,serial={}", spec.disk_serial),
-        ];
+        ]);
+        if let Some(disk) = spec.disk {
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "file={},format=raw,if=none,id=d0,cache=writeback",
+                    disk.display()
+                ),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=d0,serial={}", spec.disk_serial),
+            ]);
+        }
         let command_line = format!(
             "ip netns exec {} qemu-system-x86_64 {}",
             ns.name,
@@ -388,7 +449,8 @@ impl Vm {
     }
 
     pub fn serial_log(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
+        // Firmware writes bytes that are not UTF-8 (OVMF's screen control) before the kernel.
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
     }
 
     /// Waits for the guest to power off (a reboot ends QEMU with `-no-reboot`).
@@ -409,6 +471,32 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The controller's side of `Ready`, inside `ns` at [`HOST_IP`]:7461: accepts one announcement,
+/// acknowledges it and returns it with the address it came from.
+pub fn receive_ready(
+    ns: &Netns,
+    key: &ClusterKey,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<(lazarus_proto::Ready, SocketAddr)>>> {
+    use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
+    let listener = ns
+        .enter(|| {
+            std::net::TcpListener::bind(format!("{HOST_IP}:{}", lazarus_proto::CONTROLLER_PORT))
+        })?
+        .context("binding the Ready port")?;
+    let key = key.clone();
+    Ok(std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let frame = read_frame(&mut s)?;
+        let (_, body, reply) = AnnounceOpener::default().open(&key, &frame)?;
+        write_frame(&mut s, &reply.seal_ack(&key)?)?;
+        match body {
+            lazarus_proto::Response::Ready(r) => Ok((r, peer)),
+            other => bail!("not a Ready: {other:?}"),
+        }
+    }))
 }
 
 /// A run's folder: removed after success, kept (and named) after a failure.

@@ -3,7 +3,7 @@
 //! driven over the real protocol to rewrite the node's disk from nfs-ganesha, restore business
 //! files, and reboot. Then the host inspects the disk.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,7 +12,6 @@ use lazarus_controller::agent_client::AgentClient;
 use lazarus_e2e::disk::{self, FLAG_OFFSET, MIB};
 use lazarus_e2e::*;
 use lazarus_proto::flag::{FlagRecord, FlagState, SlotsView};
-use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
 use lazarus_proto::*;
 use sha2::Digest;
 
@@ -127,22 +126,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     let _nfs = Nfs::start(&ns, dir, export).unwrap();
 
     // The controller's side of Ready: listen inside the namespace.
-    let key = art.key.clone();
-    let listener = ns
-        .enter(|| TcpListener::bind(format!("{HOST_IP}:7461")))
-        .unwrap()
-        .unwrap();
-    let ready = std::thread::spawn(move || -> Ready {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let frame = read_frame(&mut s).unwrap();
-        let (_, body, reply) = AnnounceOpener::default().open(&key, &frame).unwrap();
-        write_frame(&mut s, &reply.seal_ack(&key).unwrap()).unwrap();
-        match body {
-            Response::Ready(r) => r,
-            other => panic!("not a Ready: {other:?}"),
-        }
-    });
+    let ready = receive_ready(&ns, &art.key).unwrap();
 
     let mut vm = Vm::boot(
         &ns,
@@ -150,10 +134,12 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
         dir,
         &VmSpec {
             name: "node-1",
-            disk: &node_disk,
+            disk: Some(&node_disk),
             disk_serial: "LZNODE01",
             mac: MAC,
-            append: format!("lazarus.ip={GUEST_IP}/{PREFIX} lazarus.controller={HOST_IP}:7461"),
+            boot: VmBoot::Direct {
+                append: format!("lazarus.ip={GUEST_IP}/{PREFIX} lazarus.controller={HOST_IP}:7461"),
+            },
         },
     )
     .unwrap();
@@ -167,7 +153,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ready = ready.join().unwrap();
+    let (ready, _) = ready.join().unwrap().unwrap();
     let to_ready = vm.started.elapsed();
     eprintln!(
         "lab: Ready {:.1} s after QEMU started",
