@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 pub mod keys {
     /// `lazarus.ip=ADDR/PREFIX[,GATEWAY]`: static bootstrap address (else DHCP).
     pub const IP: &str = "lazarus.ip";
-    /// `lazarus.iface=MAC|NAME`: the bootstrap interface (else the first with a link).
+    /// `lazarus.iface=MAC|NAME`: the bootstrap interface (else the first interface by name, `lo`
+    /// excepted, whether or not its cable is in; the agent then waits for its link).
     pub const IFACE: &str = "lazarus.iface";
     /// `lazarus.controller=HOST:PORT`: where to announce `Ready` (port 7461 by default).
     pub const CONTROLLER: &str = "lazarus.controller";

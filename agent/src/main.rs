@@ -1,6 +1,7 @@
-//! `lazarus-agent`: the rescue agent. Parses arguments, sets up logging, maps errors to exit
-//! status 2. PID 1 mode (the rescue initramfs's `/init`) arrives with the rescue boot; host mode
-//! runs the same engine, state machine and server as an ordinary process.
+//! `lazarus-agent`: the rescue agent. As process 1 (the rescue initramfs's `/init`) it runs
+//! [`lazarus_agent::pid1::run`] and never returns. Otherwise it parses arguments, sets up
+//! logging and maps errors to exit status 2: `serve --host` runs the same engine, state machine
+//! and server as an ordinary process; `copy` writes one image with the copy engine.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -18,7 +19,9 @@ use lazarus_proto::{BootId, ImageFormat, Sha256};
 
 const USAGE: &str =
     "usage: lazarus-agent serve --host --listen ADDR --key-file FILE --workdir DIR \
-[--export-dir DIR] [--flag PATH] [--controller HOST:PORT]";
+[--export-dir DIR] [--flag PATH] [--controller HOST:PORT] [--mac MAC]
+       lazarus-agent copy --image FILE --target PATH (--sha256 HEX | --bmap FILE) \
+[--format raw|zstd] [--size BYTES]";
 
 /// Options of `serve --host`.
 struct HostOptions {
@@ -54,7 +57,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
         }
     }
     if !host {
-        bail!("PID 1 mode is not built yet: use serve --host");
+        bail!("rescue mode runs only as process 1 (the initramfs's /init); use serve --host");
     }
     Ok(HostOptions {
         listen: listen.context("--listen is required")?,
