@@ -181,7 +181,12 @@ mod tests {
     #[test]
     fn each_kmsg_line_is_one_write() {
         let mut sink = Writes::default();
-        write_kmsg(&mut sink, log::Level::Info, "ready", "listening on 0.0.0.0:7460");
+        write_kmsg(
+            &mut sink,
+            log::Level::Info,
+            "ready",
+            "listening on 0.0.0.0:7460",
+        );
         write_kmsg(&mut sink, log::Level::Error, "failed", "plan p1 failed");
         assert_eq!(
             sink.0,
@@ -196,7 +201,12 @@ mod tests {
     fn a_long_kmsg_line_is_cut_to_one_record_on_a_char_boundary() {
         let mut sink = Writes::default();
         let message = "é".repeat(2000);
-        write_kmsg(&mut sink, log::Level::Warn, "recovering/copy_image", &message);
+        write_kmsg(
+            &mut sink,
+            log::Level::Warn,
+            "recovering/copy_image",
+            &message,
+        );
         assert_eq!(sink.0.len(), 1);
         let record = std::str::from_utf8(&sink.0[0]).expect("still UTF-8");
         assert!(record.len() <= KMSG_RECORD_MAX, "{}", record.len());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use lazarus_agent::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
 use lazarus_agent::logring::LogRing;
-use lazarus_agent::platform::Machine;
+use lazarus_agent::platform::HostMachine;
 use lazarus_agent::service::Agent;
 use lazarus_agent::{announce, server, sys};
 use lazarus_node::keyfile;
@@ -84,8 +84,8 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
         "lazarus-agent {} (host mode), boot {boot_id}",
         env!("CARGO_PKG_VERSION")
     );
-    let platform = Arc::new(Machine::host(&opts.workdir, opts.export_dir, opts.flag));
-    let root = platform.root.clone();
+    let platform = Arc::new(HostMachine::host(&opts.workdir, opts.export_dir, opts.flag));
+    let root = platform.disks.root.clone();
     let agent = Agent::start(boot_id, platform, Some(logs));
     if let Some(controller) = opts.controller {
         let address = listener.local_addr()?.ip();

@@ -142,7 +142,7 @@ impl Agent {
                     log::warn!("refusing plan {}: {e}", plan.plan_id);
                     return Response::Error(ErrorReply {
                         kind: lazarus_proto::Refusal::BadRequest,
-                        message: e.to_string(),
+                        message: crate::error::AgentError::Plan(e).to_string(),
                     });
                 }
                 self.start_plan(*plan);
