@@ -409,3 +409,6 @@ pub fn describe_disk(d: &DiskInfo) -> String {
             .map_or(String::new(), |s| format!(", serial {s}"))
     )
 }
+
+#[cfg(test)]
+mod tests;
