@@ -220,3 +220,114 @@ impl Observer for Agent {
         self.live().flag = record.summary();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::fake::{Call, Failure, Fake, What};
+    use lazarus_proto::{Phase, Refusal};
+
+    const BACKUP_TIME: u64 = 1_700_000_000;
+
+    fn fake() -> Fake {
+        Fake::new(
+            lazarus_testkit::noise((1 << 20) + 77, 9),
+            2 << 20,
+            "node-3",
+            BACKUP_TIME,
+        )
+    }
+
+    /// Polls until the plan is no longer running.
+    fn finished(agent: &Agent) -> Status {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status = agent.status();
+            if status.phase != Phase::Recovering {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "still recovering");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn recover(agent: &Arc<Agent>, plan: &Plan) -> Response {
+        agent.handle(Request::Recover(Box::new(plan.clone())), 0)
+    }
+
+    #[test]
+    fn a_plan_sent_twice_runs_once_and_reports_recovered() {
+        let fake = Arc::new(fake());
+        let agent = Agent::start(BootId([7; 16]), fake.clone(), None);
+        assert_eq!(agent.status().phase, Phase::Ready);
+        let plan = fake.plan(BACKUP_TIME + 1);
+        for _ in 0..2 {
+            assert!(matches!(recover(&agent, &plan), Response::Status(_)));
+        }
+        let status = finished(&agent);
+        assert_eq!(
+            (status.phase, status.error, status.flag.state),
+            (Phase::Recovered, None, FlagState::Recovered)
+        );
+        let runs = fake
+            .trace()
+            .iter()
+            .filter(|w| **w == What::Call(Call::ConfigureNetwork))
+            .count();
+        assert_eq!(runs, 1, "the same plan id ran twice");
+        // Reboot ends the boot; nothing starts after it.
+        assert!(matches!(
+            agent.handle(Request::Reboot, 0),
+            Response::Status(Status {
+                phase: Phase::Rebooting,
+                ..
+            })
+        ));
+        assert!(agent.reboot_requested());
+        assert!(matches!(
+            recover(&agent, &plan),
+            Response::Error(ErrorReply {
+                kind: Refusal::WrongPhase,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_failed_plan_reports_its_code_and_a_retry_runs_again() {
+        let mut fake = fake();
+        fake.fail = Some((Call::ConfigureNetwork, 1, Failure::Error));
+        let fake = Arc::new(fake);
+        let agent = Agent::start(BootId([8; 16]), fake.clone(), None);
+        let mut plan = fake.plan(BACKUP_TIME + 1);
+        plan.flag = lazarus_proto::FlagLocation::Path(fake.flag.display().to_string());
+        recover(&agent, &plan);
+        let status = finished(&agent);
+        assert_eq!(status.phase, Phase::Failed);
+        assert_eq!(status.error.map(|e| e.code), Some(203));
+        assert_eq!(
+            (status.flag.state, status.flag.error_code),
+            (FlagState::Failed, 203)
+        );
+        recover(&agent, &plan);
+        let status = finished(&agent);
+        assert_eq!((status.phase, status.error), (Phase::Recovered, None));
+    }
+
+    #[test]
+    fn an_invalid_plan_is_refused_and_changes_nothing() {
+        let fake = Arc::new(fake());
+        let agent = Agent::start(BootId([9; 16]), fake.clone(), None);
+        let mut plan = fake.plan(BACKUP_TIME + 1);
+        plan.image.size = 0;
+        match recover(&agent, &plan) {
+            Response::Error(ErrorReply { kind, message }) => {
+                assert_eq!(kind, Refusal::BadRequest);
+                assert_eq!(message, "invalid plan: image size is 0");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(agent.status().phase, Phase::Ready);
+        assert!(fake.trace().is_empty());
+    }
+}

@@ -158,6 +158,36 @@ impl Fake {
         }
     }
 
+    /// A plan for the fake: a whole-disk raw image onto its disk, the flag found by label,
+    /// business files of `node-3` (from its backup older than `failure_time`) restored into
+    /// partition 1.
+    pub fn plan(&self, failure_time: u64) -> lazarus_proto::Plan {
+        use lazarus_proto::{FsType, ImageFormat, ImageLayout};
+        let text = include_str!("../../../docs/plan.example.toml");
+        let mut plan: lazarus_proto::Plan = toml::from_str(text).expect("example plan parses");
+        plan.plan_id = "fake-1".into();
+        plan.image.path = "images/system.img".into();
+        plan.image.format = ImageFormat::Raw;
+        plan.image.size = self.image.len() as u64;
+        plan.image.sha256 = lazarus_testkit::sha(&self.image);
+        plan.image.layout = ImageLayout::WholeDisk;
+        plan.image.bmap = None;
+        plan.target = DiskSelector {
+            serial: self.disk.serial.clone(),
+            ..Default::default()
+        };
+        plan.flag = FlagLocation::PartLabel("lazarus-flag".into());
+        let restore = plan.restore.as_mut().expect("the example restores files");
+        restore.backups_dir = "backups".into();
+        restore.node = "node-3".parse().expect("node name");
+        restore.failure_time = failure_time;
+        restore.paths = Vec::new();
+        restore.filesystem.partition = Some(1);
+        restore.filesystem.fstype = FsType::Ext4;
+        restore.filesystem.root = "/".into();
+        plan
+    }
+
     /// Everything recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.events

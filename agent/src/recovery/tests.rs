@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::platform::fake::{Call, DiskState, Failure, Fake, What};
-use lazarus_proto::{FlagLocation, FsType, ImageFormat};
+use lazarus_proto::FlagLocation;
 
 const MIB: usize = 1 << 20;
 /// When the fake's backup was taken; the plan's failure time is later.
@@ -18,32 +18,8 @@ fn fake() -> Fake {
     )
 }
 
-/// A whole-disk raw image onto the fake's disk, the flag found by label, business files restored
-/// into partition 1.
 fn plan_for(fake: &Fake) -> Plan {
-    let text = include_str!("../../../docs/plan.example.toml");
-    let mut plan: Plan = toml::from_str(text).expect("example plan parses");
-    plan.plan_id = "fake-1".into();
-    plan.image.path = "images/system.img".into();
-    plan.image.format = ImageFormat::Raw;
-    plan.image.size = fake.image.len() as u64;
-    plan.image.sha256 = lazarus_testkit::sha(&fake.image);
-    plan.image.layout = ImageLayout::WholeDisk;
-    plan.image.bmap = None;
-    plan.target = lazarus_proto::DiskSelector {
-        serial: Some("FAKE-0".into()),
-        ..Default::default()
-    };
-    plan.flag = FlagLocation::PartLabel("lazarus-flag".into());
-    let restore = plan.restore.as_mut().expect("the example restores files");
-    restore.backups_dir = "backups".into();
-    restore.node = "node-3".parse().expect("node name");
-    restore.failure_time = BACKUP_TIME + 3600;
-    restore.paths = Vec::new();
-    restore.filesystem.partition = Some(1);
-    restore.filesystem.fstype = FsType::Ext4;
-    restore.filesystem.root = "/".into();
-    plan
+    fake.plan(BACKUP_TIME + 3600)
 }
 
 fn run(fake: &Fake, plan: &Plan) -> Result<FlagRecord, AgentError> {
