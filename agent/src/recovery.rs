@@ -222,7 +222,7 @@ fn run_steps(
         }
         .into());
     }
-    let flag_path = match platform.flag_device(&plan.flag, Some(&disk)) {
+    let mut flag_path = match platform.flag_device(&plan.flag, Some(&disk)) {
         Ok(p) => p,
         // A wrecked disk (its partition table gone) that a whole-disk image replaces: the flag
         // partition is where the image puts it. Writing there first is writing to the disk that
@@ -248,7 +248,6 @@ fn run_steps(
     // Write-ahead: RECOVERING is durable before the disk changes.
     observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(0))?);
     *flag = Some(flag_path.clone());
-    let mut flag_path = flag_path;
 
     observer.step(Step::CopyImage);
     let spec = CopySpec {
