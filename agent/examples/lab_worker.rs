@@ -23,12 +23,13 @@ fn main() {
     pid1::load_modules(&root, &AgentConfig::default());
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let boot = BootConfig::parse(&cmdline).unwrap_or_default();
-    let result = (|| -> Result<TcpListener, String> {
+    let result = (|| -> anyhow::Result<TcpListener> {
+        use anyhow::Context;
         let iface = network::choose(&root, None, Duration::from_secs(30))?;
         network::bring_up(&root, &iface, Duration::from_secs(30))?;
-        let ip = boot.ip.ok_or("no lazarus.ip=")?;
+        let ip = boot.ip.context("no lazarus.ip=")?;
         network::set_address(&iface, ip.address, ip.prefix_len, ip.gateway)?;
-        std::fs::create_dir_all("/mnt/root").map_err(|e| e.to_string())?;
+        std::fs::create_dir_all("/mnt/root").context("creating /mnt/root")?;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !Path::new("/dev/vda1").exists() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -40,14 +41,12 @@ fn main() {
             true,
             "",
         )
-        .map_err(|e| format!("mounting /dev/vda1: {e}"))?;
-        let os = std::fs::read_to_string("/mnt/root/etc/os-release")
-            .map_err(|e| format!("os-release: {e}"))?;
+        .context("mounting /dev/vda1")?;
+        let os = std::fs::read_to_string("/mnt/root/etc/os-release").context("os-release")?;
         if !os.contains("lazarus-worker") {
-            return Err(format!("not the known-good system: {os:?}"));
+            anyhow::bail!("not the known-good system: {os:?}");
         }
-        TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080)))
-            .map_err(|e| e.to_string())
+        TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080))).context("binding :8080")
     })();
     match result {
         Ok(listener) => {
@@ -56,7 +55,7 @@ fn main() {
                 drop(conn);
             }
         }
-        Err(e) => log::error!("worker system is broken: {e}"),
+        Err(e) => log::error!("worker system is broken: {e:#}"),
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));

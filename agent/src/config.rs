@@ -8,13 +8,23 @@ use std::net::{IpAddr, SocketAddr};
 pub mod keys {
     /// `lazarus.ip=ADDR/PREFIX[,GATEWAY]`: static bootstrap address (else DHCP).
     pub const IP: &str = "lazarus.ip";
-    /// `lazarus.iface=MAC|NAME`: the bootstrap interface (else the first with a link).
+    /// `lazarus.iface=MAC|NAME`: the bootstrap interface (else the first interface by name, `lo`
+    /// excepted, whether or not its cable is in; the agent then waits for its link).
     pub const IFACE: &str = "lazarus.iface";
     /// `lazarus.controller=HOST:PORT`: where to announce `Ready` (port 7461 by default).
     pub const CONTROLLER: &str = "lazarus.controller";
     /// `lazarus.flag=PATH`: the flag device to read at boot (else the partition labelled
     /// `lazarus-flag`, if exactly one disk has one).
     pub const FLAG: &str = "lazarus.flag";
+}
+
+/// A malformed `lazarus.` value on the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("lazarus.ip={0}: expected ADDR/PREFIX[,GATEWAY]")]
+    Ip(String),
+    #[error("lazarus.controller={0}: expected HOST:PORT")]
+    Controller(String),
 }
 
 /// The bootstrap address.
@@ -37,7 +47,7 @@ pub struct BootConfig {
 impl BootConfig {
     /// Parses `/proc/cmdline`; unknown keys are ignored, a malformed `lazarus.` value is an error
     /// naming the key.
-    pub fn parse(cmdline: &str) -> Result<Self, String> {
+    pub fn parse(cmdline: &str) -> Result<Self, ConfigError> {
         let mut out = Self::default();
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -45,10 +55,7 @@ impl BootConfig {
             };
             match key {
                 keys::IP => {
-                    out.ip =
-                        Some(parse_ip(value).ok_or_else(|| {
-                            format!("{key}={value}: expected ADDR/PREFIX[,GATEWAY]")
-                        })?)
+                    out.ip = Some(parse_ip(value).ok_or_else(|| ConfigError::Ip(value.into()))?)
                 }
                 keys::IFACE => out.iface = Some(value.to_string()),
                 keys::CONTROLLER => {
@@ -59,7 +66,7 @@ impl BootConfig {
                                 .parse::<IpAddr>()
                                 .map(|ip| SocketAddr::new(ip, lazarus_proto::CONTROLLER_PORT))
                         })
-                        .map_err(|_| format!("{key}={value}: expected HOST:PORT"))?;
+                        .map_err(|_| ConfigError::Controller(value.into()))?;
                     out.controller = Some(addr);
                 }
                 keys::FLAG => out.flag = Some(value.to_string()),
@@ -123,8 +130,8 @@ mod tests {
             "lazarus.ip=x/24",
             "lazarus.controller=nowhere",
         ] {
-            let err = BootConfig::parse(bad).unwrap_err();
-            assert!(err.starts_with(bad.split('=').next().unwrap()), "{err}");
+            let err = BootConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with(bad), "{err}");
         }
     }
 }

@@ -14,6 +14,25 @@ use smoltcp::socket::dhcpv4;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress};
 
+/// Why no lease was acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("raw socket on {iface}: {source}")]
+    Socket {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("{iface}: no DHCP lease after {secs}s")]
+    NoLease { iface: String, secs: u64 },
+}
+
+/// For callers that report errors as text (`tests/tests/dhcp.rs` uses `?` into a `String`).
+impl From<DhcpError> for String {
+    fn from(e: DhcpError) -> Self {
+        e.to_string()
+    }
+}
+
 /// What the DHCP server granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -29,10 +48,13 @@ pub fn acquire(
     name: &str,
     mac: lazarus_proto::MacAddr,
     timeout: Duration,
-) -> Result<Lease, String> {
-    let mut device = NoRxChecksum(
-        RawSocket::new(name, Medium::Ethernet).map_err(|e| format!("raw socket on {name}: {e}"))?,
-    );
+) -> Result<Lease, DhcpError> {
+    let mut device = NoRxChecksum(RawSocket::new(name, Medium::Ethernet).map_err(|source| {
+        DhcpError::Socket {
+            iface: name.to_string(),
+            source,
+        }
+    })?);
     let start = StdInstant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
@@ -64,10 +86,10 @@ pub fn acquire(
         }
         let elapsed = start.elapsed();
         if elapsed > timeout {
-            return Err(format!(
-                "{name}: no DHCP lease after {}s",
-                timeout.as_secs()
-            ));
+            return Err(DhcpError::NoLease {
+                iface: name.to_string(),
+                secs: timeout.as_secs(),
+            });
         }
         let delay = iface
             .poll_delay(now(), &sockets)

@@ -1,61 +1,150 @@
 //! The agent's errors, each with a stable numeric code for the flag record and the wire.
 //!
-//! Codes are on disk and on the wire: never renumber. The match in [`AgentError::code`] is
-//! exhaustive with no catch-all, so a new variant cannot ship without a code.
+//! Codes are on disk and on the wire: never renumber, never reuse; a new failure gets a new code
+//! appended to its hundred. The match in [`AgentError::code`] is exhaustive with no catch-all, so
+//! a new variant cannot ship without a code, and [`CODES`] is the table of every code ever given
+//! out (retired ones included). A unit test checks [`CODES`] against the match and against the
+//! table in `docs/agent.md`, so the three cannot drift apart.
 
 use std::io;
 use std::path::PathBuf;
 
 use crate::disk::SelectError;
 use crate::image::ImageError;
+use crate::network::NetworkError;
+use crate::platform::{FlagLookupError, MountError, PartitionError, SourceError};
+use crate::recovery::{BmapCheckError, PlanError};
 use lazarus_node::backup::BackupError;
 use lazarus_node::flag_store::StoreError;
 
-/// Everything that can end a recovery.
+/// Everything that can end a recovery, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid plan: {0}")]
-    Plan(String),
+    Plan(#[from] PlanError),
     #[error("configuring the network: {0}")]
-    Network(String),
+    Network(#[from] NetworkError),
     #[error("mounting the image source: {0}")]
-    MountSource(String),
+    MountSource(#[from] SourceError),
     #[error("opening image {0}: {1}")]
     ImageOpen(PathBuf, io::Error),
     #[error("block map {0}: {1}")]
-    Bmap(PathBuf, String),
+    Bmap(PathBuf, BmapCheckError),
     #[error("choosing the target disk: {0}")]
     Disk(#[from] SelectError),
     #[error("opening target {0}: {1}")]
     TargetOpen(PathBuf, io::Error),
     #[error("copying the image: {0}")]
     Image(#[from] ImageError),
-    #[error("re-reading the partition table of {0}: {1}")]
-    Partitions(PathBuf, String),
-    #[error("mounting the restored filesystem: {0}")]
-    MountTarget(String),
+    #[error("partitions of {0}: {1}")]
+    Partitions(PathBuf, PartitionError),
+    #[error("restored filesystem: {0}")]
+    MountTarget(#[from] MountError),
     #[error("restoring business files: {0}")]
     Restore(#[from] BackupError),
     #[error("flag partition: {0}")]
     Flag(#[from] StoreError),
     #[error("no flag partition: {0}")]
-    NoFlag(String),
-    #[error("flushing to disk: {0}")]
-    Sync(io::Error),
-    #[error("internal error: {0}")]
-    Internal(String),
+    NoFlag(#[from] FlagLookupError),
+    #[error("flushing {0} to stable storage: {1}")]
+    Sync(PathBuf, io::Error),
+    /// A step panicked; the panic's message is all there is to carry.
+    #[error("internal error: a step panicked: {0}")]
+    Panicked(String),
 }
+
+/// Every code ever given out: (code, variant, meaning). Retired codes stay, with the variant
+/// `-`, so that nobody gives their number a new meaning.
+pub const CODES: &[(u32, &str, &str)] = &[
+    (100, "Plan", "the plan is invalid (checked before anything happens)"),
+    (200, "Network::Netlink", "no netlink socket to configure the network with"),
+    (201, "Network::NoInterface", "the plan's network interface does not exist"),
+    (202, "Network::LinkUp", "an interface could not be brought up"),
+    (203, "Network::NoCarrier", "the interface has no link"),
+    (204, "Network::Address", "the plan's address could not be set"),
+    (205, "Network::Route", "the default route could not be set"),
+    (300, "MountSource::Mount", "the NFS export could not be mounted"),
+    (301, "ImageOpen", "the image (or its block map) could not be opened in the export"),
+    (302, "Bmap::Parse", "the block map is not a valid bmap file"),
+    (303, "MountSource::NotADirectory", "host mode: the export directory is missing"),
+    (304, "MountSource::MountPoint", "the source mount point could not be created"),
+    (305, "Bmap::Digest", "the block map's SHA-256 is not the plan's"),
+    (306, "Bmap::NotUtf8", "the block map is not UTF-8 text"),
+    (307, "Bmap::Size", "the block map describes an image of another size than the plan's"),
+    (400, "Disk::Empty", "the disk selector names nothing"),
+    (401, "Disk::NoMatch", "no disk matches the selector"),
+    (402, "Disk::Ambiguous", "several disks match the selector; none was written"),
+    (403, "Disk::TooSmall", "the chosen disk or partition is smaller than the image"),
+    (404, "Disk::NoPartition", "the disk has no partition of the number the plan gives"),
+    (405, "Disk::Sysfs", "sysfs could not be read to list the disks"),
+    (410, "TargetOpen", "the target disk or partition could not be opened for writing"),
+    (500, "Image::TargetTooSmall", "the copy engine's own size guard; a recovery checks first and reports 403, so only `lazarus-agent copy` reports 500"),
+    (501, "Image::Read", "reading or decompressing the image failed"),
+    (502, "Image::TooShort", "the image ended before its declared size"),
+    (503, "Image::TooLong", "the image is longer than its declared size"),
+    (504, "Image::DigestMismatch", "the image's SHA-256 is not the plan's; the disk header was zeroed"),
+    (505, "Image::Write", "writing the target failed"),
+    (506, "Image::Sync", "flushing the written image failed"),
+    (507, "Image::Aborted", "the copy was aborted on request; the disk header was zeroed"),
+    (508, "Image::RangeMismatch", "a block-map range's SHA-256 did not match"),
+    (509, "Image::DataOutsideMap", "the image holds data where its block map says none"),
+    (600, "Partitions::Open", "the disk could not be opened to re-read its partitions"),
+    (601, "Partitions::Gpt", "the written disk's GPT is unreadable or invalid"),
+    (602, "Partitions::Remove", "a stale partition could not be removed from the kernel's view"),
+    (603, "Partitions::Add", "a partition could not be registered with the kernel"),
+    (604, "Partitions::NotReady", "partition device nodes did not appear in time"),
+    (605, "Partitions::PastEnd", "a partition the image defines lies past the end of the disk"),
+    (700, "MountTarget::Mount", "the restored filesystem could not be mounted"),
+    (701, "-", "retired: a bad node name (NodeName now refuses one when a plan is decoded)"),
+    (702, "Restore::List", "the backups directory could not be listed"),
+    (703, "Restore::NoneBefore", "no complete backup of the node is older than the failure"),
+    (704, "Restore::Manifest", "a backup manifest is invalid"),
+    (705, "Restore::Read", "reading a backup failed"),
+    (706, "Restore::Write", "writing a restored file failed"),
+    (707, "Restore::Digest", "the backup archive's SHA-256 is not its manifest's"),
+    (708, "Restore::Size", "the backup archive's size is not its manifest's"),
+    (709, "Restore::UnsafeEntry", "the archive holds an entry that would escape the target"),
+    (710, "Restore::Corrupt", "the backup archive is corrupt"),
+    (711, "Restore::Restore", "a file could not be restored"),
+    (712, "Restore::NothingToBackUp", "a backup names no paths (only when backing up)"),
+    (713, "MountTarget::MountPoint", "the restored filesystem's mount point could not be created"),
+    (714, "MountTarget::Unmount", "the restored filesystem could not be unmounted"),
+    (800, "Flag", "reading or writing the flag record failed"),
+    (801, "NoFlag::NotFound", "no flag partition with the plan's label"),
+    (802, "NoFlag::Ambiguous", "several flag partitions with the plan's label; none was written"),
+    (803, "NoFlag::NotInImage", "a wrecked disk has no flag partition and the image defines none"),
+    (804, "NoFlag::NotBlockDevice", "the flag partition cannot be registered on a non-block device"),
+    (900, "Sync", "flushing the restored files or the disk to stable storage failed"),
+    (999, "Panicked", "internal error: a step panicked"),
+];
 
 impl AgentError {
     /// The stable code (1xx plan, 2xx network, 3xx source, 4xx disk, 5xx copy, 6xx partitions,
-    /// 7xx restore, 8xx flag, 9xx other).
+    /// 7xx restore, 8xx flag, 9xx other). See [`CODES`].
     pub fn code(&self) -> u32 {
+        // codes:begin (the unit test reads the numbers between these markers)
         match self {
             Self::Plan(_) => 100,
-            Self::Network(_) => 200,
-            Self::MountSource(_) => 300,
+            Self::Network(e) => match e {
+                NetworkError::Netlink(_) => 200,
+                NetworkError::NoInterface { .. } => 201,
+                NetworkError::LinkUp { .. } => 202,
+                NetworkError::NoCarrier { .. } => 203,
+                NetworkError::Address { .. } => 204,
+                NetworkError::Route { .. } => 205,
+            },
+            Self::MountSource(e) => match e {
+                SourceError::Mount { .. } => 300,
+                SourceError::NotADirectory(_) => 303,
+                SourceError::MountPoint(..) => 304,
+            },
             Self::ImageOpen(..) => 301,
-            Self::Bmap(..) => 302,
+            Self::Bmap(_, e) => match e {
+                BmapCheckError::Parse(_) => 302,
+                BmapCheckError::Digest { .. } => 305,
+                BmapCheckError::NotUtf8 => 306,
+                BmapCheckError::Size { .. } => 307,
+            },
             Self::Disk(e) => match e {
                 SelectError::Empty => 400,
                 SelectError::NoMatch(_) => 401,
@@ -77,10 +166,20 @@ impl AgentError {
                 ImageError::RangeMismatch { .. } => 508,
                 ImageError::DataOutsideMap { .. } => 509,
             },
-            Self::Partitions(..) => 600,
-            Self::MountTarget(_) => 700,
+            Self::Partitions(_, e) => match e {
+                PartitionError::Open(_) => 600,
+                PartitionError::Gpt(_) => 601,
+                PartitionError::Remove { .. } => 602,
+                PartitionError::Add { .. } => 603,
+                PartitionError::NotReady { .. } => 604,
+                PartitionError::PastEnd { .. } => 605,
+            },
+            Self::MountTarget(e) => match e {
+                MountError::Mount { .. } => 700,
+                MountError::MountPoint(..) => 713,
+                MountError::Unmount(..) => 714,
+            },
             Self::Restore(e) => match e {
-                // 701 (a bad node name) is retired: `NodeName` refuses one when a plan is decoded.
                 BackupError::List(..) => 702,
                 BackupError::NoneBefore { .. } => 703,
                 BackupError::Manifest(..) => 704,
@@ -94,10 +193,16 @@ impl AgentError {
                 BackupError::NothingToBackUp(_) => 712,
             },
             Self::Flag(_) => 800,
-            Self::NoFlag(_) => 801,
-            Self::Sync(_) => 900,
-            Self::Internal(_) => 999,
+            Self::NoFlag(e) => match e {
+                FlagLookupError::NotFound { .. } => 801,
+                FlagLookupError::Ambiguous { .. } => 802,
+                FlagLookupError::NotInImage { .. } => 803,
+                FlagLookupError::NotBlockDevice(_) => 804,
+            },
+            Self::Sync(..) => 900,
+            Self::Panicked(_) => 999,
         }
+        // codes:end
     }
 
     /// The code and message as sent on the wire.
@@ -108,3 +213,19 @@ impl AgentError {
         }
     }
 }
+
+/// The code table as `docs/agent.md` shows it (Markdown).
+pub fn codes_markdown() -> String {
+    let mut out = String::from("| code | variant | meaning |\n| --- | --- | --- |\n");
+    for (code, variant, meaning) in CODES {
+        let variant = match *variant {
+            "-" => "-".to_string(),
+            v => format!("`{v}`"),
+        };
+        out.push_str(&format!("| {code} | {variant} | {meaning} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

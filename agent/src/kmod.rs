@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 
 use crate::sys;
 
+/// Why a module did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module {0} is not in the initramfs")]
+    Missing(String),
+    #[error("opening {0}: {1}")]
+    Open(PathBuf, std::io::Error),
+    #[error("loading module {0}: {1}")]
+    Load(String, rustix::io::Errno),
+}
+
 /// The modules of the running kernel that the initramfs carries.
 #[derive(Debug, Default)]
 pub struct ModuleDb {
@@ -71,7 +82,7 @@ impl ModuleDb {
 
     /// Loads `name` after its dependencies. Already loaded (EEXIST) is success; a module this
     /// initramfs does not carry is an error naming it.
-    pub fn load(&self, name: &str, loaded: &mut BTreeSet<String>) -> Result<(), String> {
+    pub fn load(&self, name: &str, loaded: &mut BTreeSet<String>) -> Result<(), ModuleError> {
         let name = name.replace('-', "_");
         if loaded.contains(&name) {
             return Ok(());
@@ -79,20 +90,20 @@ impl ModuleDb {
         let (path, deps) = self
             .modules
             .get(&name)
-            .ok_or_else(|| format!("module {name} is not in the initramfs"))?;
+            .ok_or_else(|| ModuleError::Missing(name.clone()))?;
         loaded.insert(name.clone());
         for d in deps {
             self.load(d, loaded)?;
         }
         let full = self.dir.join(path);
-        let file = File::open(&full).map_err(|e| format!("opening {}: {e}", full.display()))?;
+        let file = File::open(&full).map_err(|e| ModuleError::Open(full.clone(), e))?;
         match sys::finit_module(&file) {
             Ok(()) => {
                 log::info!("loaded module {name}");
                 Ok(())
             }
             Err(rustix::io::Errno::EXIST) => Ok(()),
-            Err(e) => Err(format!("loading module {name}: {e}")),
+            Err(e) => Err(ModuleError::Load(name, e)),
         }
     }
 
@@ -263,6 +274,10 @@ mod tests {
         assert_eq!(db.matching("virtio:d00000002v00001AF4"), vec!["virtio_blk"]);
         assert!(db.matching("virtio:d00000001v00001AF4").is_empty());
         let err = db.load("nope", &mut BTreeSet::new()).unwrap_err();
-        assert!(err.contains("not in the initramfs"), "{err}");
+        assert!(
+            matches!(&err, ModuleError::Missing(m) if m == "nope"),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "module nope is not in the initramfs");
     }
 }

@@ -1,8 +1,18 @@
-//! The Lazarus rescue agent, as a library.
+//! The Lazarus rescue agent, as a library: everything the `lazarus-agent` binary does, testable
+//! as an ordinary process.
 //!
-//! Today it holds the flag store: the durable, power-safe read and write of the flag record on a
-//! file or block device. The recovery engine, protocol server and state machine arrive with the
-//! recovery-engine issue; PID 1 duties with the rescue-boot issue.
+//! - [`pid1`]: PID 1 mode, `/init` of the rescue initramfs (early mounts, modules, bootstrap
+//!   network by [`config`] or [`dhcp`], then serving until a `Reboot`).
+//! - [`server`], [`service`], [`state`], [`announce`]: the authenticated protocol server, the
+//!   live status of one boot, its phases decided by one pure function, and the `Ready`
+//!   announcement.
+//! - [`recovery`]: one plan, step by step, with the flag written ahead of every side effect;
+//!   [`image`] is its copy engine, [`disk`] and [`gpt`] find the target and its partitions.
+//! - [`platform`]: the seam between a recovery and the machine (host mode or rescue mode).
+//! - [`sys`]: every `unsafe` call into the kernel; the rest of the crate denies `unsafe`.
+//!
+//! The flag store, key file, backups and agent config are `lazarus-node`'s; the wire types are
+//! `lazarus-proto`'s.
 #![deny(unsafe_code)]
 
 pub mod announce;

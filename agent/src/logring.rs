@@ -1,5 +1,9 @@
-//! The agent's logger: every line to stderr (the console) and into a ring the protocol's
-//! `GetLogs` reads from.
+//! The agent's logger: every line to stderr (the console), into a ring the protocol's `GetLogs`
+//! reads from, and in PID 1 mode to `/dev/kmsg`.
+//!
+//! Each line leaves in one write(2): `/dev/kmsg` makes a kernel log record of every write, so a
+//! line written in pieces (`<6>`, `lazarus: `, the phase, the message) would arrive as several
+//! records, and console lines from two threads would interleave.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -97,23 +101,16 @@ impl log::Log for LogRing {
         }
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if self.echo {
-            let _ = writeln!(
-                std::io::stderr(),
-                "[{:>6}.{:03}] {:<5} {phase}: {}",
+            let line = format!(
+                "[{:>6}.{:03}] {:<5} {phase}: {message}\n",
                 time_ms / 1000,
                 time_ms % 1000,
                 record.level(),
-                message
             );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
         if let Some(kmsg) = self.kmsg.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let prio = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            let _ = writeln!(kmsg, "<{prio}>lazarus: {phase}: {message}");
+            write_kmsg(kmsg, record.level(), &phase, &message);
         }
         let mut guard = match self.lines.lock() {
             Ok(g) => g,
@@ -133,4 +130,87 @@ impl log::Log for LogRing {
     }
 
     fn flush(&self) {}
+}
+
+/// The longest record written to `/dev/kmsg`, newline included. The kernel refuses a longer
+/// write with EINVAL (`devkmsg_write` checks it against `LOG_LINE_MAX`, 992 bytes before Linux
+/// 5.10 and 1024 since), so a long message is cut rather than lost.
+pub const KMSG_RECORD_MAX: usize = 976;
+
+/// Writes one kernel log record `<PRIO>lazarus: PHASE: MESSAGE\n` with a single write(2); its
+/// result is ignored, since a logger has nowhere to report its own failure.
+pub fn write_kmsg(kmsg: &mut impl Write, level: log::Level, phase: &str, message: &str) {
+    let prio = match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    };
+    let mut record = format!("<{prio}>lazarus: {phase}: {message}");
+    if record.len() > KMSG_RECORD_MAX - 1 {
+        let mut cut = KMSG_RECORD_MAX - 1;
+        while !record.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        record.truncate(cut);
+    }
+    record.push('\n');
+    // One write, not write_all: a second write would be a second record.
+    let _ = kmsg.write(record.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that keeps each write(2) apart.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_kmsg_line_is_one_write() {
+        let mut sink = Writes::default();
+        write_kmsg(
+            &mut sink,
+            log::Level::Info,
+            "ready",
+            "listening on 0.0.0.0:7460",
+        );
+        write_kmsg(&mut sink, log::Level::Error, "failed", "plan p1 failed");
+        assert_eq!(
+            sink.0,
+            vec![
+                b"<6>lazarus: ready: listening on 0.0.0.0:7460\n".to_vec(),
+                b"<3>lazarus: failed: plan p1 failed\n".to_vec(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_kmsg_line_is_cut_to_one_record_on_a_char_boundary() {
+        let mut sink = Writes::default();
+        let message = "é".repeat(2000);
+        write_kmsg(
+            &mut sink,
+            log::Level::Warn,
+            "recovering/copy_image",
+            &message,
+        );
+        assert_eq!(sink.0.len(), 1);
+        let record = std::str::from_utf8(&sink.0[0]).expect("still UTF-8");
+        assert!(record.len() <= KMSG_RECORD_MAX, "{}", record.len());
+        assert!(record.starts_with("<4>lazarus: recovering/copy_image: é"));
+        assert!(record.ends_with("é\n"));
+    }
 }

@@ -1,6 +1,7 @@
-//! `lazarus-agent`: the rescue agent. Parses arguments, sets up logging, maps errors to exit
-//! status 2. PID 1 mode (the rescue initramfs's `/init`) arrives with the rescue boot; host mode
-//! runs the same engine, state machine and server as an ordinary process.
+//! `lazarus-agent`: the rescue agent. As process 1 (the rescue initramfs's `/init`) it runs
+//! [`lazarus_agent::pid1::run`] and never returns. Otherwise it parses arguments, sets up
+//! logging and maps errors to exit status 2: `serve --host` runs the same engine, state machine
+//! and server as an ordinary process; `copy` writes one image with the copy engine.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use lazarus_agent::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
 use lazarus_agent::logring::LogRing;
-use lazarus_agent::platform::Machine;
+use lazarus_agent::platform::HostMachine;
 use lazarus_agent::service::Agent;
 use lazarus_agent::{announce, server, sys};
 use lazarus_node::keyfile;
@@ -18,7 +19,9 @@ use lazarus_proto::{BootId, ImageFormat, Sha256};
 
 const USAGE: &str =
     "usage: lazarus-agent serve --host --listen ADDR --key-file FILE --workdir DIR \
-[--export-dir DIR] [--flag PATH] [--controller HOST:PORT]";
+[--export-dir DIR] [--flag PATH] [--controller HOST:PORT] [--mac MAC]
+       lazarus-agent copy --image FILE --target PATH (--sha256 HEX | --bmap FILE) \
+[--format raw|zstd] [--size BYTES]";
 
 /// Options of `serve --host`.
 struct HostOptions {
@@ -54,7 +57,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
         }
     }
     if !host {
-        bail!("PID 1 mode is not built yet: use serve --host");
+        bail!("rescue mode runs only as process 1 (the initramfs's /init); use serve --host");
     }
     Ok(HostOptions {
         listen: listen.context("--listen is required")?,
@@ -81,8 +84,8 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
         "lazarus-agent {} (host mode), boot {boot_id}",
         env!("CARGO_PKG_VERSION")
     );
-    let platform = Arc::new(Machine::host(&opts.workdir, opts.export_dir, opts.flag));
-    let root = platform.root.clone();
+    let platform = Arc::new(HostMachine::host(&opts.workdir, opts.export_dir, opts.flag));
+    let root = platform.disks.root.clone();
     let agent = Agent::start(boot_id, platform, Some(logs));
     if let Some(controller) = opts.controller {
         let address = listener.local_addr()?.ip();

@@ -5,9 +5,40 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+
 use crate::root::Root;
 use crate::sys::netlink::Netlink;
 use lazarus_proto::MacAddr;
+
+/// Why the network could not be configured, one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("opening a netlink socket: {0}")]
+    Netlink(Errno),
+    #[error("no network interface {}after {secs}s", want.as_ref().map_or(String::new(), |w| format!("{w} ")))]
+    NoInterface { want: Option<String>, secs: u64 },
+    #[error("bringing up {iface}: {source}")]
+    LinkUp { iface: String, source: Errno },
+    #[error("{iface}: no link after {secs}s")]
+    NoCarrier { iface: String, secs: u64 },
+    #[error("adding {address}/{prefix_len} to {iface}: {source}")]
+    Address {
+        iface: String,
+        address: IpAddr,
+        prefix_len: u8,
+        source: Errno,
+    },
+    #[error("default route via {gateway}: {source}")]
+    Route { gateway: IpAddr, source: Errno },
+}
+
+/// For callers that report errors as text (`tests/tests/dhcp.rs` uses `?` into a `String`).
+impl From<NetworkError> for String {
+    fn from(e: NetworkError) -> Self {
+        e.to_string()
+    }
+}
 
 /// An interface as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +73,11 @@ pub fn interfaces(root: &Root) -> Vec<Interface> {
 
 /// The interface named by `want` (a name or a MAC), or the first one; waits up to `timeout`
 /// for drivers to create it.
-pub fn choose(root: &Root, want: Option<&str>, timeout: Duration) -> Result<Interface, String> {
+pub fn choose(
+    root: &Root,
+    want: Option<&str>,
+    timeout: Duration,
+) -> Result<Interface, NetworkError> {
     let deadline = Instant::now() + timeout;
     let want_mac = want.and_then(|w| w.parse::<MacAddr>().ok());
     loop {
@@ -57,32 +92,33 @@ pub fn choose(root: &Root, want: Option<&str>, timeout: Duration) -> Result<Inte
             return Ok(i);
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "no network interface {}after {}s",
-                want.map_or(String::new(), |w| format!("{w} ")),
-                timeout.as_secs()
-            ));
+            return Err(NetworkError::NoInterface {
+                want: want.map(str::to_string),
+                secs: timeout.as_secs(),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// `ip link set lo up; ip link set IF up`, then waits for carrier (up to `timeout`).
-pub fn bring_up(root: &Root, iface: &Interface, timeout: Duration) -> Result<(), String> {
-    let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
-    nl.set_link_up(1)
-        .map_err(|e| format!("bringing up lo: {e}"))?;
+pub fn bring_up(root: &Root, iface: &Interface, timeout: Duration) -> Result<(), NetworkError> {
+    let mut nl = Netlink::open().map_err(NetworkError::Netlink)?;
+    let up = |name: &str, source| NetworkError::LinkUp {
+        iface: name.to_string(),
+        source,
+    };
+    nl.set_link_up(1).map_err(|e| up("lo", e))?;
     nl.set_link_up(iface.index)
-        .map_err(|e| format!("bringing up {}: {e}", iface.name))?;
+        .map_err(|e| up(&iface.name, e))?;
     let carrier = root.sys.join("class/net").join(&iface.name).join("carrier");
     let deadline = Instant::now() + timeout;
     while read_trim(&carrier).as_deref() != Some("1") {
         if Instant::now() > deadline {
-            return Err(format!(
-                "{}: no link after {}s",
-                iface.name,
-                timeout.as_secs()
-            ));
+            return Err(NetworkError::NoCarrier {
+                iface: iface.name.clone(),
+                secs: timeout.as_secs(),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -95,13 +131,18 @@ pub fn set_address(
     address: IpAddr,
     prefix_len: u8,
     gateway: Option<IpAddr>,
-) -> Result<(), String> {
-    let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
+) -> Result<(), NetworkError> {
+    let mut nl = Netlink::open().map_err(NetworkError::Netlink)?;
     nl.add_address(iface.index, address, prefix_len)
-        .map_err(|e| format!("adding {address}/{prefix_len} to {}: {e}", iface.name))?;
-    if let Some(gw) = gateway {
-        nl.set_default_route(iface.index, gw)
-            .map_err(|e| format!("default route via {gw}: {e}"))?;
+        .map_err(|source| NetworkError::Address {
+            iface: iface.name.clone(),
+            address,
+            prefix_len,
+            source,
+        })?;
+    if let Some(gateway) = gateway {
+        nl.set_default_route(iface.index, gateway)
+            .map_err(|source| NetworkError::Route { gateway, source })?;
     }
     log::info!(
         "{}: {address}/{prefix_len}{}",

@@ -12,14 +12,35 @@ use std::time::Duration;
 use lazarus_proto::{BootId, FlagLocation};
 
 use crate::config::{BootConfig, StaticIp};
+use crate::dhcp::DhcpError;
 use crate::kmod::ModuleDb;
 use crate::logring::LogRing;
-use crate::platform::{find_flag, Machine, Mode};
+use crate::network::NetworkError;
+use crate::platform::{find_flag, RescueMachine};
 use crate::root::Root;
 use crate::service::Agent;
 use crate::{announce, dhcp, network, server, sys};
 use lazarus_node::agent_config::{AgentConfig, CONFIG_PATH, KEY_PATH};
-use lazarus_node::keyfile;
+use lazarus_node::keyfile::{self, KeyFileError};
+
+/// Why one boot attempt could not reach serving (PID 1 logs it and tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cluster key: {0}")]
+    Key(#[from] KeyFileError),
+    #[error("bootstrap network: {0}")]
+    Network(#[from] NetworkError),
+    #[error("{0} has no MAC address for DHCP")]
+    NoMac(String),
+    #[error("bootstrap address: {0}")]
+    Dhcp(#[from] DhcpError),
+    #[error("drawing a boot id: {0}")]
+    Random(std::io::Error),
+    #[error("listening on port {0}: {1}")]
+    Listen(u16, std::io::Error),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
 
 /// Runs as PID 1. Never returns.
 pub fn run() -> ! {
@@ -55,7 +76,7 @@ pub fn run() -> ! {
 
 /// mount /proc, /sys, /dev (devtmpfs), /run (tmpfs), and make /dev/console our stdio. Also used
 /// by the lab's worker system (`examples/lab_worker.rs`).
-pub fn early_mounts() -> Vec<(&'static str, String)> {
+pub fn early_mounts() -> Vec<(&'static str, rustix::io::Errno)> {
     let mut errors = Vec::new();
     for (src, target, fstype) in [
         ("proc", "/proc", "proc"),
@@ -66,7 +87,7 @@ pub fn early_mounts() -> Vec<(&'static str, String)> {
         let _ = std::fs::create_dir_all(target);
         if let Err(e) = sys::mount_kernel_fs(Path::new(src), Path::new(target), fstype) {
             if e != rustix::io::Errno::BUSY {
-                errors.push((target, e.to_string()));
+                errors.push((target, e));
             }
         }
     }
@@ -91,7 +112,7 @@ fn reap_children() {
 }
 
 /// Boots (modules, network, flag) and serves until a `Reboot` is accepted.
-fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
+fn boot_and_serve(logs: &'static LogRing) -> Result<(), BootError> {
     let root = Root::default();
     let cmdline = std::fs::read_to_string(root.proc.join("cmdline")).unwrap_or_default();
     let boot = BootConfig::parse(&cmdline).unwrap_or_else(|e| {
@@ -105,7 +126,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         }),
         Err(_) => AgentConfig::default(),
     };
-    let key = keyfile::load(Path::new(KEY_PATH)).map_err(|e| e.to_string())?;
+    let key = keyfile::load(Path::new(KEY_PATH))?;
 
     load_modules(&root, &config);
 
@@ -117,7 +138,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         None => {
             let mac = iface
                 .mac
-                .ok_or_else(|| format!("{} has no MAC address for DHCP", iface.name))?;
+                .ok_or_else(|| BootError::NoMac(iface.name.clone()))?;
             let lease = dhcp::acquire(
                 &iface.name,
                 mac,
@@ -138,16 +159,14 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
             .map_err(|e| log::info!("flag at boot: {e}"))
             .ok(),
     };
-    let machine = Machine::new(
+    let machine = RescueMachine::rescue(
         root.clone(),
-        Mode::Rescue {
-            iface: iface.clone(),
-        },
+        iface.clone(),
         PathBuf::from("/run/lazarus"),
         boot_flag,
     );
     let mut id = [0u8; 16];
-    lazarus_node::random::fill(&mut id).map_err(|e| format!("getrandom: {e}"))?;
+    lazarus_node::random::fill(&mut id).map_err(BootError::Random)?;
     let boot_id = BootId(id);
     log::info!("boot {boot_id}");
     let agent = Agent::start(boot_id, Arc::new(machine), Some(logs));
@@ -155,7 +174,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
         Ipv4Addr::UNSPECIFIED,
         config.listen_port,
     )))
-    .map_err(|e| format!("listening on port {}: {e}", config.listen_port))?;
+    .map_err(|e| BootError::Listen(config.listen_port, e))?;
     let uptime = std::fs::read_to_string(root.proc.join("uptime")).unwrap_or_default();
     log::info!(
         "ready, {} s after the kernel started",
@@ -164,7 +183,7 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), String> {
     if let Some(controller) = boot.controller {
         announce::spawn_announcer(controller, &key, &root, &agent, ip.address, None);
     }
-    server::serve(listener, agent, key).map_err(|e| format!("serving: {e}"))?;
+    server::serve(listener, agent, key).map_err(BootError::Serve)?;
     Ok(())
 }
 

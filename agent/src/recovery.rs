@@ -8,8 +8,8 @@
 //! 4. copy the image (verified; first MiB last);
 //! 5. whole-disk image: re-read the partition table, find the (new) flag partition and write
 //!    RECOVERING there too, since the image just replaced it;
-//! 6. restore business files into the mounted restored filesystem; unmount;
-//! 7. sync; flag RECOVERED.
+//! 6. restore business files into the mounted restored filesystem; flush it; unmount;
+//! 7. flush the target; flag RECOVERED.
 //!
 //! Any error writes FAILED with the error's code and message (where a flag was found), and the
 //! engine has already zeroed the disk's first MiB if the copy had begun.
@@ -17,13 +17,13 @@
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
-use lazarus_proto::flag::{validate_plan_id, FlagRecord, FlagState};
+use lazarus_proto::flag::{validate_plan_id, FlagError, FlagRecord, FlagState};
 use lazarus_proto::{ImageLayout, Plan, Step};
 
 use crate::disk::{self, DiskInfo};
 use crate::error::AgentError;
-use crate::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
-use crate::platform::Platform;
+use crate::image::{write_image, Bmap, BmapError, CopySpec, Progress, Target, Verification};
+use crate::platform::{FlagLookupError, Platform};
 use lazarus_node::backup::restore_backup;
 use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
@@ -33,57 +33,88 @@ pub trait Observer: Sync {
     fn flag(&self, record: &FlagRecord);
 }
 
+/// Why a plan cannot run (all code 100: the plan is refused before anything happens).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    PlanId(FlagError),
+    #[error("plan id is empty")]
+    EmptyPlanId,
+    #[error("image size is 0")]
+    EmptyImage,
+    #[error("path {0:?} must stay inside the export")]
+    OutsideExport(String),
+    #[error("the target selector names no disk")]
+    NoTarget,
+    #[error("partition numbers start at 1")]
+    PartitionZero,
+    #[error("restore into a whole-disk image needs filesystem.partition")]
+    RestoreNeedsPartition,
+    #[error("prefix length {0} is too long")]
+    PrefixTooLong(u8),
+}
+
+/// Why the plan's block map cannot check the copy.
+#[derive(Debug, thiserror::Error)]
+pub enum BmapCheckError {
+    #[error("{0}")]
+    Parse(BmapError),
+    #[error("digest {got} is not the plan's {want}")]
+    Digest {
+        got: lazarus_proto::Sha256,
+        want: lazarus_proto::Sha256,
+    },
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("maps an image of {map} bytes, the plan says {plan}")]
+    Size { map: u64, plan: u64 },
+}
+
 /// Checks a plan before anything happens.
-pub fn validate(plan: &Plan) -> Result<(), AgentError> {
-    validate_plan_id(&plan.plan_id).map_err(|e| AgentError::Plan(e.to_string()))?;
+pub fn validate(plan: &Plan) -> Result<(), PlanError> {
+    validate_plan_id(&plan.plan_id).map_err(PlanError::PlanId)?;
     if plan.plan_id.is_empty() {
-        return Err(AgentError::Plan("plan id is empty".into()));
+        return Err(PlanError::EmptyPlanId);
     }
     if plan.image.size == 0 {
-        return Err(AgentError::Plan("image size is 0".into()));
+        return Err(PlanError::EmptyImage);
     }
-    relative(&plan.image.path).map_err(AgentError::Plan)?;
+    relative(&plan.image.path)?;
     if let Some(b) = &plan.image.bmap {
-        relative(&b.path).map_err(AgentError::Plan)?;
+        relative(&b.path)?;
     }
     let t = &plan.target;
     if t.by_id.is_none() && t.serial.is_none() && t.path.is_none() && t.size.is_none() {
-        return Err(AgentError::Plan("the target selector names no disk".into()));
+        return Err(PlanError::NoTarget);
     }
     if let ImageLayout::Partition { number: 0 } = plan.image.layout {
-        return Err(AgentError::Plan("partition numbers start at 1".into()));
+        return Err(PlanError::PartitionZero);
     }
     if let Some(r) = &plan.restore {
-        relative(&r.backups_dir).map_err(AgentError::Plan)?;
+        relative(&r.backups_dir)?;
         if r.filesystem.partition.is_none() && plan.image.layout == ImageLayout::WholeDisk {
-            return Err(AgentError::Plan(
-                "restore into a whole-disk image needs filesystem.partition".into(),
-            ));
+            return Err(PlanError::RestoreNeedsPartition);
         }
     }
-    if plan.network.prefix_len
-        > if plan.network.address.is_ipv4() {
-            32
-        } else {
-            128
-        }
-    {
-        return Err(AgentError::Plan(format!(
-            "prefix length {} is too long",
-            plan.network.prefix_len
-        )));
+    let max_prefix = if plan.network.address.is_ipv4() {
+        32
+    } else {
+        128
+    };
+    if plan.network.prefix_len > max_prefix {
+        return Err(PlanError::PrefixTooLong(plan.network.prefix_len));
     }
     Ok(())
 }
 
 /// A path inside the export: relative, no `..`.
-fn relative(path: &str) -> Result<PathBuf, String> {
+fn relative(path: &str) -> Result<PathBuf, PlanError> {
     let p = Path::new(path.trim_start_matches('/'));
     if p.as_os_str().is_empty()
         || p.components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!("path {path:?} must stay inside the export"));
+        return Err(PlanError::OutsideExport(path.to_string()));
     }
     Ok(p.to_owned())
 }
@@ -108,7 +139,7 @@ pub fn recover(
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(AgentError::Internal(format!("a step panicked: {what}")))
+        Err(AgentError::Panicked(what))
     });
     match result {
         Ok(record) => Ok(record),
@@ -169,7 +200,7 @@ fn run_steps(
     observer.step(Step::MountSource);
     let source_root = platform.mount_source(&plan.nfs)?;
     let _unmount = Defer(|| platform.unmount_source(&source_root));
-    let image_path = source_root.join(relative(&plan.image.path).map_err(AgentError::Plan)?);
+    let image_path = source_root.join(relative(&plan.image.path)?);
     let image =
         File::open(&image_path).map_err(|e| AgentError::ImageOpen(image_path.clone(), e))?;
     let verify = verification(&source_root, &plan.image)?;
@@ -191,7 +222,7 @@ fn run_steps(
         }
         .into());
     }
-    let flag_path = match platform.flag_device(&plan.flag, Some(&disk)) {
+    let mut flag_path = match platform.flag_device(&plan.flag, Some(&disk)) {
         Ok(p) => p,
         // A wrecked disk (its partition table gone) that a whole-disk image replaces: the flag
         // partition is where the image puts it. Writing there first is writing to the disk that
@@ -200,9 +231,12 @@ fn run_steps(
             let lazarus_proto::FlagLocation::PartLabel(label) = &plan.flag else {
                 return Err(AgentError::NoFlag(why));
             };
-            let part = image_partition(&image_path, plan.image.format, label).ok_or_else(|| {
-                AgentError::NoFlag(format!("{why}, and the image has none either"))
-            })?;
+            let Some(part) = image_partition(&image_path, plan.image.format, label) else {
+                return Err(FlagLookupError::NotInImage {
+                    on_disk: Box::new(why),
+                }
+                .into());
+            };
             log::warn!(
                 "{why}; using the image's partition {} for the flag",
                 part.number
@@ -213,7 +247,7 @@ fn run_steps(
     };
     // Write-ahead: RECOVERING is durable before the disk changes.
     observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(0))?);
-    *flag = Some(flag_path);
+    *flag = Some(flag_path.clone());
 
     observer.step(Step::CopyImage);
     let spec = CopySpec {
@@ -238,9 +272,9 @@ fn run_steps(
         observer.step(Step::RereadPartitions);
         platform.reread_partitions(&disk)?;
         // The image replaced the partition table and maybe the flag partition itself.
-        let flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
+        flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
         observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(plan.image.size))?);
-        *flag = Some(flag_path);
+        *flag = Some(flag_path.clone());
     }
 
     if let Some(restore) = &plan.restore {
@@ -251,23 +285,21 @@ fn run_steps(
         };
         let mounted = platform.mount_target(&fs_dev, restore.filesystem.fstype)?;
         observer.step(Step::RestoreFiles);
-        let restored = restore_into(&source_root, restore, &mounted);
-        platform.sync();
+        // Flushed while still mounted, so a write-back error is seen; unmounted whatever happened.
+        let restored =
+            restore_into(&source_root, restore, &mounted).and_then(|()| platform.sync(&mounted));
         let unmounted = platform.unmount_target(&mounted);
         restored?;
         unmounted?;
     }
 
     observer.step(Step::Sync);
-    platform.sync();
-    let path = flag
-        .as_ref()
-        .ok_or_else(|| AgentError::Internal("flag device lost".into()))?;
+    platform.sync(&target_path)?;
     let done = FlagUpdate {
         state: FlagState::Recovered,
         ..recovering(plan.image.size)
     };
-    let record = FlagStore::open(path)?.write(&done)?;
+    let record = FlagStore::open(&flag_path)?.write(&done)?;
     observer.flag(&record);
     log::info!("plan {} recovered", plan.plan_id);
     Ok(record)
@@ -307,26 +339,23 @@ fn verification(
     let Some(bmap) = &image.bmap else {
         return Ok(Verification::Whole(image.sha256));
     };
-    let path = source_root.join(relative(&bmap.path).map_err(AgentError::Plan)?);
+    let path = source_root.join(relative(&bmap.path)?);
     let bytes = std::fs::read(&path).map_err(|e| AgentError::ImageOpen(path.clone(), e))?;
+    let fail = |e| AgentError::Bmap(path.clone(), e);
     let got = lazarus_proto::Sha256(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
     if got != bmap.sha256 {
-        return Err(AgentError::Bmap(
-            path,
-            format!("digest {got} is not the plan's {}", bmap.sha256),
-        ));
+        return Err(fail(BmapCheckError::Digest {
+            got,
+            want: bmap.sha256,
+        }));
     }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| AgentError::Bmap(path.clone(), "not UTF-8".into()))?;
-    let map = Bmap::parse(text).map_err(|e| AgentError::Bmap(path.clone(), e.to_string()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| fail(BmapCheckError::NotUtf8))?;
+    let map = Bmap::parse(text).map_err(|e| fail(BmapCheckError::Parse(e)))?;
     if map.image_size != image.size {
-        return Err(AgentError::Bmap(
-            path,
-            format!(
-                "maps an image of {} bytes, the plan says {}",
-                map.image_size, image.size
-            ),
-        ));
+        return Err(fail(BmapCheckError::Size {
+            map: map.image_size,
+            plan: image.size,
+        }));
     }
     Ok(Verification::Ranges(map.ranges))
 }
@@ -336,10 +365,10 @@ fn restore_into(
     restore: &lazarus_proto::RestoreSpec,
     mounted: &Path,
 ) -> Result<(), AgentError> {
-    let backups = source_root.join(relative(&restore.backups_dir).map_err(AgentError::Plan)?);
+    let backups = source_root.join(relative(&restore.backups_dir)?);
     let dest = match restore.filesystem.root.trim_matches('/') {
         "" => mounted.to_owned(),
-        sub => mounted.join(relative(sub).map_err(AgentError::Plan)?),
+        sub => mounted.join(relative(sub)?),
     };
     let (found, report) = restore_backup(
         &backups,
@@ -379,3 +408,6 @@ pub fn describe_disk(d: &DiskInfo) -> String {
             .map_or(String::new(), |s| format!(", serial {s}"))
     )
 }
+
+#[cfg(test)]
+mod tests;

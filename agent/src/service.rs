@@ -5,26 +5,46 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lazarus_proto::flag::{FlagRecord, FlagState};
 use lazarus_proto::{
-    BootId, ErrorInfo, ErrorReply, FlagSummary, Hello, Phase, Plan, Request, Response, Status, Step,
+    BootId, ErrorInfo, ErrorReply, FlagSummary, Hello, Plan, Request, Response, Status, Step,
 };
 
+use crate::error::AgentError;
 use crate::image::Progress;
 use crate::logring::LogRing;
 use crate::platform::Platform;
 use crate::recovery::{self, Observer};
-use crate::state::{decide, Verdict};
+use crate::state::{self, Action, Event, Refused, State};
 use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
 /// What the status reports; changed only under the lock.
 #[derive(Debug, Clone)]
 struct Live {
-    phase: Phase,
+    state: State,
     step: Option<Step>,
-    plan_id: Option<String>,
     error: Option<ErrorInfo>,
     flag: FlagSummary,
     progress: Arc<Progress>,
     reboot_requested: bool,
+}
+
+impl Live {
+    /// Applies `event` as [`state::next`] decides, with what the decision implies for the rest
+    /// of the live status; the caller holds the lock, so the decision and its effect are one.
+    fn apply(&mut self, event: &Event) -> Result<Action, Refused> {
+        let (next, action) = state::next(&self.state, event)?;
+        match action {
+            Action::Start => {
+                self.step = None;
+                self.error = None;
+                self.progress = Arc::new(Progress::default());
+            }
+            Action::Reboot => self.reboot_requested = true,
+            Action::None | Action::Abort => {}
+        }
+        self.state = next;
+        LogRing::set_phase(&state::label(self.state.phase, self.step));
+        Ok(action)
+    }
 }
 
 /// The agent of one boot.
@@ -38,7 +58,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts in `Ready`: reads the start-up flag (reporting what it held) and clears a stale
+    /// Boots to `Ready`: reads the start-up flag (reporting what it held) and clears a stale
     /// one, so an old RECOVERED never speaks for this boot.
     pub fn start(
         boot_id: BootId,
@@ -70,19 +90,21 @@ impl Agent {
                 Err(e) => log::warn!("no readable flag at {}: {e}", path.display()),
             }
         }
-        LogRing::set_phase("ready");
+        let mut live = Live {
+            state: State::booting(),
+            step: None,
+            error: None,
+            flag,
+            progress: Arc::new(Progress::default()),
+            reboot_requested: false,
+        };
+        if let Err(refused) = live.apply(&Event::Booted) {
+            log::error!("booting: {}", refused.message);
+        }
         Arc::new(Self {
             boot_id,
             platform,
-            live: Mutex::new(Live {
-                phase: Phase::Ready,
-                step: None,
-                plan_id: None,
-                error: None,
-                flag,
-                progress: Arc::new(Progress::default()),
-                reboot_requested: false,
-            }),
+            live: Mutex::new(live),
             logs,
             boot_flag,
         })
@@ -100,12 +122,12 @@ impl Agent {
         let live = self.live();
         Status {
             boot_id: self.boot_id,
-            phase: live.phase,
+            phase: live.state.phase,
             step: live.step,
             bytes_done: live.progress.done(),
             bytes_total: live.progress.total(),
             flag: live.flag.clone(),
-            plan_id: live.plan_id.clone(),
+            plan_id: live.state.plan_id.clone(),
             error: live.error.clone(),
             found_at_boot: self.boot_flag.clone(),
         }
@@ -118,18 +140,27 @@ impl Agent {
 
     /// Handles one authenticated request. `next_counter` is for `Hello`.
     pub fn handle(self: &Arc<Self>, request: Request, next_counter: u64) -> Response {
-        let verdict = {
-            let live = self.live();
-            decide(live.phase, live.plan_id.as_deref(), &request)
+        let event = Event::of(&request, |plan| {
+            recovery::validate(plan).map_err(|e| AgentError::from(e).to_string())
+        });
+        let action = match self.live().apply(&event) {
+            Ok(action) => action,
+            Err(Refused { kind, message }) => {
+                if let (Request::Recover(plan), lazarus_proto::Refusal::BadRequest) =
+                    (&request, kind)
+                {
+                    log::warn!("refusing plan {}: {message}", plan.plan_id);
+                }
+                return Response::Error(ErrorReply { kind, message });
+            }
         };
-        match (verdict, request) {
-            (Verdict::Refuse(kind, message), _) => Response::Error(ErrorReply { kind, message }),
-            (Verdict::Reply, Request::Hello) => Response::Hello(Hello {
+        match (action, request) {
+            (Action::None, Request::Hello) => Response::Hello(Hello {
                 boot_id: self.boot_id,
                 next_counter,
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             }),
-            (Verdict::Reply, Request::GetLogs { since }) => Response::Logs(
+            (Action::None, Request::GetLogs { since }) => Response::Logs(
                 self.logs
                     .map(|l| l.since(since))
                     .unwrap_or(lazarus_proto::Logs {
@@ -137,29 +168,16 @@ impl Agent {
                         next: since,
                     }),
             ),
-            (Verdict::Start, Request::Recover(plan)) => {
-                if let Err(e) = recovery::validate(&plan) {
-                    log::warn!("refusing plan {}: {e}", plan.plan_id);
-                    return Response::Error(ErrorReply {
-                        kind: lazarus_proto::Refusal::BadRequest,
-                        message: e.to_string(),
-                    });
-                }
-                self.start_plan(*plan);
+            (Action::Start, Request::Recover(plan)) => {
+                self.run_plan(*plan);
                 Response::Status(self.status())
             }
-            (Verdict::Abort, _) => {
+            (Action::Abort, _) => {
                 log::warn!("abort requested");
                 self.live().progress.abort();
                 Response::Status(self.status())
             }
-            (Verdict::Reboot, _) => {
-                {
-                    let mut live = self.live();
-                    live.phase = Phase::Rebooting;
-                    live.reboot_requested = true;
-                    LogRing::set_phase("rebooting");
-                }
+            (Action::Reboot, _) => {
                 log::info!("reboot requested");
                 Response::Status(self.status())
             }
@@ -167,61 +185,149 @@ impl Agent {
         }
     }
 
-    fn start_plan(self: &Arc<Self>, plan: Plan) {
-        let progress = Arc::new(Progress::default());
-        {
-            let mut live = self.live();
-            live.phase = Phase::Recovering;
-            live.step = None;
-            live.plan_id = Some(plan.plan_id.clone());
-            live.error = None;
-            live.progress = progress.clone();
-        }
+    /// Runs `plan` on a thread of its own; the state already says `Recovering`.
+    fn run_plan(self: &Arc<Self>, plan: Plan) {
         log::info!("starting plan {}", plan.plan_id);
+        let progress = self.live().progress.clone();
         let agent = self.clone();
         std::thread::spawn(move || {
             let platform = agent.platform.clone();
             let outcome = recovery::recover(platform.as_ref(), &plan, &progress, agent.as_ref());
             let mut live = agent.live();
-            match outcome {
-                Ok(_) => {
-                    live.phase = Phase::Recovered;
-                    live.error = None;
-                    LogRing::set_phase("recovered");
-                }
-                Err(e) => {
-                    live.phase = Phase::Failed;
-                    live.error = Some(e.info());
-                    LogRing::set_phase("failed");
-                }
+            live.error = outcome.as_ref().err().map(AgentError::info);
+            let finished = Event::Finished {
+                recovered: outcome.is_ok(),
+            };
+            if let Err(refused) = live.apply(&finished) {
+                log::error!("plan {} ended: {}", plan.plan_id, refused.message);
             }
         });
     }
 }
 
-/// The snake_case name of a step, as on the wire in JSON.
-fn step_name(step: Step) -> &'static str {
-    match step {
-        Step::ConfigureNetwork => "configure_network",
-        Step::MountSource => "mount_source",
-        Step::SelectDisk => "select_disk",
-        Step::CopyImage => "copy_image",
-        Step::RereadPartitions => "reread_partitions",
-        Step::MountTarget => "mount_target",
-        Step::RestoreFiles => "restore_files",
-        Step::Sync => "sync",
-    }
-}
-
 impl Observer for Agent {
     fn step(&self, step: Step) {
-        LogRing::set_phase(&format!("recovering/{}", step_name(step)));
+        {
+            let mut live = self.live();
+            live.step = Some(step);
+            LogRing::set_phase(&state::label(live.state.phase, live.step));
+        }
         log::info!("step {step:?}");
-        self.live().step = Some(step);
     }
 
     fn flag(&self, record: &FlagRecord) {
         log::info!("flag: {} (seq {})", record.state.name(), record.seq);
         self.live().flag = record.summary();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::fake::{Call, Failure, Fake, What};
+    use lazarus_proto::{Phase, Refusal};
+
+    const BACKUP_TIME: u64 = 1_700_000_000;
+
+    fn fake() -> Fake {
+        Fake::new(
+            lazarus_testkit::noise((1 << 20) + 77, 9),
+            2 << 20,
+            "node-3",
+            BACKUP_TIME,
+        )
+    }
+
+    /// Polls until the plan is no longer running.
+    fn finished(agent: &Agent) -> Status {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status = agent.status();
+            if status.phase != Phase::Recovering {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "still recovering");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn recover(agent: &Arc<Agent>, plan: &Plan) -> Response {
+        agent.handle(Request::Recover(Box::new(plan.clone())), 0)
+    }
+
+    #[test]
+    fn a_plan_sent_twice_runs_once_and_reports_recovered() {
+        let fake = Arc::new(fake());
+        let agent = Agent::start(BootId([7; 16]), fake.clone(), None);
+        assert_eq!(agent.status().phase, Phase::Ready);
+        let plan = fake.plan(BACKUP_TIME + 1);
+        for _ in 0..2 {
+            assert!(matches!(recover(&agent, &plan), Response::Status(_)));
+        }
+        let status = finished(&agent);
+        assert_eq!(
+            (status.phase, status.error, status.flag.state),
+            (Phase::Recovered, None, FlagState::Recovered)
+        );
+        let runs = fake
+            .trace()
+            .iter()
+            .filter(|w| **w == What::Call(Call::ConfigureNetwork))
+            .count();
+        assert_eq!(runs, 1, "the same plan id ran twice");
+        // Reboot ends the boot; nothing starts after it.
+        assert!(matches!(
+            agent.handle(Request::Reboot, 0),
+            Response::Status(Status {
+                phase: Phase::Rebooting,
+                ..
+            })
+        ));
+        assert!(agent.reboot_requested());
+        assert!(matches!(
+            recover(&agent, &plan),
+            Response::Error(ErrorReply {
+                kind: Refusal::WrongPhase,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_failed_plan_reports_its_code_and_a_retry_runs_again() {
+        let mut fake = fake();
+        fake.fail = Some((Call::ConfigureNetwork, 1, Failure::Error));
+        let fake = Arc::new(fake);
+        let agent = Agent::start(BootId([8; 16]), fake.clone(), None);
+        let mut plan = fake.plan(BACKUP_TIME + 1);
+        plan.flag = lazarus_proto::FlagLocation::Path(fake.flag.display().to_string());
+        recover(&agent, &plan);
+        let status = finished(&agent);
+        assert_eq!(status.phase, Phase::Failed);
+        assert_eq!(status.error.map(|e| e.code), Some(203));
+        assert_eq!(
+            (status.flag.state, status.flag.error_code),
+            (FlagState::Failed, 203)
+        );
+        recover(&agent, &plan);
+        let status = finished(&agent);
+        assert_eq!((status.phase, status.error), (Phase::Recovered, None));
+    }
+
+    #[test]
+    fn an_invalid_plan_is_refused_and_changes_nothing() {
+        let fake = Arc::new(fake());
+        let agent = Agent::start(BootId([9; 16]), fake.clone(), None);
+        let mut plan = fake.plan(BACKUP_TIME + 1);
+        plan.image.size = 0;
+        match recover(&agent, &plan) {
+            Response::Error(ErrorReply { kind, message }) => {
+                assert_eq!(kind, Refusal::BadRequest);
+                assert_eq!(message, "invalid plan: image size is 0");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(agent.status().phase, Phase::Ready);
+        assert!(fake.trace().is_empty());
     }
 }

@@ -62,6 +62,12 @@ pub fn sync_all() {
     rustix::fs::sync();
 }
 
+/// syncfs(fd): flush the filesystem holding `fd`. Unlike sync(2) it reports a write-back error
+/// (since Linux 5.8).
+pub fn syncfs<Fd: std::os::fd::AsFd>(fd: Fd) -> rustix::io::Result<()> {
+    rustix::fs::syncfs(fd)
+}
+
 /// reboot(2) with RB_AUTOBOOT, after sync(2). Returns only on failure.
 pub fn reboot() -> rustix::io::Errno {
     sync_all();

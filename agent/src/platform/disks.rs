@@ -1,0 +1,217 @@
+//! The node's disks as sysfs and devtmpfs show them: the one real [`Storage`], shared by host and
+//! rescue mode.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use lazarus_proto::{DiskSelector, FlagLocation, FsType};
+use rustix::io::Errno;
+
+use super::partitions::{self, register_partition, sync_partitions};
+use super::Storage;
+use crate::disk::{self, DiskInfo, SelectError};
+use crate::error::AgentError;
+use crate::root::Root;
+use crate::sys;
+
+/// Why no single flag partition was found.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagLookupError {
+    #[error("no GPT partition named {label:?}{}", disk.as_ref().map_or(String::new(), |d| format!(" on {d}")))]
+    NotFound { label: String, disk: Option<String> },
+    #[error("{count} partitions named {label:?}; refusing to guess")]
+    Ambiguous { label: String, count: usize },
+    #[error("{on_disk}, and the image has none either")]
+    NotInImage { on_disk: Box<FlagLookupError> },
+    #[error("{} is not a block device", .0.display())]
+    NotBlockDevice(PathBuf),
+}
+
+/// Why the restored filesystem could not be mounted or unmounted.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount -t {fstype} {} {}: {source}", device.display(), target.display())]
+    Mount {
+        device: PathBuf,
+        target: PathBuf,
+        fstype: &'static str,
+        source: Errno,
+    },
+    #[error("creating {}: {}", .0.display(), .1)]
+    MountPoint(PathBuf, std::io::Error),
+    #[error("unmounting {}: {}", .0.display(), .1)]
+    Unmount(PathBuf, Errno),
+}
+
+/// Disks from sysfs under `root`, mounts under `mount_dir`.
+#[derive(Debug, Clone)]
+pub struct SysDisks {
+    pub root: Root,
+    /// Where the restored filesystem is mounted.
+    pub mount_dir: PathBuf,
+    /// The flag read at start, if any.
+    pub boot_flag: Option<PathBuf>,
+    /// Host mode: a regular file named by a selector's path stands for a disk.
+    pub files_as_disks: bool,
+}
+
+impl Storage for SysDisks {
+    fn disks(&self, selector: &DiskSelector) -> Result<Vec<DiskInfo>, SelectError> {
+        let mut disks = disk::scan_disks(&self.root)?;
+        if let (true, Some(path)) = (self.files_as_disks, &selector.path) {
+            if let Some(file) = file_disk(Path::new(path)) {
+                disks.push(file);
+            }
+        }
+        Ok(disks)
+    }
+
+    fn partition(&self, disk: &DiskInfo, number: u32) -> Result<PathBuf, AgentError> {
+        sync_partitions(&self.root, disk)?;
+        Ok(disk::partition(&self.root, &disk.name, number)?.dev_path)
+    }
+
+    fn reread_partitions(&self, disk: &DiskInfo) -> Result<(), AgentError> {
+        partitions::reread_and_wait(&self.root, disk)
+    }
+
+    fn register_partition(
+        &self,
+        disk: &DiskInfo,
+        number: u32,
+        start: u64,
+        len: u64,
+    ) -> Result<PathBuf, AgentError> {
+        register_partition(&self.root, disk, number, start, len)
+    }
+
+    fn flag_device(
+        &self,
+        location: &FlagLocation,
+        disk: Option<&DiskInfo>,
+    ) -> Result<PathBuf, AgentError> {
+        find_flag(&self.root, location, disk)
+    }
+
+    fn boot_flag_device(&self) -> Option<PathBuf> {
+        self.boot_flag.clone()
+    }
+
+    fn mount_target(&self, device: &Path, fstype: FsType) -> Result<PathBuf, AgentError> {
+        Ok(mount_restored(&self.mount_dir, device, fstype)?)
+    }
+
+    fn unmount_target(&self, dir: &Path) -> Result<(), AgentError> {
+        sys::unmount(dir, false).map_err(|e| MountError::Unmount(dir.to_owned(), e))?;
+        Ok(())
+    }
+
+    fn sync(&self, path: &Path) -> Result<(), AgentError> {
+        sys::sync_all();
+        // sync(2) reports nothing; syncfs(2) and fsync(2) report a write-back error (EIO).
+        let err = |e| AgentError::Sync(path.to_owned(), e);
+        let file = File::open(path).map_err(err)?;
+        if file.metadata().map_err(err)?.is_dir() {
+            sys::syncfs(&file).map_err(|e| err(e.into()))
+        } else {
+            file.sync_all().map_err(err)
+        }
+    }
+}
+
+/// A regular file as a disk (host mode).
+fn file_disk(path: &Path) -> Option<DiskInfo> {
+    let meta = fs::metadata(path).ok()?;
+    meta.is_file().then(|| DiskInfo {
+        name: path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        dev_path: path.to_owned(),
+        size: meta.len(),
+        serial: None,
+        model: None,
+        by_id: Vec::new(),
+    })
+}
+
+/// Resolves a plan's flag location: a path as given, or the GPT partition with that name on
+/// `disk` (or, with no disk, the only one on any disk).
+pub fn find_flag(
+    root: &Root,
+    location: &FlagLocation,
+    disk: Option<&DiskInfo>,
+) -> Result<PathBuf, AgentError> {
+    let label = match location {
+        FlagLocation::Path(p) => return Ok(PathBuf::from(p)),
+        FlagLocation::PartLabel(label) => label,
+    };
+    let disks = match disk {
+        Some(d) => vec![d.clone()],
+        None => disk::scan_disks(root).unwrap_or_default(),
+    };
+    let mut found = Vec::new();
+    for d in &disks {
+        let Ok(table) = sync_partitions(root, d) else {
+            continue;
+        };
+        let before = found.len();
+        for t in table.iter().filter(|t| &t.name == label) {
+            found.push(disk::partition(root, &d.name, t.number)?.dev_path);
+        }
+        if found.len() == before && table.is_empty() {
+            // No GPT on the disk (its first MiB was zeroed by a failed copy): the kernel may still
+            // know the old partition by name. Trust it only if it holds a valid flag record.
+            found.extend(
+                disk::partitions(root, &d.name)
+                    .into_iter()
+                    .filter(|p| {
+                        p.label.as_deref() == Some(label.as_str()) && holds_flag_record(&p.dev_path)
+                    })
+                    .map(|p| p.dev_path),
+            );
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(FlagLookupError::NotFound {
+            label: label.clone(),
+            disk: disk.map(|d| d.name.clone()),
+        }
+        .into()),
+        many => Err(FlagLookupError::Ambiguous {
+            label: label.clone(),
+            count: many.len(),
+        }
+        .into()),
+    }
+}
+
+/// Whether `path` holds a valid flag record: the proof needed before a fallback location is
+/// written to.
+pub fn holds_flag_record(path: &Path) -> bool {
+    lazarus_node::flag_store::FlagStore::open(path)
+        .and_then(|s| s.view())
+        .is_ok_and(|v| v.current.is_some())
+}
+
+/// Mounts `device` (ext4 or xfs) read-write at `<mount_dir>/restored`.
+pub fn mount_restored(
+    mount_dir: &Path,
+    device: &Path,
+    fstype: FsType,
+) -> Result<PathBuf, MountError> {
+    let target = mount_dir.join("restored");
+    fs::create_dir_all(&target).map_err(|e| MountError::MountPoint(target.clone(), e))?;
+    let fstype = match fstype {
+        FsType::Ext4 => "ext4",
+        FsType::Xfs => "xfs",
+    };
+    sys::mount_fs(device, &target, fstype, false, "").map_err(|source| MountError::Mount {
+        device: device.to_owned(),
+        target: target.clone(),
+        fstype,
+        source,
+    })?;
+    Ok(target)
+}

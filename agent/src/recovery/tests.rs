@@ -1,0 +1,340 @@
+//! A recovery's order against the fake machine: the write-ahead flag, what RECOVERED waits for,
+//! and the code each failing step leaves in the flag.
+
+use super::*;
+use crate::platform::fake::{Call, DiskState, Failure, Fake, What};
+use lazarus_proto::FlagLocation;
+
+const MIB: usize = 1 << 20;
+/// When the fake's backup was taken; the plan's failure time is later.
+const BACKUP_TIME: u64 = 1_700_000_000;
+
+fn fake() -> Fake {
+    Fake::new(
+        lazarus_testkit::noise(3 * MIB + 123, 5),
+        4 * MIB,
+        "node-3",
+        BACKUP_TIME,
+    )
+}
+
+fn plan_for(fake: &Fake) -> Plan {
+    fake.plan(BACKUP_TIME + 3600)
+}
+
+fn run(fake: &Fake, plan: &Plan) -> Result<FlagRecord, AgentError> {
+    recover(fake, plan, &Progress::default(), fake)
+}
+
+fn position(fake: &Fake, what: &What) -> usize {
+    fake.events()
+        .iter()
+        .position(|e| &e.what == what)
+        .unwrap_or_else(|| panic!("{what:?} never happened: {:#?}", fake.trace()))
+}
+
+#[test]
+fn a_whole_disk_recovery_asks_the_machine_in_order() {
+    let fake = fake();
+    run(&fake, &plan_for(&fake)).expect("recovers");
+    use Call::*;
+    use What::{Call as C, Flag as F, Step as S};
+    assert_eq!(
+        fake.trace(),
+        vec![
+            S(Step::ConfigureNetwork),
+            C(ConfigureNetwork),
+            S(Step::MountSource),
+            C(MountSource),
+            S(Step::SelectDisk),
+            C(Disks),
+            C(FlagDevice),
+            F(FlagState::Recovering),
+            S(Step::CopyImage),
+            S(Step::RereadPartitions),
+            C(RereadPartitions),
+            C(FlagDevice),
+            F(FlagState::Recovering),
+            S(Step::MountTarget),
+            C(Partition),
+            C(MountTarget),
+            S(Step::RestoreFiles),
+            C(SyncFiles),
+            C(UnmountTarget),
+            S(Step::Sync),
+            C(SyncDisk),
+            F(FlagState::Recovered),
+            C(UnmountSource),
+        ]
+    );
+}
+
+#[test]
+fn recovering_is_durable_before_the_first_disk_write() {
+    let fake = fake();
+    run(&fake, &plan_for(&fake)).expect("recovers");
+    let events = fake.events();
+    let recovering = position(&fake, &What::Flag(FlagState::Recovering));
+    let copy = position(&fake, &What::Step(Step::CopyImage));
+    let first_change = events
+        .iter()
+        .position(|e| e.disk != DiskState::Untouched)
+        .expect("the disk was written");
+    assert!(recovering < copy && copy < first_change, "{events:#?}");
+    // Read back from the flag file, not taken from memory: durable, not merely decided.
+    assert_eq!(events[recovering].flag, FlagState::Recovering);
+    assert_eq!(events[copy].flag, FlagState::Recovering);
+    assert!(events[..=copy]
+        .iter()
+        .all(|e| e.disk == DiskState::Untouched));
+    assert_eq!(fake.disk_state(), DiskState::Image);
+}
+
+#[test]
+fn recovered_is_written_only_after_the_image_and_the_restored_files_are_synced() {
+    let fake = fake();
+    let record = run(&fake, &plan_for(&fake)).expect("recovers");
+    assert_eq!(record.state, FlagState::Recovered);
+    assert_eq!(fake.flag_record().state, FlagState::Recovered);
+    let events = fake.events();
+    let sync_files = position(&fake, &What::Call(Call::SyncFiles));
+    let unmount = position(&fake, &What::Call(Call::UnmountTarget));
+    let sync_disk = position(&fake, &What::Call(Call::SyncDisk));
+    let recovered = position(&fake, &What::Flag(FlagState::Recovered));
+    assert!(
+        sync_files < unmount && unmount < sync_disk && sync_disk < recovered,
+        "{events:#?}"
+    );
+    assert!(
+        events[sync_files].files_restored,
+        "files synced before they were restored"
+    );
+    assert_eq!(events[sync_disk].disk, DiskState::Image);
+    assert!(
+        events[..recovered]
+            .iter()
+            .all(|e| e.flag != FlagState::Recovered),
+        "RECOVERED on disk before the final sync: {events:#?}"
+    );
+}
+
+/// One failing step: how to make it fail, the code it must leave, and the disk afterwards.
+struct Case {
+    name: &'static str,
+    setup: fn(&mut Fake, &mut Plan),
+    code: u32,
+    disk: DiskState,
+}
+
+fn fail(fake: &mut Fake, call: Call, nth: usize) {
+    fake.fail = Some((call, nth, Failure::Error));
+}
+
+/// A flag at a fixed path is opened before anything else, so even the first step's failure is
+/// recorded in it.
+fn flag_by_path(fake: &mut Fake, plan: &mut Plan) {
+    plan.flag = FlagLocation::Path(fake.flag.display().to_string());
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "network",
+        setup: |f, p| {
+            flag_by_path(f, p);
+            fail(f, Call::ConfigureNetwork, 1)
+        },
+        code: 203,
+        disk: DiskState::Untouched,
+    },
+    Case {
+        name: "mount source",
+        setup: |f, p| {
+            flag_by_path(f, p);
+            fail(f, Call::MountSource, 1)
+        },
+        code: 300,
+        disk: DiskState::Untouched,
+    },
+    Case {
+        name: "image open",
+        setup: |f, p| {
+            flag_by_path(f, p);
+            std::fs::remove_file(f.export.join("images/system.img")).unwrap();
+        },
+        code: 301,
+        disk: DiskState::Untouched,
+    },
+    Case {
+        name: "disk listing",
+        setup: |f, p| {
+            flag_by_path(f, p);
+            fail(f, Call::Disks, 1)
+        },
+        code: 405,
+        disk: DiskState::Untouched,
+    },
+    Case {
+        name: "disk selection",
+        setup: |f, p| {
+            flag_by_path(f, p);
+            p.target.serial = Some("ANOTHER".into());
+        },
+        code: 401,
+        disk: DiskState::Untouched,
+    },
+    Case {
+        name: "target too small",
+        setup: |f, p| {
+            flag_by_path(f, p);
+            p.image.size = f.disk.size + 1;
+        },
+        code: 403,
+        disk: DiskState::Untouched,
+    },
+    Case {
+        name: "copy (wrong digest)",
+        setup: |_, p| p.image.sha256.0[0] ^= 0xff,
+        code: 504,
+        disk: DiskState::Other,
+    },
+    Case {
+        name: "re-read partitions",
+        setup: |f, _| fail(f, Call::RereadPartitions, 1),
+        code: 604,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "flag on the new partition table",
+        setup: |f, _| fail(f, Call::FlagDevice, 2),
+        code: 801,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "restore partition",
+        setup: |f, _| fail(f, Call::Partition, 1),
+        code: 404,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "mount target",
+        setup: |f, _| fail(f, Call::MountTarget, 1),
+        code: 700,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "restore (no backup before the failure)",
+        setup: |_, p| p.restore.as_mut().unwrap().failure_time = BACKUP_TIME,
+        code: 703,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "sync restored files",
+        setup: |f, _| fail(f, Call::SyncFiles, 1),
+        code: 900,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "unmount target",
+        setup: |f, _| fail(f, Call::UnmountTarget, 1),
+        code: 714,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "sync disk",
+        setup: |f, _| fail(f, Call::SyncDisk, 1),
+        code: 900,
+        disk: DiskState::Image,
+    },
+    Case {
+        name: "a step panics",
+        setup: |f, _| f.fail = Some((Call::MountTarget, 1, Failure::Panic)),
+        code: 999,
+        disk: DiskState::Image,
+    },
+];
+
+#[test]
+fn each_failing_step_writes_failed_with_its_own_code() {
+    for case in CASES {
+        let mut fake = fake();
+        let mut plan = plan_for(&fake);
+        (case.setup)(&mut fake, &mut plan);
+        let err = run(&fake, &plan).expect_err(case.name);
+        assert_eq!(err.code(), case.code, "{}: {err}", case.name);
+        let flag = fake.flag_record();
+        assert_eq!(
+            (flag.state, flag.error_code, flag.plan_id.as_str()),
+            (FlagState::Failed, case.code, "fake-1"),
+            "{}",
+            case.name
+        );
+        assert_eq!(flag.message, err.to_string(), "{}", case.name);
+        assert_eq!(fake.disk_state(), case.disk, "{}", case.name);
+        let events = fake.events();
+        assert!(
+            events.iter().all(|e| e.flag != FlagState::Recovered),
+            "{}: RECOVERED appeared",
+            case.name
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.disk == DiskState::Untouched || e.flag != FlagState::None),
+            "{}: the disk changed with no flag written",
+            case.name
+        );
+        // What was mounted is unmounted, whichever step failed.
+        let trace = fake.trace();
+        let count = |c: Call| trace.iter().filter(|w| **w == What::Call(c)).count();
+        let source_mounted = case.code != 300 && count(Call::MountSource) == 1;
+        assert_eq!(
+            count(Call::UnmountSource),
+            usize::from(source_mounted),
+            "{}",
+            case.name
+        );
+        let target_mounted = count(Call::MountTarget) == 1 && ![700, 999].contains(&case.code);
+        assert_eq!(
+            count(Call::UnmountTarget),
+            usize::from(target_mounted),
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn a_failed_copy_leaves_the_disk_header_zeroed() {
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    plan.image.sha256.0[0] ^= 0xff;
+    assert_eq!(run(&fake, &plan).expect_err("bad digest").code(), 504);
+    let disk = std::fs::read(&fake.disk.dev_path).unwrap();
+    assert!(disk[..crate::image::HEADER_LEN as usize]
+        .iter()
+        .all(|&b| b == 0));
+}
+
+#[test]
+fn an_early_failure_with_a_flag_label_leaves_flag_and_disk_alone() {
+    let mut fake = fake();
+    fail(&mut fake, Call::ConfigureNetwork, 1);
+    let err = run(&fake, &plan_for(&fake)).expect_err("network fails");
+    assert_eq!(err.code(), 203);
+    // The flag partition is looked up only on the chosen disk: nothing was written anywhere.
+    assert_eq!(fake.flag_record().state, FlagState::None);
+    assert_eq!(fake.disk_state(), DiskState::Untouched);
+    assert!(fake.trace().iter().all(|w| !matches!(w, What::Flag(_))));
+}
+
+#[test]
+fn a_wrecked_disk_whose_image_has_no_flag_partition_is_not_touched() {
+    let mut fake = fake();
+    fake.no_flag_on_disk = true;
+    let err = run(&fake, &plan_for(&fake)).expect_err("no flag anywhere");
+    assert_eq!(err.code(), 803, "{err}");
+    assert_eq!(fake.flag_record().state, FlagState::None);
+    assert_eq!(fake.disk_state(), DiskState::Untouched);
+    assert!(!fake.trace().contains(&What::Call(Call::RegisterPartition)));
+    assert!(!fake.trace().contains(&What::Step(Step::CopyImage)));
+}
