@@ -26,13 +26,6 @@ pub enum DhcpError {
     NoLease { iface: String, secs: u64 },
 }
 
-/// For callers that report errors as text (`tests/tests/dhcp.rs` uses `?` into a `String`).
-impl From<DhcpError> for String {
-    fn from(e: DhcpError) -> Self {
-        e.to_string()
-    }
-}
-
 /// What the DHCP server granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

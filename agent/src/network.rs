@@ -33,13 +33,6 @@ pub enum NetworkError {
     Route { gateway: IpAddr, source: Errno },
 }
 
-/// For callers that report errors as text (`tests/tests/dhcp.rs` uses `?` into a `String`).
-impl From<NetworkError> for String {
-    fn from(e: NetworkError) -> Self {
-        e.to_string()
-    }
-}
-
 /// An interface as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {

@@ -45,6 +45,10 @@ pub enum StoreError {
     NotAFlagPartition(PathBuf),
     #[error("{0} is neither a regular file nor a block device")]
     NotFileOrDevice(PathBuf),
+    #[error(
+        "{0} does not exist: a flag under /dev must be an existing partition, never a new file"
+    )]
+    NoSuchDevice(PathBuf),
 }
 
 /// The fields of a record the caller chooses; the store assigns sequence and time.
@@ -137,6 +141,11 @@ impl FlagStore {
     /// created as a 1 MiB file. Unless `force`, refuses when the slots hold anything but zeros or
     /// flag records.
     pub fn format(path: &Path, force: bool) -> Result<Self, StoreError> {
+        if !path.exists() && path.starts_with("/dev") {
+            // A missing partition node (a kernel without a GPT parser, a typo) must not turn
+            // into a regular file in devtmpfs that looks like success.
+            return Err(StoreError::NoSuchDevice(path.to_owned()));
+        }
         if !path.exists() {
             let file = OpenOptions::new()
                 .write(true)

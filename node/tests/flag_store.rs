@@ -220,3 +220,13 @@ fn a_directory_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn format_never_creates_a_file_under_dev() {
+    let path = std::path::Path::new("/dev/lazarus-no-such-partition-p3");
+    assert!(matches!(
+        FlagStore::format(path, false),
+        Err(StoreError::NoSuchDevice(_))
+    ));
+    assert!(!path.exists(), "a regular file appeared in /dev");
+}

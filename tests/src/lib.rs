@@ -4,6 +4,7 @@
 //! namespace, and is torn down on drop; a failed test keeps its folder (serial log, disks) and
 //! says where.
 
+pub mod debian;
 pub mod disk;
 
 use std::net::{SocketAddr, TcpStream};
@@ -119,6 +120,44 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
 fn kernel_dir_for(initramfs: &Path) -> PathBuf {
     let note = initramfs.with_file_name("kernel-dir");
     PathBuf::from(std::fs::read_to_string(note).unwrap_or_default())
+}
+
+/// The `lazarus` CLI (the controller's binary), built on demand.
+pub fn lazarus_bin() -> anyhow::Result<PathBuf> {
+    let bin = target_dir().join("debug/lazarus");
+    if !bin.exists() {
+        run(Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "lazarus-controller",
+                "--bin",
+                "lazarus",
+            ])
+            .current_dir(workspace()))?;
+    }
+    Ok(bin)
+}
+
+/// `GET http://ADDR/PATH` from inside `ns`: the body, or `None` while the server does not answer.
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<String> {
+    let url = format!("http://{addr}{path}");
+    ns.enter(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build()
+            .into();
+        agent
+            .get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()
+    })
+    .ok()
+    .flatten()
 }
 
 /// The lab's worker system (`agent/examples/lab_worker.rs`) as the `/init` of an initramfs: what
@@ -254,18 +293,45 @@ pub struct Nfs {
     child: Child,
 }
 
+/// One directory nfs-ganesha exports.
+pub struct Export<'a> {
+    pub path: &'a Path,
+    /// The NFSv4 pseudo path clients mount (`/export`).
+    pub pseudo: &'a str,
+    pub writable: bool,
+}
+
 impl Nfs {
+    /// `export_dir` as `/export`, read-only.
     pub fn start(ns: &Netns, dir: &Path, export_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_exports(
+            ns,
+            dir,
+            &[Export {
+                path: export_dir,
+                pseudo: "/export",
+                writable: false,
+            }],
+        )
+    }
+
+    /// Several exports (a read-only image share and a writable backup share, say).
+    pub fn start_exports(ns: &Netns, dir: &Path, exports: &[Export]) -> anyhow::Result<Self> {
         let conf = dir.join("ganesha.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {HOST_IP}; NFS_Port = 2049; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
-                 NFSV4 {{ Graceless = true; }}\n\
-                 EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RO; Squash = No_Root_Squash; Protocols = 4; SecType = sys; FSAL {{ Name = VFS; }} }}\n",
-                export_dir.display()
-            ),
-        )?;
+        let mut text = format!(
+            "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {HOST_IP}; NFS_Port = 2049; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+             NFSV4 {{ Graceless = true; }}\n"
+        );
+        for (i, e) in exports.iter().enumerate() {
+            text.push_str(&format!(
+                "EXPORT {{ Export_Id = {}; Path = {}; Pseudo = {}; Access_Type = {}; Squash = No_Root_Squash; Protocols = 4; SecType = sys; FSAL {{ Name = VFS; }} }}\n",
+                i + 1,
+                e.path.display(),
+                e.pseudo,
+                if e.writable { "RW" } else { "RO" }
+            ));
+        }
+        std::fs::write(&conf, text)?;
         let child = ns
             .command("ganesha.nfsd")
             .arg("-F")
@@ -308,6 +374,46 @@ impl Drop for Nfs {
     }
 }
 
+/// dnsmasq as the lab's DHCP server (no DNS) on `iface` inside a namespace: each MAC in `hosts`
+/// gets its fixed address, the way a data centre's DHCP hands out node addresses.
+pub struct Dhcp {
+    child: Child,
+}
+
+impl Dhcp {
+    pub fn start(
+        ns: &Netns,
+        dir: &Path,
+        iface: &str,
+        hosts: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = ns.command("dnsmasq");
+        cmd.args(["--no-daemon", "--port=0", "--bind-interfaces", "--log-dhcp"])
+            .arg(format!("--interface={iface}"))
+            .arg("--dhcp-range=10.77.0.200,10.77.0.250,255.255.255.0,1h")
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.join("dnsmasq.leases").display()
+            ));
+        for (mac, ip) in hosts {
+            cmd.arg(format!("--dhcp-host={mac},{ip}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dnsmasq.log"))?)
+            .spawn()
+            .context("starting dnsmasq")?;
+        Ok(Self { child })
+    }
+}
+
+impl Drop for Dhcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A QEMU guest booting the rescue initramfs.
 pub struct Vm {
     child: Child,
@@ -328,8 +434,14 @@ pub struct VmSpec<'a> {
 
 /// What a guest boots.
 pub enum VmBoot<'a> {
-    /// The lab kernel and initramfs, loaded by QEMU itself, with this command line.
-    Direct { append: String },
+    /// A kernel and initramfs loaded by QEMU itself, with this command line.
+    Direct {
+        vmlinuz: &'a Path,
+        initramfs: &'a Path,
+        append: String,
+    },
+    /// The node's own disk (`VmSpec::disk`) through real firmware and its bootloader.
+    Disk { firmware: Firmware },
     /// A rescue medium through real firmware, as a CD or as a (USB) disk.
     Media {
         image: &'a Path,
@@ -347,12 +459,34 @@ pub enum Firmware {
     Bios,
 }
 
+/// The pflash drives of OVMF, with a fresh copy of the variable store per guest; none for BIOS.
+fn firmware_args(
+    firmware: Firmware,
+    dir: &Path,
+    name: &str,
+    args: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if firmware == Firmware::Uefi {
+        let vars = dir.join(format!("{name}-vars.fd"));
+        if !vars.exists() {
+            std::fs::copy(OVMF_VARS, &vars).context("copying the OVMF variables")?;
+        }
+        args.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", vars.display()),
+        ]);
+    }
+    Ok(())
+}
+
 /// OVMF's code and variable-store template (Debian's `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl Vm {
-    pub fn boot(ns: &Netns, art: &Artifacts, dir: &Path, spec: &VmSpec) -> anyhow::Result<Self> {
+    pub fn boot(ns: &Netns, dir: &Path, spec: &VmSpec) -> anyhow::Result<Self> {
         let serial = dir.join(format!("{}-serial.log", spec.name));
         let mut args: Vec<String> = [
             "-accel",
@@ -369,29 +503,25 @@ impl Vm {
         .to_vec();
         args.extend(["-serial".into(), format!("file:{}", serial.display())]);
         match &spec.boot {
-            VmBoot::Direct { append } => args.extend([
+            VmBoot::Direct {
+                vmlinuz,
+                initramfs,
+                append,
+            } => args.extend([
                 "-kernel".into(),
-                art.vmlinuz.display().to_string(),
+                vmlinuz.display().to_string(),
                 "-initrd".into(),
-                art.initramfs.display().to_string(),
+                initramfs.display().to_string(),
                 "-append".into(),
                 format!("console=ttyS0 panic=-1 quiet {append}"),
             ]),
+            VmBoot::Disk { firmware } => firmware_args(*firmware, dir, spec.name, &mut args)?,
             VmBoot::Media {
                 image,
                 firmware,
                 as_disk,
             } => {
-                if *firmware == Firmware::Uefi {
-                    let vars = dir.join(format!("{}-vars.fd", spec.name));
-                    std::fs::copy(OVMF_VARS, &vars).context("copying the OVMF variables")?;
-                    args.extend([
-                        "-drive".into(),
-                        format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-                        "-drive".into(),
-                        format!("if=pflash,format=raw,file={}", vars.display()),
-                    ]);
-                }
+                firmware_args(*firmware, dir, spec.name, &mut args)?;
                 args.extend(if *as_disk {
                     [
                         "-drive".into(),
@@ -446,6 +576,12 @@ impl Vm {
             command_line,
             started: Instant::now(),
         })
+    }
+
+    /// Pulls the plug: SIGKILL, then reaps QEMU.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn serial_log(&self) -> String {

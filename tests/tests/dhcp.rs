@@ -81,13 +81,15 @@ fn a_dhcp_lease_from_dnsmasq_is_set_on_the_interface() {
                 "dhcpc",
                 lazarus_proto::MacAddr([0x52, 0x54, 0, 0x4c, 0x5a, 0x42]),
                 Duration::from_secs(30),
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             lazarus_agent::network::set_address(
                 &iface,
                 lease.address.into(),
                 lease.prefix_len,
                 lease.router.map(Into::into),
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             // The address is really on the interface: a socket can bind to it.
             let bound = TcpListener::bind(SocketAddr::from((lease.address, 0))).is_ok();
             Ok((lease, bound))

@@ -45,7 +45,6 @@ fn boots_to_ready(name: &str, firmware: Firmware) {
         let ready = receive_ready(&ns, &art.key).unwrap();
         let vm = Vm::boot(
             &ns,
-            &art,
             dir,
             &VmSpec {
                 name: &format!("{name}-{how}"),

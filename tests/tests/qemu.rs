@@ -130,7 +130,6 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
 
     let mut vm = Vm::boot(
         &ns,
-        &art,
         dir,
         &VmSpec {
             name: "node-1",
@@ -138,6 +137,8 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
             disk_serial: "LZNODE01",
             mac: MAC,
             boot: VmBoot::Direct {
+                vmlinuz: &art.vmlinuz,
+                initramfs: &art.initramfs,
                 append: format!("lazarus.ip={GUEST_IP}/{PREFIX} lazarus.controller={HOST_IP}:7461"),
             },
         },
