@@ -274,7 +274,7 @@ disk = {{ path = "/nonexistent" }}
     ] {
         assert!(path.contains(&step), "{step} missing from {path:?}");
     }
-    let metrics = api_client::request(&api, "GET", "/metrics").unwrap();
+    let metrics = api_client::get(&api, "/metrics").unwrap();
     assert!(
         metrics.contains("lazarus_repairs_succeeded_total 1"),
         "{metrics}"
@@ -522,7 +522,7 @@ fn too_many_failures_at_once_pause_automatic_repair() {
         .filter(|n| !matches!(n.state.as_str(), "healthy" | "failing" | "queued"))
         .count();
     assert!(started <= 1, "repairs ran while paused: {s:?}");
-    let metrics = api_client::request(&c.api, "GET", "/metrics").unwrap();
+    let metrics = api_client::get(&c.api, "/metrics").unwrap();
     assert!(
         metrics.contains("lazarus_nodes{state=\"queued\"}"),
         "{metrics}"
