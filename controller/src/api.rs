@@ -1,6 +1,6 @@
 //! The JSON documents of the controller's local HTTP API: what the daemon's server
-//! ([`crate::daemon::http`]) answers and the CLI's client ([`crate::api_client`]) reads. Plain
-//! data, built from the repair state; no I/O.
+//! (`daemon::http`) answers and the CLI's client (`api_client`) reads. Plain data, built from the
+//! repair state; no I/O, and no use of either side.
 
 use serde::{Deserialize, Serialize};
 

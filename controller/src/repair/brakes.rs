@@ -1,10 +1,9 @@
 //! The brakes: how many repairs may run at once (`max_concurrent_repairs`) and when automatic
 //! repair pauses (more than `max_unhealthy` nodes failing or under repair at once: a network
-//! fault must not wipe a cluster). Queued repairs start here, oldest name first, when the brakes
-//! allow; what a repair then does is [`super::flow`]'s business.
+//! fault must not wipe a cluster). Questions about a state, answered without changing it; the
+//! flow starts the repairs they allow.
 
-use super::flow::Flow;
-use super::types::{Action, ClusterState, RepairStep, Time};
+use super::types::{ClusterState, RepairPolicy, RepairStep, Time};
 
 /// Repairs past the queue and not quarantined.
 pub fn active_repairs(state: &ClusterState) -> u32 {
@@ -25,46 +24,38 @@ pub fn unhealthy(state: &ClusterState) -> u32 {
     u32::try_from(unhealthy.count()).unwrap_or(u32::MAX)
 }
 
-impl Flow<'_> {
-    /// Pauses or resumes automatic repair (with an alert either way), then starts the queued
-    /// repairs the concurrency limit allows.
-    pub(super) fn apply_brakes(&mut self) {
-        let max_unhealthy = self.policy.max_unhealthy;
-        let too_many = unhealthy(&self.state) > max_unhealthy;
-        if too_many != self.state.paused {
-            self.state.paused = too_many;
-            let message = if too_many {
-                format!(
-                    "{} nodes unhealthy at once (more than {max_unhealthy}): automatic repair paused",
-                    unhealthy(&self.state),
-                )
-            } else {
-                "failures back under the limit: automatic repair resumed".into()
-            };
-            self.out.actions.push(Action::Alert {
-                node: None,
-                message,
-            });
-        }
-        if self.state.paused {
-            return;
-        }
-        let queued: Vec<(String, Time)> = self
-            .state
-            .nodes
-            .iter()
-            .filter_map(|(k, n)| {
-                n.repair
-                    .as_ref()
-                    .filter(|r| r.step == RepairStep::Queued)
-                    .map(|r| (k.clone(), r.failure_time))
-            })
-            .collect();
-        for (node, failure_time) in queued {
-            if active_repairs(&self.state) >= self.policy.max_concurrent_repairs {
-                break;
-            }
-            self.begin_repair(&node, failure_time, "repair starts");
-        }
-    }
+/// `Some((paused, alert))` when automatic repair must pause or may resume now.
+pub fn pause_change(state: &ClusterState, policy: &RepairPolicy) -> Option<(bool, String)> {
+    let unhealthy = unhealthy(state);
+    let too_many = unhealthy > policy.max_unhealthy;
+    (too_many != state.paused).then(|| {
+        let message = if too_many {
+            format!(
+                "{unhealthy} nodes unhealthy at once (more than {}): automatic repair paused",
+                policy.max_unhealthy
+            )
+        } else {
+            "failures back under the limit: automatic repair resumed".into()
+        };
+        (too_many, message)
+    })
+}
+
+/// Queued repairs, in node name order, with their failure times.
+pub fn queued(state: &ClusterState) -> Vec<(String, Time)> {
+    state
+        .nodes
+        .iter()
+        .filter_map(|(k, n)| {
+            n.repair
+                .as_ref()
+                .filter(|r| r.step == RepairStep::Queued)
+                .map(|r| (k.clone(), r.failure_time))
+        })
+        .collect()
+}
+
+/// Whether one more repair may start now.
+pub fn may_start(state: &ClusterState, policy: &RepairPolicy) -> bool {
+    !state.paused && active_repairs(state) < policy.max_concurrent_repairs
 }

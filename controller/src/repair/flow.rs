@@ -1,13 +1,14 @@
 //! The progression of one repair: from a failed health check through fencing, promotion, the
 //! rescue boot, the plan, detach and reboot to verification, with retries and quarantine.
 //!
-//! Everything here is a method of [`Flow`], the context of one call of [`super::step`]: the state
-//! being changed, the policy, the time and the outcome being built. It decides; it never does
-//! I/O. Which repairs may start at all is for [`super::brakes`].
+//! Everything here is a method of [`Flow`], the context of one call of `step`: the state being
+//! changed, the policy, the time and the outcome being built. It decides; it never does I/O.
+//! Whether a repair may start at all, the brakes answer.
 
 use lazarus_proto::flag::FlagState;
 use lazarus_proto::{BootId, Phase, Status};
 
+use super::brakes;
 use super::types::{
     Action, ActionError, ActionKind, ClusterState, Outcome, Repair, RepairPolicy, RepairStep,
     Stage, Time, Transition,
@@ -461,7 +462,16 @@ impl Flow<'_> {
 
     /// Starts queued repairs the brakes allow; times out steps; polls recovering agents.
     pub(super) fn tick(&mut self) {
-        self.apply_brakes();
+        if let Some((paused, message)) = brakes::pause_change(&self.state, self.policy) {
+            self.state.paused = paused;
+            self.alert(None, message);
+        }
+        for (node, failure_time) in brakes::queued(&self.state) {
+            if !brakes::may_start(&self.state, self.policy) {
+                break;
+            }
+            self.begin_repair(&node, failure_time, "repair starts");
+        }
         let names: Vec<String> = self.state.nodes.keys().cloned().collect();
         for node in names {
             let Some((step, deadline)) = self

@@ -16,8 +16,10 @@
 //! - [`types`]: the state, events, actions and transitions (plain data; the state and the
 //!   transitions are persisted);
 //! - [`step`](mod@step): the pure function, dispatching each event;
-//! - `flow`: one repair's progression, retries and quarantine;
-//! - [`brakes`]: concurrency and the pause when too many nodes fail at once.
+//! - `flow`: one repair's progression, retries and quarantine, as methods of a context struct;
+//! - [`brakes`]: concurrency and the pause when too many nodes fail at once (queries only).
+//!
+//! Uses go one way: `step` → `flow` → `brakes` → `types`.
 
 pub mod brakes;
 mod flow;

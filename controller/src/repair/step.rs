@@ -1,5 +1,5 @@
 //! [`step`]: one event decided, as a pure function of the state, the event, the policy and the
-//! time. It only dispatches; the decisions are [`super::flow`]'s and [`super::brakes`]'s.
+//! time. It only dispatches each event to the flow, which decides.
 
 use super::flow::Flow;
 use super::types::{ClusterState, Event, Outcome, RepairPolicy, Time};
