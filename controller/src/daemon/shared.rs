@@ -1,5 +1,6 @@
 //! What the event loop publishes for the API to read: the committed state, the alerts and the
-//! metrics, behind one mutex. The event loop is its only writer (the executor adds alerts).
+//! metrics, behind one mutex. The event loop writes the state and metrics, the executor adds
+//! alerts.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -59,3 +59,68 @@ pub fn queued(state: &ClusterState) -> Vec<(String, Time)> {
 pub fn may_start(state: &ClusterState, policy: &RepairPolicy) -> bool {
     !state.paused && active_repairs(state) < policy.max_concurrent_repairs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Role;
+    use crate::repair::types::{NodeState, Repair};
+
+    fn node(healthy: bool, step: Option<RepairStep>) -> NodeState {
+        NodeState {
+            role: Role::Worker,
+            healthy,
+            ok_streak: 0,
+            fail_streak: 0,
+            repair: step.map(|s| Repair {
+                step: s,
+                ..Repair::queued(0)
+            }),
+            since: 0,
+        }
+    }
+
+    fn policy(max_concurrent_repairs: u32, max_unhealthy: u32) -> RepairPolicy {
+        RepairPolicy {
+            failure_threshold: 1,
+            recovery_threshold: 1,
+            max_concurrent_repairs,
+            max_unhealthy,
+            retries: 1,
+            poll_interval: 1,
+            fence_timeout: 1,
+            attach_timeout: 1,
+            ready_timeout: 1,
+            recover_timeout: 1,
+            reboot_timeout: 1,
+            verify_timeout: 1,
+            can_fence: Vec::new(),
+            has_promotion_hook: false,
+        }
+    }
+
+    #[test]
+    fn queued_and_quarantined_repairs_are_not_active_but_count_as_unhealthy() {
+        let mut state = ClusterState::default();
+        for (name, n) in [
+            ("a", node(true, None)),
+            ("b", node(false, None)),
+            ("c", node(false, Some(RepairStep::Queued))),
+            ("d", node(false, Some(RepairStep::Quarantined))),
+            ("e", node(false, Some(RepairStep::Recovering))),
+        ] {
+            state.nodes.insert(name.into(), n);
+        }
+        assert_eq!((active_repairs(&state), unhealthy(&state)), (1, 4));
+        assert_eq!(queued(&state), [("c".to_string(), 0)]);
+        assert!(may_start(&state, &policy(2, 9)));
+        assert!(!may_start(&state, &policy(1, 9)), "one runs, one allowed");
+        let (paused, message) = pause_change(&state, &policy(2, 3)).unwrap();
+        assert!(paused && message.contains("4 nodes unhealthy"), "{message}");
+        state.paused = true;
+        assert!(!may_start(&state, &policy(2, 3)), "paused");
+        assert_eq!(pause_change(&state, &policy(2, 3)), None, "no change");
+        let (paused, _) = pause_change(&state, &policy(2, 4)).unwrap();
+        assert!(!paused, "back under the limit");
+    }
+}
