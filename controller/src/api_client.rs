@@ -1,56 +1,85 @@
-//! The CLI's side of the controller API: plain HTTP/1.0 over loopback.
+//! The CLI's side of the controller API: HTTP (ureq) to the daemon's local API, one deadline
+//! per request, no proxy (the API is local).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::api::{EventView, StatusView};
+use crate::api::{ErrorBody, EventView, StatusView};
+
+/// How long one request to the API may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors reaching the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("controller API {0}: {1} (is `lazarus serve` running?)")]
-    Connect(String, std::io::Error),
+    Request(String, Box<ureq::Error>),
     #[error("controller API {0}: HTTP {1}: {2}")]
     Status(String, u16, String),
+    #[error("controller API {0}: reading the answer: {1}")]
+    Body(String, Box<ureq::Error>),
     #[error("controller API {0}: {1}")]
-    Decode(String, String),
+    Decode(String, serde_json::Error),
 }
 
-/// Sends one request; returns the body of a 2xx answer.
-pub fn request(api: &str, method: &str, path: &str) -> Result<String, ApiError> {
-    let mut s = TcpStream::connect(api).map_err(|e| ApiError::Connect(api.into(), e))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| ApiError::Connect(api.into(), e))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| ApiError::Connect(api.into(), e))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if !(200..300).contains(&code) {
-        return Err(ApiError::Status(api.into(), code, body.trim().to_string()));
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .build()
+        .into()
+}
+
+/// `GET path`; returns the body of a 2xx answer.
+pub fn get(api: &str, path: &str) -> Result<String, ApiError> {
+    answer(api, agent().get(format!("http://{api}{path}")).call())
+}
+
+/// `POST path` with an empty body; returns the body of a 2xx answer.
+pub fn post(api: &str, path: &str) -> Result<String, ApiError> {
+    answer(
+        api,
+        agent().post(format!("http://{api}{path}")).send_empty(),
+    )
+}
+
+fn answer(
+    api: &str,
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<String, ApiError> {
+    let mut response = response.map_err(|e| ApiError::Request(api.into(), Box::new(e)))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| ApiError::Body(api.into(), Box::new(e)))?;
+    if !(200..300).contains(&status) {
+        // The API's errors are `{"error": "…"}`; anything else is shown as it came.
+        let message = serde_json::from_str::<ErrorBody>(&body)
+            .map_or_else(|_| body.trim().to_string(), |b| b.error);
+        return Err(ApiError::Status(api.into(), status, message));
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 pub fn status(api: &str) -> Result<StatusView, ApiError> {
-    let body = request(api, "GET", "/api/status")?;
-    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e.to_string()))
+    let body = get(api, "/api/status")?;
+    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e))
 }
 
 pub fn events(api: &str, node: Option<&str>) -> Result<Vec<EventView>, ApiError> {
     let path = node.map_or("/api/events".to_string(), |n| {
         format!("/api/events?node={n}")
     });
-    let body = request(api, "GET", &path)?;
-    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e.to_string()))
+    let body = get(api, &path)?;
+    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e))
+}
+
+/// `lazarus logs NODE`: the agent's recent log lines.
+pub fn logs(api: &str, node: &str) -> Result<Vec<String>, ApiError> {
+    let body = get(api, &format!("/api/logs/{node}"))?;
+    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e))
 }
 
 /// `lazarus status` as a table.
@@ -84,4 +113,26 @@ pub fn render_status(s: &StatusView) -> String {
         out.push_str("automatic repair is PAUSED: too many nodes failed at once\n");
     }
     out.trim_end().to_string()
+}
+
+/// The progress bars `lazarus watch` shows under the table, one per node writing its disk.
+pub fn render_progress(s: &StatusView) -> String {
+    const WIDTH: u64 = 40;
+    let mut out = String::new();
+    for n in s
+        .nodes
+        .iter()
+        .filter(|n| n.bytes_total > 0 && n.state == "recovering")
+    {
+        let done = n.bytes_done.min(n.bytes_total);
+        let filled = usize::try_from(done * WIDTH / n.bytes_total).unwrap_or(0);
+        out.push_str(&format!(
+            "{:<12} [{}{}] {}%\n",
+            n.name,
+            "#".repeat(filled),
+            ".".repeat(WIDTH as usize - filled),
+            done * 100 / n.bytes_total
+        ));
+    }
+    out
 }

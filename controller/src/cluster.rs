@@ -217,10 +217,14 @@ pub enum HealthCheck {
 pub enum BootProvider {
     /// Operator commands, templated with `{node}`, `{mac}`, `{rescue_ip}`.
     Command {
+        /// Makes the node boot the rescue kernel once and (re)starts it: the node is off after
+        /// fencing, and may be on when an attach is retried.
         attach: Vec<String>,
+        /// Undoes what `attach` set up (rescue media, a boot override), before the agent reboots
+        /// the node into its restored system.
         detach: Vec<String>,
+        /// Powers the node off (fencing); without it the node is repaired unfenced.
         power_off: Option<Vec<String>>,
-        reset: Option<Vec<String>>,
     },
     /// A person attaches the rescue media and confirms with `lazarus repair NODE`.
     Manual,
@@ -423,7 +427,26 @@ mod tests {
         let c = Cluster::parse(EXAMPLE, "cluster.example.toml").unwrap();
         assert_eq!(c.nodes.len(), 3);
         assert_eq!(c.policy.failure_threshold, 3);
-        assert!(c.node("node-2").is_some());
+        let Some(BootProvider::Command { attach, .. }) = c.node("node-2").map(|n| &n.boot) else {
+            panic!("node-2 has a command provider");
+        };
+        // The attach command boots the node into rescue: a one-time boot device, then power.
+        let script = attach.join(" ");
+        assert!(
+            script.contains("bootdev pxe") && script.contains("power on"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn a_command_provider_has_no_reset_key() {
+        let bad = EXAMPLE.replacen(
+            "provider = \"command\"",
+            "provider = \"command\"\nreset = [\"true\"]",
+            1,
+        );
+        let e = err(&bad);
+        assert!(e.contains("reset"), "{e}");
     }
 
     fn err(text: &str) -> String {

@@ -6,6 +6,15 @@ use lazarus_node::flag_store::{FlagStore, FlagUpdate, StoreError};
 use lazarus_proto::flag::{FlagRecord, FlagState};
 use serde::Serialize;
 
+/// Errors of the flag commands.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagCmdError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding the record as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// The JSON form of a record printed by `lazarus flag show --json`.
 #[derive(Debug, Serialize)]
 pub struct FlagJson<'a> {
@@ -37,7 +46,7 @@ impl<'a> From<&'a FlagRecord> for FlagJson<'a> {
 }
 
 /// `flag init PATH`.
-pub fn init(path: &Path, force: bool) -> Result<String, StoreError> {
+pub fn init(path: &Path, force: bool) -> Result<String, FlagCmdError> {
     FlagStore::format(path, force)?;
     Ok(format!(
         "formatted {} as a Lazarus flag partition (state none)",
@@ -46,26 +55,25 @@ pub fn init(path: &Path, force: bool) -> Result<String, StoreError> {
 }
 
 /// `flag show [--json] PATH`.
-pub fn show(path: &Path, json: bool) -> Result<String, StoreError> {
+pub fn show(path: &Path, json: bool) -> Result<String, FlagCmdError> {
     let record = FlagStore::open(path)?.read()?;
-    Ok(render(&record, json))
+    render(&record, json)
 }
 
 /// `flag set PATH --state …` and `flag clear PATH`.
-pub fn set(path: &Path, update: &FlagUpdate, json: bool) -> Result<String, StoreError> {
+pub fn set(path: &Path, update: &FlagUpdate, json: bool) -> Result<String, FlagCmdError> {
     let record = FlagStore::open(path)?.write(update)?;
-    Ok(render(&record, json))
+    render(&record, json)
 }
 
 /// `flag clear PATH`: a `none` record with the next sequence number.
-pub fn clear(path: &Path, json: bool) -> Result<String, StoreError> {
+pub fn clear(path: &Path, json: bool) -> Result<String, FlagCmdError> {
     set(path, &FlagUpdate::state(FlagState::None), json)
 }
 
-fn render(r: &FlagRecord, json: bool) -> String {
+fn render(r: &FlagRecord, json: bool) -> Result<String, FlagCmdError> {
     if json {
-        return serde_json::to_string(&FlagJson::from(r))
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        return Ok(serde_json::to_string(&FlagJson::from(r))?);
     }
     let when = if r.timestamp == 0 {
         "-".to_string()
@@ -80,7 +88,7 @@ fn render(r: &FlagRecord, json: bool) -> String {
             s.to_string()
         }
     };
-    format!(
+    Ok(format!(
         "state:       {}\nseq:         {}\nplan id:     {}\nerror code:  {}\nmessage:     {}\n\
          progress:    {} / {} bytes\nimage:       {}\ntimestamp:   {}",
         r.state.name(),
@@ -96,5 +104,5 @@ fn render(r: &FlagRecord, json: bool) -> String {
             r.image_sha256.to_hex()
         },
         when
-    )
+    ))
 }

@@ -1,8 +1,15 @@
-//! The Lazarus controller and operator CLI, as a library.
+//! The Lazarus controller and operator CLI, as a library; `main.rs` only parses arguments.
 //!
-//! Today: the cluster key file ([`keyfile`]) and the flag commands ([`flag_cmd`]). The controller
-//! daemon (failure detection, fenced promotion, repair orchestration) arrives with the controller
-//! issue.
+//! - The daemon, `lazarus serve` ([`daemon`]): health checks, the repair state machine
+//!   ([`repair`], pure) with its persisted state ([`store`]), boot providers ([`provider`],
+//!   [`redfish`], [`command`]), the agents driven over the wire protocol ([`agent_client`]), the
+//!   local HTTP API and `/metrics` ([`daemon::http`], documents in [`api`]).
+//! - The cluster file ([`cluster`]), validated once at start.
+//! - The operator CLI's pieces: the API client ([`api_client`]), direct agent commands
+//!   ([`agent_cmd`]), flag commands ([`flag_cmd`]).
+//!
+//! The controller knows agents only through `lazarus-proto`; what it shares with them on disk
+//! (key file, flag store, backups) comes from `lazarus-node`.
 #![deny(unsafe_code)]
 
 pub mod agent_client;

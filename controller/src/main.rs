@@ -1,6 +1,7 @@
 //! `lazarus`: the controller daemon and operator CLI. Parses arguments, maps errors to one line
 //! on stderr and exit status 2.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +44,9 @@ enum Command {
     Watch {
         #[arg(long, default_value = "127.0.0.1:7470")]
         api: String,
+        /// Stop after N redraws (default: until interrupted or the reader goes away).
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// The event log (time, node, from, to, reason).
     Events {
@@ -173,40 +177,25 @@ enum FlagCommand {
     },
 }
 
-fn run(cli: Cli) -> anyhow::Result<String> {
-    match cli.command {
+/// Runs one command; its output, if any, is printed by `main`.
+fn run(cli: Cli) -> anyhow::Result<Option<String>> {
+    Ok(Some(match cli.command {
         Command::Serve { config, data_dir } => {
             daemon::serve(&config, &data_dir)?;
-            Ok(String::new())
+            return Ok(None);
         }
         Command::Status { json, api } => {
             let s = api_client::status(&api)?;
-            Ok(if json {
+            if json {
                 serde_json::to_string(&s)?
             } else {
                 api_client::render_status(&s)
-            })
-        }
-        Command::Watch { api } => loop {
-            let s = api_client::status(&api)?;
-            println!("\x1b[2J\x1b[H{}", api_client::render_status(&s));
-            for n in s
-                .nodes
-                .iter()
-                .filter(|n| n.bytes_total > 0 && n.state == "recovering")
-            {
-                let width = 40;
-                let filled = (n.bytes_done * width / n.bytes_total) as usize;
-                println!(
-                    "{:<12} [{}{}] {}%",
-                    n.name,
-                    "#".repeat(filled),
-                    ".".repeat(width as usize - filled),
-                    n.bytes_done * 100 / n.bytes_total
-                );
             }
-            std::thread::sleep(Duration::from_secs(1));
-        },
+        }
+        Command::Watch { api, count } => {
+            watch(&api, count)?;
+            return Ok(None);
+        }
         Command::Events {
             node,
             relative,
@@ -214,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         } => {
             let events = api_client::events(&api, node.as_deref())?;
             let start = events.first().map_or(0, |e| e.time);
-            Ok(events
+            events
                 .iter()
                 .map(|e| {
                     let t = if relative {
@@ -228,21 +217,17 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                     format!("{t} {:<8} {} -> {}: {}", e.node, e.from, e.to, e.reason)
                 })
                 .collect::<Vec<_>>()
-                .join("\n"))
+                .join("\n")
         }
         Command::Repair { node, api } => {
-            api_client::request(&api, "POST", &format!("/api/repair/{node}"))?;
-            Ok(format!("repair of {node} requested"))
+            api_client::post(&api, &format!("/api/repair/{node}"))?;
+            format!("repair of {node} requested")
         }
         Command::Release { node, api } => {
-            api_client::request(&api, "POST", &format!("/api/release/{node}"))?;
-            Ok(format!("{node} released"))
+            api_client::post(&api, &format!("/api/release/{node}"))?;
+            format!("{node} released")
         }
-        Command::Logs { node, api } => {
-            let body = api_client::request(&api, "GET", &format!("/api/logs/{node}"))?;
-            let lines: Vec<String> = serde_json::from_str(&body)?;
-            Ok(lines.join("\n"))
-        }
+        Command::Logs { node, api } => api_client::logs(&api, &node)?.join("\n"),
         Command::Agent {
             command,
             addr,
@@ -251,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         } => {
             let key = keyfile::load(&key_file)?;
             let mut client = AgentClient::connect(&addr, key, Duration::from_secs(timeout))?;
-            Ok(match command {
+            match command {
                 AgentCommand::Status { json } => {
                     agent_cmd::render_status(&client.status_of(&Request::GetStatus)?, json)
                 }
@@ -266,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                     agent_cmd::render_status(&client.status_of(&Request::Reboot)?, false)
                 }
                 AgentCommand::Logs => agent_cmd::logs(&mut client)?,
-            })
+            }
         }
         Command::Backup {
             node,
@@ -284,23 +269,20 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 paths: &paths,
                 now,
             })?;
-            Ok(format!(
+            format!(
                 "wrote backup {} ({} bytes, sha256 {})",
                 found.dir.display(),
                 found.manifest.archive_size,
                 found.manifest.archive_sha256
-            ))
+            )
         }
         Command::Keygen { file } => {
             keyfile::generate(&file)?;
-            Ok(format!(
-                "wrote a new cluster key to {} (mode 0600)",
-                file.display()
-            ))
+            format!("wrote a new cluster key to {} (mode 0600)", file.display())
         }
         Command::Flag(cmd) => match cmd {
-            FlagCommand::Init { path, force } => Ok(flag_cmd::init(&path, force)?),
-            FlagCommand::Show { path, json } => Ok(flag_cmd::show(&path, json)?),
+            FlagCommand::Init { path, force } => flag_cmd::init(&path, force)?,
+            FlagCommand::Show { path, json } => flag_cmd::show(&path, json)?,
             FlagCommand::Set {
                 path,
                 state,
@@ -317,11 +299,43 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                     message,
                     ..FlagUpdate::default()
                 };
-                Ok(flag_cmd::set(&path, &update, json)?)
+                flag_cmd::set(&path, &update, json)?
             }
-            FlagCommand::Clear { path, json } => Ok(flag_cmd::clear(&path, json)?),
+            FlagCommand::Clear { path, json } => flag_cmd::clear(&path, json)?,
         },
+    }))
+}
+
+/// `lazarus watch`: the status table and progress bars, redrawn every second (the screen cleared
+/// first on a terminal), `count` times or until the reader goes away.
+fn watch(api: &str, count: Option<u64>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let clear = if stdout.is_terminal() {
+        "\x1b[2J\x1b[H"
+    } else {
+        ""
+    };
+    for shown in 1.. {
+        let s = api_client::status(api)?;
+        let frame = format!(
+            "{clear}{}\n{}",
+            api_client::render_status(&s),
+            api_client::render_progress(&s)
+        );
+        match stdout
+            .write_all(frame.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("writing the output"),
+        }
+        if count.is_some_and(|c| shown >= c) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -343,7 +357,8 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(out) => print_out(&out),
+        Ok(Some(out)) => print_out(&out),
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lazarus: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(2)
@@ -354,7 +369,6 @@ fn main() -> ExitCode {
 /// Prints a command's output. A reader that went away (`lazarus flag show F | head -2`) ends it
 /// quietly, as for any Unix tool; another write error is the command's error.
 fn print_out(out: &str) -> ExitCode {
-    use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,9 +6,25 @@
 //! - `manual`: the controller alerts a person to do it;
 //! - `redfish`: virtual media and a one-time boot override through the BMC ([`crate::redfish`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::{BootProvider, Node};
+use crate::command::CommandError;
+use crate::redfish::RedfishError;
+
+/// Why a provider could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no power_off command")]
+    NoPowerOff,
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("reading the BMC password {0}: {1}")]
+    Password(PathBuf, std::io::Error),
+    #[error("Redfish {0}: {1}")]
+    Redfish(String, Box<RedfishError>),
+}
 
 /// What a provider is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,20 +35,20 @@ pub enum Op {
 }
 
 /// Carries out `op` for `node`. `Ok(Some(message))` asks a human to act (manual provider).
-pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, String> {
+pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, ProviderError> {
     match &node.boot {
         BootProvider::Command {
             attach,
             detach,
             power_off,
-            ..
         } => {
             let argv = match op {
                 Op::Attach => attach,
                 Op::Detach => detach,
-                Op::PowerOff => power_off.as_ref().ok_or("no power_off command")?,
+                Op::PowerOff => power_off.as_ref().ok_or(ProviderError::NoPowerOff)?,
             };
-            crate::command::run(&template(argv, node), &[], timeout).map(|()| None)
+            crate::command::run(&template(argv, node), &[], timeout)?;
+            Ok(None)
         }
         BootProvider::Manual => Ok(Some(match op {
             Op::Attach => format!(
@@ -53,7 +69,7 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Str
             let password = match password_file {
                 Some(f) => Some(
                     std::fs::read_to_string(f)
-                        .map_err(|e| format!("reading {}: {e}", f.display()))?
+                        .map_err(|e| ProviderError::Password(f.clone(), e))?
                         .trim_end()
                         .to_string(),
                 ),
@@ -70,7 +86,8 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Str
                 Op::Attach => bmc.attach(image_url),
                 Op::Detach => bmc.detach(),
             }
-            .map(|()| None)
+            .map_err(|e| ProviderError::Redfish(bmc.endpoint.clone(), Box::new(e)))?;
+            Ok(None)
         }
     }
 }

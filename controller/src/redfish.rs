@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde_json::{json, Value};
 
 /// A BMC endpoint and one system behind it.
@@ -22,6 +24,75 @@ pub struct Bmc {
 }
 
 const ATTEMPTS: u32 = 5;
+
+/// The HTTP methods the provider uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Patch => "PATCH",
+        })
+    }
+}
+
+/// One Redfish request that failed, after its retries.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{method} {url}: {source}")]
+    Transport {
+        method: Method,
+        url: String,
+        source: Box<ureq::Error>,
+    },
+    #[error("{method} {url}: 503 (BMC busy)")]
+    Busy { method: Method, url: String },
+    #[error("{method} {path}: HTTP {status}: {message}")]
+    Status {
+        method: Method,
+        path: String,
+        status: u16,
+        message: String,
+    },
+}
+
+/// Errors of the Redfish provider, one per step, each with the request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedfishError {
+    #[error("reading the power state: {0}")]
+    PowerState(#[source] RequestError),
+    #[error("{kind} reset: {source}")]
+    Reset {
+        kind: &'static str,
+        source: RequestError,
+    },
+    #[error("{system} still not off after {}s", timeout.as_secs())]
+    StillOn { system: String, timeout: Duration },
+    #[error("finding the virtual media: {0}")]
+    System(#[source] RequestError),
+    #[error("{0}: no CD/DVD virtual media")]
+    NoCd(String),
+    #[error("ejecting {device}: {source}")]
+    Eject {
+        device: String,
+        source: RequestError,
+    },
+    #[error("inserting {image} into {device}: {source}")]
+    Insert {
+        image: String,
+        device: String,
+        source: RequestError,
+    },
+    #[error("setting the boot override: {0}")]
+    BootOverride(#[source] RequestError),
+}
 
 impl Bmc {
     fn agent(&self) -> ureq::Agent {
@@ -49,84 +120,102 @@ impl Bmc {
     /// One request with retries on 503 and connection errors; returns status and body.
     fn request(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, Value), String> {
+    ) -> Result<(u16, Value), RequestError> {
         let agent = self.agent();
         let url = self.url(path);
-        let mut last = String::new();
+        let auth = self
+            .auth
+            .as_ref()
+            .map(|(u, p)| format!("Basic {}", BASE64.encode(format!("{u}:{p}"))));
+        let mut last = RequestError::Busy {
+            method,
+            url: url.clone(),
+        };
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << attempt.min(4)));
             }
-            let auth = self
-                .auth
-                .as_ref()
-                .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
-            let result = match (method, body) {
-                ("GET", _) => {
+            let result = match method {
+                Method::Get => {
                     let mut r = agent.get(&url).header("Accept", "application/json");
                     if let Some(a) = &auth {
                         r = r.header("Authorization", a);
                     }
                     r.call()
                 }
-                (m, b) => {
-                    let mut r = match m {
-                        "PATCH" => agent.patch(&url),
+                Method::Post | Method::Patch => {
+                    let mut r = match method {
+                        Method::Patch => agent.patch(&url),
                         _ => agent.post(&url),
                     }
                     .header("Content-Type", "application/json");
                     if let Some(a) = &auth {
                         r = r.header("Authorization", a);
                     }
-                    r.send(serde_json::to_vec(&b.cloned().unwrap_or(json!({}))).unwrap_or_default())
+                    r.send(serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default())
                 }
             };
             match result {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     if status == 503 {
-                        last = format!("{method} {url}: 503 (BMC busy)");
+                        last = RequestError::Busy {
+                            method,
+                            url: url.clone(),
+                        };
                         continue;
                     }
                     let text = resp.body_mut().read_to_string().unwrap_or_default();
                     let value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     return Ok((status, value));
                 }
-                Err(e) => last = format!("{method} {url}: {e}"),
+                Err(e) => {
+                    last = RequestError::Transport {
+                        method,
+                        url: url.clone(),
+                        source: Box::new(e),
+                    }
+                }
             }
         }
         Err(last)
     }
 
-    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    /// A request that must answer 2xx; returns the body.
+    fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, RequestError> {
         let (status, value) = self.request(method, path, body)?;
         if (200..300).contains(&status) {
             Ok(value)
         } else {
-            Err(format!(
-                "{method} {path}: HTTP {status}: {}",
-                message(&value)
-            ))
+            Err(RequestError::Status {
+                method,
+                path: path.to_string(),
+                status,
+                message: message(&value),
+            })
         }
     }
 
     /// The system's power state (`On`, `Off`, …).
-    pub fn power_state(&self) -> Result<String, String> {
-        let sys = self.ok("GET", &self.system, None)?;
+    pub fn power_state(&self) -> Result<String, RedfishError> {
+        let sys = self
+            .ok(Method::Get, &self.system, None)
+            .map_err(RedfishError::PowerState)?;
         Ok(sys["PowerState"].as_str().unwrap_or("Unknown").to_string())
     }
 
-    fn reset(&self, kind: &str) -> Result<(), String> {
+    fn reset(&self, kind: &'static str) -> Result<(), RedfishError> {
         let path = format!("{}/Actions/ComputerSystem.Reset", self.system);
-        self.ok("POST", &path, Some(&json!({ "ResetType": kind })))
+        self.ok(Method::Post, &path, Some(&json!({ "ResetType": kind })))
             .map(|_| ())
+            .map_err(|source| RedfishError::Reset { kind, source })
     }
 
     /// Powers the system off and waits until the BMC reports it off.
-    pub fn power_off(&self, timeout: Duration) -> Result<(), String> {
+    pub fn power_off(&self, timeout: Duration) -> Result<(), RedfishError> {
         if self.power_state()? == "Off" {
             return Ok(());
         }
@@ -134,11 +223,10 @@ impl Bmc {
         let deadline = Instant::now() + timeout;
         while self.power_state()? != "Off" {
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{} still not off after {}s",
-                    self.system,
-                    timeout.as_secs()
-                ));
+                return Err(RedfishError::StillOn {
+                    system: self.system.clone(),
+                    timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -146,8 +234,10 @@ impl Bmc {
     }
 
     /// The CD/DVD virtual media device's path.
-    pub fn cd_device(&self) -> Result<String, String> {
-        let sys = self.ok("GET", &self.system, None)?;
+    pub fn cd_device(&self) -> Result<String, RedfishError> {
+        let sys = self
+            .ok(Method::Get, &self.system, None)
+            .map_err(RedfishError::System)?;
         let mut collections = Vec::new();
         if let Some(p) = sys["VirtualMedia"]["@odata.id"].as_str() {
             collections.push(p.to_string());
@@ -157,15 +247,16 @@ impl Bmc {
                 collections.push(format!("{p}/VirtualMedia"));
             }
         }
+        // A collection or device that does not answer is skipped: another may hold the CD.
         for c in collections {
-            let Ok(list) = self.ok("GET", &c, None) else {
+            let Ok(list) = self.ok(Method::Get, &c, None) else {
                 continue;
             };
             for member in list["Members"].as_array().into_iter().flatten() {
                 let Some(path) = member["@odata.id"].as_str() else {
                     continue;
                 };
-                let Ok(dev) = self.ok("GET", path, None) else {
+                let Ok(dev) = self.ok(Method::Get, path, None) else {
                     continue;
                 };
                 let cd = dev["MediaTypes"]
@@ -178,33 +269,51 @@ impl Bmc {
                 }
             }
         }
-        Err(format!("{}: no CD/DVD virtual media", self.system))
+        Err(RedfishError::NoCd(self.system.clone()))
     }
 
     /// Ejects whatever is inserted; nothing inserted is fine.
-    pub fn eject(&self, device: &str) -> Result<(), String> {
+    pub fn eject(&self, device: &str) -> Result<(), RedfishError> {
         let path = format!("{device}/Actions/VirtualMedia.EjectMedia");
-        match self.request("POST", &path, Some(&json!({})))? {
+        let eject_error = |source| RedfishError::Eject {
+            device: device.to_string(),
+            source,
+        };
+        match self
+            .request(Method::Post, &path, Some(&json!({})))
+            .map_err(eject_error)?
+        {
             (s, _) if (200..300).contains(&s) => Ok(()),
             // BMCs answer an eject of an empty drive with 400, 404 or 409 (or 500).
             (400 | 404 | 409 | 500, _) => Ok(()),
-            (s, v) => Err(format!("ejecting {device}: HTTP {s}: {}", message(&v))),
+            (status, v) => Err(eject_error(RequestError::Status {
+                method: Method::Post,
+                path,
+                status,
+                message: message(&v),
+            })),
         }
     }
 
     /// Inserts `image_url`, sets a one-time boot from CD, and powers the system on (or resets
     /// it if on): the node boots the rescue ISO once, then its own disk again.
-    pub fn attach(&self, image_url: &str) -> Result<(), String> {
+    pub fn attach(&self, image_url: &str) -> Result<(), RedfishError> {
         let cd = self.cd_device()?;
         self.eject(&cd)?;
         let insert = json!({ "Image": image_url, "Inserted": true, "WriteProtected": true });
         self.ok(
-            "POST",
+            Method::Post,
             &format!("{cd}/Actions/VirtualMedia.InsertMedia"),
             Some(&insert),
-        )?;
+        )
+        .map_err(|source| RedfishError::Insert {
+            image: image_url.to_string(),
+            device: cd.clone(),
+            source,
+        })?;
         let boot = json!({ "Boot": { "BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once" } });
-        self.ok("PATCH", &self.system, Some(&boot))?;
+        self.ok(Method::Patch, &self.system, Some(&boot))
+            .map_err(RedfishError::BootOverride)?;
         match self.power_state()?.as_str() {
             "Off" => self.reset("On"),
             _ => self.reset("ForceRestart"),
@@ -212,13 +321,15 @@ impl Bmc {
     }
 
     /// Ejects the rescue ISO and clears any boot override left behind.
-    pub fn detach(&self) -> Result<(), String> {
+    pub fn detach(&self) -> Result<(), RedfishError> {
         let cd = self.cd_device()?;
         self.eject(&cd)?;
         // Some BMCs (and the emulator) want a target with every override change, and some keep a
         // "once" override as continuous: point it back at the disk as well as disabling it.
         let boot = json!({ "Boot": { "BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Disabled" } });
-        self.ok("PATCH", &self.system, Some(&boot)).map(|_| ())
+        self.ok(Method::Patch, &self.system, Some(&boot))
+            .map(|_| ())
+            .map_err(RedfishError::BootOverride)
     }
 }
 
@@ -228,28 +339,6 @@ fn message(v: &Value) -> String {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())
-}
-
-/// RFC 4648 base64, for the Basic authorization header.
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -264,7 +353,13 @@ mod tests {
             for i in 0..3 {
                 let (mut s, _) = l.accept().unwrap();
                 let mut buf = [0u8; 2048];
-                let _ = s.read(&mut buf);
+                let n = s.read(&mut buf).unwrap();
+                let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                // RFC 7617: base64 of "u:p".
+                assert!(
+                    request.contains("authorization: basic dtpw\r\n"),
+                    "{request}"
+                );
                 let body = r#"{"PowerState":"On"}"#;
                 let answer = if i < 2 {
                     "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
@@ -282,19 +377,5 @@ mod tests {
         };
         assert_eq!(bmc.power_state().unwrap(), "On");
         server.join().unwrap();
-    }
-
-    #[test]
-    fn base64_matches_rfc_4648() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-            ("lazarus:s3cret", "bGF6YXJ1czpzM2NyZXQ="),
-        ] {
-            assert_eq!(super::base64(i.as_bytes()), o);
-        }
     }
 }

@@ -13,13 +13,25 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const CLUSTER_KEY: &str = "cluster";
 
-/// Errors of the store, naming the database file.
+/// Errors of the state store, one per failing step, naming the database file.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum StateStoreError {
+    #[error("creating the data directory {0}: {1}")]
+    CreateDir(PathBuf, std::io::Error),
+    #[error("opening state database {0}: {1}")]
+    Open(PathBuf, redb::DatabaseError),
+    #[error("state database {0}: starting a transaction: {1}")]
+    Begin(PathBuf, redb::TransactionError),
+    #[error("state database {0}: opening a table: {1}")]
+    Table(PathBuf, redb::TableError),
     #[error("state database {0}: {1}")]
-    Db(PathBuf, String),
+    Storage(PathBuf, redb::StorageError),
+    #[error("state database {0}: committing: {1}")]
+    Commit(PathBuf, redb::CommitError),
+    #[error("state database {0}: encoding a record: {1}")]
+    Encode(PathBuf, serde_json::Error),
     #[error("state database {0} holds an unreadable record: {1}")]
-    Decode(PathBuf, String),
+    Decode(PathBuf, serde_json::Error),
 }
 
 /// One logged event, numbered.
@@ -37,33 +49,48 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) `<data_dir>/state.redb`.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(data_dir: &Path) -> Result<Self, StateStoreError> {
         let path = data_dir.join("state.redb");
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Db(path.clone(), e.to_string()))?;
-        let db =
-            Database::create(&path).map_err(|e| StoreError::Db(path.clone(), e.to_string()))?;
+            .map_err(|e| StateStoreError::CreateDir(data_dir.to_owned(), e))?;
+        let db = Database::create(&path).map_err(|e| StateStoreError::Open(path.clone(), e))?;
         Ok(Self { db, path })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Db(self.path.clone(), e.to_string())
+    fn begin(&self, e: redb::TransactionError) -> StateStoreError {
+        StateStoreError::Begin(self.path.clone(), e)
+    }
+
+    fn table(&self, e: redb::TableError) -> StateStoreError {
+        StateStoreError::Table(self.path.clone(), e)
+    }
+
+    fn storage(&self, e: redb::StorageError) -> StateStoreError {
+        StateStoreError::Storage(self.path.clone(), e)
+    }
+
+    fn encode(&self, e: serde_json::Error) -> StateStoreError {
+        StateStoreError::Encode(self.path.clone(), e)
+    }
+
+    fn decode(&self, e: serde_json::Error) -> StateStoreError {
+        StateStoreError::Decode(self.path.clone(), e)
     }
 
     /// The last committed cluster state, if any.
-    pub fn load(&self) -> Result<Option<ClusterState>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+    pub fn load(&self) -> Result<Option<ClusterState>, StateStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
         let table = match tx.open_table(STATE) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
+            Err(e) => return Err(self.table(e)),
         };
-        let Some(value) = table.get(CLUSTER_KEY).map_err(|e| self.err(e))? else {
+        let Some(value) = table.get(CLUSTER_KEY).map_err(|e| self.storage(e))? else {
             return Ok(None);
         };
         serde_json::from_slice(value.value())
             .map(Some)
-            .map_err(|e| StoreError::Decode(self.path.clone(), e.to_string()))
+            .map_err(|e| self.decode(e))
     }
 
     /// Commits `state` and appends `transitions` to the event log, atomically and durably.
@@ -71,42 +98,43 @@ impl Store {
         &self,
         state: &ClusterState,
         transitions: &[Transition],
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| self.err(e))?;
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+    ) -> Result<(), StateStoreError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| self.encode(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.begin(e))?;
         {
-            let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
+            let mut table = tx.open_table(STATE).map_err(|e| self.table(e))?;
             table
                 .insert(CLUSTER_KEY, bytes.as_slice())
-                .map_err(|e| self.err(e))?;
-            let mut events = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+                .map_err(|e| self.storage(e))?;
+            let mut events = tx.open_table(EVENTS).map_err(|e| self.table(e))?;
             let first = events
                 .last()
-                .map_err(|e| self.err(e))?
+                .map_err(|e| self.storage(e))?
                 .map_or(0, |(k, _)| k.value() + 1);
             for (seq, t) in (first..).zip(transitions) {
-                let bytes = serde_json::to_vec(t).map_err(|e| self.err(e))?;
+                let bytes = serde_json::to_vec(t).map_err(|e| self.encode(e))?;
                 events
                     .insert(seq, bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
+                    .map_err(|e| self.storage(e))?;
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit()
+            .map_err(|e| StateStoreError::Commit(self.path.clone(), e))
     }
 
     /// The event log, oldest first, optionally for one node.
-    pub fn events(&self, node: Option<&str>) -> Result<Vec<LoggedEvent>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+    pub fn events(&self, node: Option<&str>) -> Result<Vec<LoggedEvent>, StateStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
         let table = match tx.open_table(EVENTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.err(e)),
+            Err(e) => return Err(self.table(e)),
         };
         let mut out = Vec::new();
-        for item in table.iter().map_err(|e| self.err(e))? {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let transition: Transition = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Decode(self.path.clone(), e.to_string()))?;
+        for item in table.iter().map_err(|e| self.storage(e))? {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let transition: Transition =
+                serde_json::from_slice(v.value()).map_err(|e| self.decode(e))?;
             if node.is_none_or(|n| n == transition.node) {
                 out.push(LoggedEvent {
                     seq: k.value(),
@@ -122,7 +150,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::cluster::Role;
-    use crate::repair::NodeState;
+    use crate::repair::{NodeState, RepairStep, Stage};
 
     fn state(role: Role) -> ClusterState {
         let mut s = ClusterState::default();
@@ -140,12 +168,12 @@ mod tests {
         s
     }
 
-    fn t(node: &str, to: &str) -> Transition {
+    fn t(node: &str, to: Stage) -> Transition {
         Transition {
             time: 1,
             node: node.into(),
-            from: "a".into(),
-            to: to.into(),
+            from: Stage::HEALTHY,
+            to,
             reason: "r".into(),
         }
     }
@@ -158,22 +186,31 @@ mod tests {
             assert_eq!(store.load().unwrap(), None);
             assert!(store.events(None).unwrap().is_empty());
             store
-                .commit(&state(Role::Worker), &[t("n1", "failing"), t("n2", "x")])
+                .commit(
+                    &state(Role::Worker),
+                    &[
+                        t("n1", Stage::FAILING),
+                        t("n2", Stage::Step(RepairStep::Fencing)),
+                    ],
+                )
                 .unwrap();
             store
-                .commit(&state(Role::Standby), &[t("n1", "queued")])
+                .commit(
+                    &state(Role::Standby),
+                    &[t("n1", Stage::Step(RepairStep::Queued))],
+                )
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap(), Some(state(Role::Standby)));
         let all = store.events(None).unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
-        let n1: Vec<String> = store
+        let n1: Vec<Stage> = store
             .events(Some("n1"))
             .unwrap()
             .into_iter()
             .map(|e| e.transition.to)
             .collect();
-        assert_eq!(n1, ["failing", "queued"]);
+        assert_eq!(n1, [Stage::FAILING, Stage::Step(RepairStep::Queued)]);
     }
 }

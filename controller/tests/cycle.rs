@@ -7,7 +7,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,14 +15,6 @@ use lazarus_controller::api::StatusView;
 use lazarus_controller::api_client;
 
 const MIB: usize = 1 << 20;
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A node's health endpoint: a TCP port that accepts connections.
 struct HealthPort {
@@ -38,19 +30,6 @@ impl HealthPort {
             _listener: l,
         }
     }
-}
-
-/// Starts `lazarus serve`.
-fn serve(config: &Path, data: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lazarus"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
 }
 
 fn wait_for(
@@ -82,14 +61,47 @@ fn wait_for(
     }
 }
 
-/// Ends any agent the test's "rescue boot" started (they exit by themselves after Reboot).
-struct KillOnDrop(String);
+/// The agents a test's "rescue boot" started, stopped by pid when the test ends (they exit by
+/// themselves after Reboot). The attach command appends each agent's pid to `file`.
+struct Agents {
+    file: std::path::PathBuf,
+}
 
-impl Drop for KillOnDrop {
+impl Agents {
+    /// A shell suffix for an attach command: `exec` so that `$!` is the agent itself.
+    fn record(&self) -> String {
+        format!("echo $! >> {}", self.file.display())
+    }
+
+    /// The pids of the agents started so far that still run the agent binary (a pid of an agent
+    /// that has exited may have been given to another process since).
+    fn running(&self) -> Vec<i32> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lazarus-agent"))
+            })
+            .collect()
+    }
+
+    /// The one running agent.
+    fn pid(&self) -> rustix::process::Pid {
+        let pids = self.running();
+        assert_eq!(pids.len(), 1, "one rescue agent runs: {pids:?}");
+        rustix::process::Pid::from_raw(pids[0]).unwrap()
+    }
+}
+
+impl Drop for Agents {
     fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-f", &format!("lazarus-agent serve --host .*{}", self.0)])
-            .status();
+        for pid in self.running() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
     }
 }
 
@@ -125,14 +137,18 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // The "rescue boot" of w1: start a host-mode agent at 127.0.0.41, announcing w1's MAC.
     let agent_log = lab.path("w1-agent.log");
+    let agents = Agents {
+        file: lab.path("agents.pids"),
+    };
     let attach = format!(
-        "{} serve --host --listen 127.0.0.41:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:10:01 >> {} 2>&1 &",
+        "exec {} serve --host --listen 127.0.0.41:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:10:01 >> {} 2>&1 & {}",
         agent_bin().display(),
         lab.key_path.display(),
         lab.path("w1-work").display(),
         lab.export.display(),
         flag.display(),
-        agent_log.display()
+        agent_log.display(),
+        agents.record()
     );
     let config = lab.path("cluster.toml");
     std::fs::write(
@@ -203,7 +219,6 @@ disk = {{ path = "/nonexistent" }}
     std::fs::write(lab.path("w1-up"), "").unwrap();
     let data = lab.path("data");
     let log = lab.path("controller.log");
-    let _agents = KillOnDrop(lab.dir.path().display().to_string());
     let mut controller = serve(&config, &data, &log);
     wait_for(&api, "all healthy", Duration::from_secs(20), &log, |s| {
         s.nodes.iter().all(|n| n.state == "healthy")
@@ -274,7 +289,7 @@ disk = {{ path = "/nonexistent" }}
     ] {
         assert!(path.contains(&step), "{step} missing from {path:?}");
     }
-    let metrics = api_client::request(&api, "GET", "/metrics").unwrap();
+    let metrics = api_client::get(&api, "/metrics").unwrap();
     assert!(
         metrics.contains("lazarus_repairs_succeeded_total 1"),
         "{metrics}"
@@ -290,14 +305,14 @@ disk = {{ path = "/nonexistent" }}
 
 /// A controller over `workers` worker nodes (health: a file exists) and one standby; each
 /// worker's "rescue boot" starts a host-mode agent at 127.0.0.(50+i).
+/// Agents of a cluster listen at 127.0.<net>.<i>: tests run in parallel.
 struct Cluster {
+    /// First, so dropped before the lab folder that holds the pid file.
+    agents: Agents,
     lab: Lab,
-    /// Agents of this cluster listen at 127.0.<net>.<i>: tests run in parallel.
-    net: u8,
     api: String,
     log: std::path::PathBuf,
     controller: Child,
-    _agents: KillOnDrop,
 }
 
 impl Cluster {
@@ -328,6 +343,9 @@ impl Cluster {
         }
         let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let agents = Agents {
+            file: lab.path("agents.pids"),
+        };
         let mut nodes = String::new();
         for i in 1..=workers {
             let disk = lab.path(&format!("w{i}-disk.img"));
@@ -335,13 +353,14 @@ impl Cluster {
             std::fs::write(&disk, noise(3 * MIB, i as u64)).unwrap();
             std::fs::write(lab.path(&format!("w{i}-up")), "").unwrap();
             let attach = format!(
-                "{} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 &",
+                "exec {} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 & {}",
                 agent_bin().display(),
                 lab.key_path.display(),
                 lab.path(&format!("w{i}-work")).display(),
                 lab.export.display(),
                 flag.display(),
-                lab.path(&format!("w{i}-agent.log")).display()
+                lab.path(&format!("w{i}-agent.log")).display(),
+                agents.record()
             );
             nodes.push_str(&format!(
                 r#"
@@ -407,14 +426,12 @@ disk = {{ path = "/nonexistent" }}
         .unwrap();
         let log = lab.path("controller.log");
         let controller = serve(&config, &lab.path("data"), &log);
-        let agents = KillOnDrop(lab.dir.path().display().to_string());
         let c = Self {
             lab,
-            net,
             api,
             log,
             controller,
-            _agents: agents,
+            agents,
         };
         wait_for(
             &c.api,
@@ -522,7 +539,7 @@ fn too_many_failures_at_once_pause_automatic_repair() {
         .filter(|n| !matches!(n.state.as_str(), "healthy" | "failing" | "queued"))
         .count();
     assert!(started <= 1, "repairs ran while paused: {s:?}");
-    let metrics = api_client::request(&c.api, "GET", "/metrics").unwrap();
+    let metrics = api_client::get(&c.api, "/metrics").unwrap();
     assert!(
         metrics.contains("lazarus_nodes{state=\"queued\"}"),
         "{metrics}"
@@ -546,24 +563,8 @@ fn an_agent_unreachable_mid_recovery_is_waited_for_and_the_repair_completes() {
         .unwrap();
     std::io::Write::write_all(&mut feed, &img[..MIB]).unwrap();
     // The agent stops answering (SIGSTOP: its socket accepts, nothing replies).
-    let pid = String::from_utf8(
-        Command::new("pgrep")
-            .args(["-f", &format!("listen 127.0.{}.1:7460", c.net)])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let pid = pid
-        .split_whitespace()
-        .next()
-        .expect("the rescue agent runs")
-        .to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let pid = c.agents.pid();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     let s = wait_for(
         &c.api,
         "unreachable noted",
@@ -583,11 +584,7 @@ fn an_agent_unreachable_mid_recovery_is_waited_for_and_the_repair_completes() {
         "recovering",
         "an unreachable agent is waited for, not abandoned"
     );
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     std::io::Write::write_all(&mut feed, &img[MIB..]).unwrap();
     drop(feed);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -219,3 +219,29 @@ fn keygen_writes_a_private_key_once() {
     assert_eq!(std::fs::read_to_string(&k).unwrap(), text);
     fails(&["keygen", "/nonexistent-dir/k"]);
 }
+
+/// `lazarus flag show F | head -0`: the reader is gone before anything is written; the command
+/// ends quietly with status 0 (no panic, nothing on stderr), text and JSON alike.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("flag");
+    let p = f.to_str().unwrap();
+    ok(&["flag", "init", p]);
+    for args in [&["flag", "show", p][..], &["flag", "show", "--json", p][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_lazarus"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "lazarus {args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.is_empty(), "lazarus {args:?} stderr: {err}");
+    }
+}

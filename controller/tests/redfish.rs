@@ -132,5 +132,6 @@ fn redfish_powers_off_attaches_the_rescue_iso_once_and_detaches_it() {
         auth: None,
         insecure: false,
     };
-    assert!(wrong.power_state().unwrap_err().contains("HTTP 404"));
+    let err = wrong.power_state().unwrap_err().to_string();
+    assert!(err.contains("HTTP 404"), "{err}");
 }

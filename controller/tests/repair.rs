@@ -6,8 +6,8 @@ use lazarus_controller::repair::*;
 use lazarus_proto::flag::FlagState;
 use lazarus_proto::{BootId, FlagSummary, Phase, Status};
 
-fn policy() -> Policy {
-    Policy {
+fn policy() -> RepairPolicy {
+    RepairPolicy {
         failure_threshold: 3,
         recovery_threshold: 2,
         max_concurrent_repairs: 1,
@@ -50,7 +50,7 @@ fn cluster(nodes: &[(&str, Role)]) -> ClusterState {
 /// Feeds events in order; keeps the actions and transitions of the last one.
 struct Run {
     state: ClusterState,
-    policy: Policy,
+    policy: RepairPolicy,
     now: Time,
     last: Outcome,
     all_transitions: Vec<Transition>,
@@ -81,10 +81,7 @@ impl Run {
     }
 
     fn step_of(&self, node: &str) -> Option<RepairStep> {
-        self.state.nodes[node]
-            .repair
-            .as_ref()
-            .map(|r| r.step.clone())
+        self.state.nodes[node].repair.as_ref().map(|r| r.step)
     }
 
     fn plan_id(&self, node: &str) -> String {
@@ -216,7 +213,7 @@ fn a_failed_worker_is_fenced_replaced_repaired_and_returns_as_a_standby() {
         .all_transitions
         .iter()
         .filter(|t| t.node == "w1")
-        .map(|t| t.to.clone())
+        .map(|t| t.to.to_string())
         .collect();
     assert_eq!(
         path,

@@ -38,6 +38,28 @@ pub fn lazarus(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A free TCP port on `ip` (free when asked; the test binds it soon after).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `lazarus serve` with its log in `log`.
+pub fn serve(config: &Path, data: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[allow(unused_imports)]
 pub use lazarus_testkit::{is_root, noise, sha, Loop};
 

@@ -1,0 +1,142 @@
+//! The action executor: carries out each action the state machine asks for on its own thread
+//! (a boot provider's command, the promotion hook, a command to an agent) and sends its outcome
+//! back to the event loop as an event. It decides nothing.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lazarus_proto::{Request, Status};
+
+use super::plan::plan_for;
+use super::pool::AgentPool;
+use super::shared::{lock, now, Shared};
+use crate::agent_client::ClientError;
+use crate::cluster::Cluster;
+use crate::provider::{self, Op};
+use crate::repair::{Action, ActionError, ActionKind, Event};
+
+/// What actions are carried out with.
+pub struct Executor {
+    pub cluster: Arc<Cluster>,
+    pub pool: Arc<AgentPool>,
+    pub shared: Arc<Mutex<Shared>>,
+    pub tx: Sender<Event>,
+}
+
+impl Executor {
+    /// Carries out `action` on its own thread; its outcome comes back as an event.
+    pub fn execute(self: &Arc<Self>, action: Action) {
+        let this = self.clone();
+        std::thread::spawn(move || {
+            if let Some(event) = this.run(action) {
+                let _ = this.tx.send(event);
+            }
+        });
+    }
+
+    /// Carries out `action`; `None` when no event follows (an alert, a node no longer in the
+    /// cluster file, a poll already in flight).
+    fn run(&self, action: Action) -> Option<Event> {
+        let t = &self.cluster.policy.timeouts;
+        match action {
+            Action::Alert { node, message } => {
+                log::error!(
+                    "ALERT{}: {message}",
+                    node.as_ref().map_or(String::new(), |n| format!(" {n}"))
+                );
+                self.alert(node, message);
+                None
+            }
+            Action::Fence { node } => self.provide(node, ActionKind::Fence, Op::PowerOff, t.fence),
+            Action::Attach { node } => {
+                // The agent of the coming boot announces where it answers.
+                self.pool.forget_addr(&node);
+                self.provide(node, ActionKind::Attach, Op::Attach, t.attach)
+            }
+            Action::Detach { node } => self.provide(node, ActionKind::Detach, Op::Detach, t.attach),
+            Action::Promote { failed, promoted } => {
+                let result = match &self.cluster.promotion {
+                    Some(p) => crate::command::run(
+                        &p.command,
+                        &[
+                            ("LAZARUS_FAILED", failed.as_str()),
+                            ("LAZARUS_PROMOTED", promoted.as_str()),
+                        ],
+                        p.timeout,
+                    )
+                    .map_err(|e| ActionError::of(&e)),
+                    None => Ok(()),
+                };
+                Some(Event::Done {
+                    node: failed,
+                    action: ActionKind::Promote,
+                    result,
+                })
+            }
+            Action::Recover {
+                node,
+                plan_id,
+                failure_time,
+            } => {
+                let n = self.cluster.node(&node)?;
+                let plan = plan_for(&self.cluster, n, &plan_id, failure_time)?;
+                let answer = self.pool.status(n, &Request::Recover(Box::new(plan)));
+                Some(agent_answer(node, answer))
+            }
+            Action::Poll { node } => {
+                let n = self.cluster.node(&node)?;
+                let answer = self.pool.poll(n)?;
+                Some(agent_answer(node, answer))
+            }
+            Action::Reboot { node } => {
+                let n = self.cluster.node(&node)?;
+                let result = self
+                    .pool
+                    .status(n, &Request::Reboot)
+                    .map(|_| ())
+                    .map_err(|e| ActionError::of(&e));
+                Some(Event::Done {
+                    node,
+                    action: ActionKind::Reboot,
+                    result,
+                })
+            }
+        }
+    }
+
+    /// Runs `op` through `node`'s boot provider. A manual provider's request becomes an alert
+    /// and the step proceeds (for `attach`, the agent's `Ready` is what moves the repair on).
+    fn provide(&self, node: String, kind: ActionKind, op: Op, timeout: Duration) -> Option<Event> {
+        let n = self.cluster.node(&node)?;
+        let result = match provider::run(n, op, timeout) {
+            Ok(Some(request)) => {
+                log::warn!("OPERATOR {node}: {request}");
+                self.alert(Some(node.clone()), request);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(ActionError::of(&e)),
+        };
+        Some(Event::Done {
+            node,
+            action: kind,
+            result,
+        })
+    }
+
+    fn alert(&self, node: Option<String>, message: String) {
+        lock(&self.shared).alerts.push((now(), node, message));
+    }
+}
+
+/// An agent's answer as an event: its status, or that it could not be reached.
+fn agent_answer(node: String, answer: Result<Status, ClientError>) -> Event {
+    match answer {
+        Ok(status) => Event::AgentStatus { node, status },
+        Err(e) => Event::AgentUnreachable {
+            node,
+            error: ActionError::of(&e),
+        },
+    }
+}

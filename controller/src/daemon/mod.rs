@@ -1,0 +1,123 @@
+//! `lazarus serve`: the controller daemon, wired from its parts.
+//!
+//! One thread owns the state ([`event_loop`]) and runs [`crate::repair::step`] on every event,
+//! committing the new state and its transitions to the store *before* carrying out the actions.
+//! Health checks ([`health_loop`]), `Ready` announcements ([`ready`]), timers and the outcomes of
+//! actions ([`executor`]) arrive as events on one channel; actions run on their own threads and
+//! report back. Agents are reached through one pool of connections ([`pool`]). The HTTP API
+//! ([`http`]) reads what the event loop publishes ([`shared`]) and sends operator decisions as
+//! events. A restart loads the committed state and resumes.
+//!
+//! This module only starts the threads; no submodule uses it.
+
+pub mod event_loop;
+pub mod executor;
+pub mod health_loop;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod pool;
+pub mod ready;
+pub mod shared;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::repair::{ClusterState, Event, RepairPolicy};
+use crate::store::{StateStoreError, Store};
+
+use self::executor::Executor;
+use self::pool::AgentPool;
+use self::shared::{now, Shared};
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Store(#[from] StateStoreError),
+    #[error("cluster key: {0}")]
+    Key(#[from] lazarus_node::keyfile::KeyFileError),
+    #[error("listening on {0} for Ready: {1}")]
+    ListenReady(SocketAddr, std::io::Error),
+    #[error("listening on {0} for the API: {1}")]
+    ListenApi(SocketAddr, Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Runs the daemon until the process is stopped.
+pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
+    let cluster = Arc::new(Cluster::load(config)?);
+    let key = lazarus_node::keyfile::load(&cluster.controller.key_file)?;
+    let store = Arc::new(Store::open(data_dir)?);
+    let policy = RepairPolicy::from_cluster(&cluster);
+    let mut state = store
+        .load()?
+        .unwrap_or_else(|| ClusterState::initial(&cluster, now()));
+    state.reconcile(&cluster, now());
+    store.commit(&state, &[])?;
+    let shared = Arc::new(Mutex::new(Shared {
+        state: state.clone(),
+        ..Shared::default()
+    }));
+    let pool = Arc::new(AgentPool::new(key.clone()));
+    let (tx, rx) = channel::<Event>();
+
+    let ready = TcpListener::bind(cluster.controller.ready)
+        .map_err(|e| DaemonError::ListenReady(cluster.controller.ready, e))?;
+    let api = tiny_http::Server::http(cluster.controller.api)
+        .map_err(|e| DaemonError::ListenApi(cluster.controller.api, e))?;
+    log::info!(
+        "controller: API on {}, Ready on {}",
+        cluster.controller.api,
+        cluster.controller.ready
+    );
+    {
+        let (cluster, pool, tx) = (cluster.clone(), pool.clone(), tx.clone());
+        std::thread::spawn(move || ready::listen(ready, &cluster, &key, &pool, &tx));
+    }
+    {
+        let (cluster, shared, tx) = (cluster.clone(), shared.clone(), tx.clone());
+        std::thread::spawn(move || health_loop::run(&cluster, &shared, &tx));
+    }
+    {
+        let (tx, every) = (tx.clone(), cluster.policy.poll_interval);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            if tx.send(Event::Tick).is_err() {
+                return;
+            }
+        });
+    }
+    {
+        let (cluster, pool, shared, tx, store) = (
+            cluster.clone(),
+            pool.clone(),
+            shared.clone(),
+            tx.clone(),
+            store.clone(),
+        );
+        std::thread::spawn(move || {
+            http::Api {
+                cluster: &cluster,
+                pool: &pool,
+                shared: &shared,
+                tx: &tx,
+                store: &store,
+            }
+            .serve(&api)
+        });
+    }
+    let _ = tx.send(Event::Resume);
+    let executor = Arc::new(Executor {
+        cluster,
+        pool,
+        shared: shared.clone(),
+        tx,
+    });
+    event_loop::run(state, rx, &policy, &store, &shared, &executor);
+    Ok(())
+}

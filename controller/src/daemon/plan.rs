@@ -1,0 +1,48 @@
+//! The plan a node's agent runs, built from the cluster file: where the image and backups are,
+//! which disk to write, where the business files go.
+
+use lazarus_proto::{ImageSpec, NetworkPlan, NfsSource, Plan, RestoreFilesystem, RestoreSpec};
+
+use crate::cluster::{Cluster, Node};
+
+/// The plan `plan_id` for `n`, restoring backups older than `failure_time`; `None` if the node's
+/// image is not in the cluster file (which loading the file rules out).
+pub fn plan_for(cluster: &Cluster, n: &Node, plan_id: &str, failure_time: u64) -> Option<Plan> {
+    let image = cluster.images.get(&n.image)?;
+    Some(Plan {
+        plan_id: plan_id.to_string(),
+        network: NetworkPlan {
+            address: n.rescue.address,
+            prefix_len: n.rescue.prefix_len,
+            gateway: n.rescue.gateway,
+            interface: n.rescue.interface.clone(),
+        },
+        nfs: NfsSource {
+            server: cluster.nfs.server,
+            export: cluster.nfs.export.clone(),
+            version: cluster.nfs.version,
+            options: cluster.nfs.options.clone(),
+        },
+        image: ImageSpec {
+            path: image.path.clone(),
+            format: image.format,
+            size: image.size,
+            sha256: image.sha256,
+            layout: image.layout,
+            bmap: image.bmap.clone(),
+        },
+        target: n.disk.clone(),
+        flag: n.flag.clone(),
+        restore: n.restore.as_ref().map(|r| RestoreSpec {
+            backups_dir: cluster.nfs.backups.clone(),
+            node: n.name.clone(),
+            failure_time,
+            filesystem: RestoreFilesystem {
+                partition: r.partition,
+                fstype: r.fstype,
+                root: r.root.clone(),
+            },
+            paths: r.paths.clone(),
+        }),
+    })
+}

@@ -1,0 +1,113 @@
+//! The agent connections: where each node's agent answers (learnt from its `Ready`) and one
+//! authenticated connection per agent, reused and used by one caller at a time. Two clients
+//! saying `Hello` at once would be given the same counter, and the second's command would be
+//! refused as a replay.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lazarus_proto::{ClusterKey, Request, Response, Status};
+
+use super::shared::lock;
+use crate::agent_client::{AgentClient, ClientError};
+use crate::cluster::Node;
+
+/// How long connecting to an agent and each of its answers may take.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The controller's connections to agents.
+#[derive(Debug)]
+pub struct AgentPool {
+    key: ClusterKey,
+    /// Where each node's agent answers (from its `Ready`).
+    addrs: Mutex<HashMap<String, SocketAddr>>,
+    /// One connection slot per node.
+    clients: Mutex<HashMap<String, Arc<Mutex<Option<AgentClient>>>>>,
+    /// Nodes with a poll in flight: a slow agent gets one poll at a time, not one per tick.
+    polling: Mutex<HashSet<String>>,
+}
+
+impl AgentPool {
+    pub fn new(key: ClusterKey) -> Self {
+        Self {
+            key,
+            addrs: Mutex::default(),
+            clients: Mutex::default(),
+            polling: Mutex::default(),
+        }
+    }
+
+    /// Records where `node`'s agent answers.
+    pub fn set_addr(&self, node: &str, addr: SocketAddr) {
+        lock(&self.addrs).insert(node.to_string(), addr);
+    }
+
+    /// Forgets `node`'s agent address (before a new rescue boot).
+    pub fn forget_addr(&self, node: &str) {
+        lock(&self.addrs).remove(node);
+    }
+
+    /// Where `n`'s agent answers: its announced address, or its rescue address.
+    fn addr(&self, n: &Node) -> SocketAddr {
+        lock(&self.addrs)
+            .get(n.name.as_str())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::new(n.rescue.address, lazarus_proto::AGENT_PORT))
+    }
+
+    /// Sends `request` to `n`'s agent over the node's one connection (made on first use, made
+    /// again once if a kept one has gone stale).
+    pub fn call(&self, n: &Node, request: &Request) -> Result<Response, ClientError> {
+        let slot = lock(&self.clients)
+            .entry(n.name.to_string())
+            .or_default()
+            .clone();
+        let mut client = lock(&slot);
+        let addr = self.addr(n).to_string();
+        // A kept connection may have gone stale: one more try on a fresh one.
+        let mut fresh = false;
+        loop {
+            let c = match client.as_mut() {
+                Some(c) => c,
+                None => client.insert(AgentClient::connect(
+                    &addr,
+                    self.key.clone(),
+                    AGENT_TIMEOUT,
+                )?),
+            };
+            match c.call(request) {
+                Ok(r) => return Ok(r),
+                // A refusal is an answer, not a broken connection.
+                Err(e @ ClientError::Refused(..)) => return Err(e),
+                Err(e) if fresh => {
+                    *client = None;
+                    return Err(e);
+                }
+                Err(_) => {
+                    *client = None;
+                    fresh = true;
+                }
+            }
+        }
+    }
+
+    /// Sends a command whose answer is a `Status`.
+    pub fn status(&self, n: &Node, request: &Request) -> Result<Status, ClientError> {
+        match self.call(n, request)? {
+            Response::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(self.addr(n), format!("{other:?}"))),
+        }
+    }
+
+    /// Polls `n`'s agent unless a poll of it is in flight (`None` then).
+    pub fn poll(&self, n: &Node) -> Option<Result<Status, ClientError>> {
+        if !lock(&self.polling).insert(n.name.to_string()) {
+            return None;
+        }
+        let answer = self.status(n, &Request::GetStatus);
+        lock(&self.polling).remove(n.name.as_str());
+        Some(answer)
+    }
+}
