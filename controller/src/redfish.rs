@@ -233,6 +233,14 @@ impl Bmc {
         Ok(())
     }
 
+    /// Powers the system on if it is off (a node that is on is left alone).
+    pub fn power_on(&self) -> Result<(), RedfishError> {
+        match self.power_state()?.as_str() {
+            "Off" => self.reset("On"),
+            _ => Ok(()),
+        }
+    }
+
     /// The CD/DVD virtual media device's path.
     pub fn cd_device(&self) -> Result<String, RedfishError> {
         let sys = self

@@ -169,6 +169,13 @@ impl Drop for Reaped {
     }
 }
 
+/// kill(pid, SIGKILL), for a process known by the pid it wrote down.
+pub fn kill_pid(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
 /// kill(-pid, SIGKILL) when `pid` leads its own process group; nothing otherwise.
 pub fn kill_group(pid: u32) {
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {

@@ -6,6 +6,7 @@
 
 pub mod debian;
 pub mod disk;
+pub mod libvirt;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
