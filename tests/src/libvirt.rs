@@ -6,7 +6,8 @@
 //! and `/dev/kvm` masked by an empty file of mode 0: KVM does not work on these machines, and a
 //! `/dev/kvm` that QEMU's user could open makes libvirt re-probe QEMU about 19 times on every call
 //! (35 s per define; masked, 0.02 s). Its `qemu.conf` sets `namespaces = [ ]` (no per-domain mount
-//! namespace in an unprivileged-looking container). Clients reach it through the socket path
+//! namespace in an unprivileged-looking container), in a private copy of `/etc/libvirt`, so no
+//! domain or pool it defines is left in the host's. Clients reach it through the socket path
 //! (`qemu+unix:///system?socket=…`). Domains run as `libvirt-qemu`, which libvirt gives their
 //! disk files to.
 //!
@@ -64,14 +65,29 @@ impl VirtLab {
         let masked = dir.join("no-kvm");
         std::fs::write(&masked, "")?;
         std::fs::set_permissions(&masked, std::os::unix::fs::PermissionsExt::from_mode(0))?;
-        let host_conf = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
+        // A private copy of /etc/libvirt: domains and pools defined here never land in the host's.
+        let etc = dir.join("etc");
+        let _ = std::fs::remove_dir_all(&etc);
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg("/etc/libvirt")
+            .arg(&etc)
+            .output()?;
+        if !out.status.success() {
+            bail!("copying /etc/libvirt: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for defined in ["qemu", "storage"] {
+            let _ = std::fs::remove_dir_all(etc.join(defined));
+            std::fs::create_dir_all(etc.join(defined))?;
+        }
+        let host_conf = std::fs::read_to_string(etc.join("qemu.conf")).unwrap_or_default();
         let conf: String = host_conf
             .lines()
             .filter(|l| !l.trim_start().starts_with("namespaces"))
             .map(|l| format!("{l}\n"))
             .collect::<String>()
             + "namespaces = [ ]\n";
-        std::fs::write(dir.join("qemu.conf"), conf)?;
+        std::fs::write(etc.join("qemu.conf"), conf)?;
         std::fs::create_dir_all("/run/libvirt")?;
         let script = format!(
             r#"set -e
@@ -80,7 +96,7 @@ mount --bind '{d}/lib' /var/lib/libvirt
 mount --bind '{d}/cache' /var/cache/libvirt
 mount --bind '{d}/log' /var/log/libvirt
 mount --bind '{d}/no-kvm' /dev/kvm
-mount --bind '{d}/qemu.conf' /etc/libvirt/qemu.conf
+mount --bind '{d}/etc' /etc/libvirt
 virtlogd &
 exec libvirtd
 "#,
@@ -214,9 +230,10 @@ exec libvirtd
         Ok(())
     }
 
-    /// The Redfish path of a domain's system (sushy accepts the domain's name).
-    pub fn system(&self, name: &str) -> String {
-        format!("/redfish/v1/Systems/{name}")
+    /// The Redfish path of a domain's system: sushy names systems by domain UUID (a name in the
+    /// path is answered with a redirect, which the provider does not follow, as with any BMC).
+    pub fn system(&self, name: &str) -> anyhow::Result<String> {
+        Ok(format!("/redfish/v1/Systems/{}", self.virsh(&["domuuid", name])?))
     }
 }
 

@@ -132,7 +132,7 @@ fn redfish_fences_boots_the_rescue_iso_once_and_the_node_returns_to_its_debian_d
     .unwrap();
     let bmc = Bmc {
         endpoint: format!("http://{HOST_IP}:{REDFISH_PORT}"),
-        system: lab.system("w1"),
+        system: lab.system("w1").unwrap(),
         auth: None,
         insecure: false,
     };
