@@ -36,6 +36,17 @@ pub struct ControllerSection {
     #[serde(default = "default_ready")]
     pub ready: SocketAddr,
     pub key_file: PathBuf,
+    /// The rescue-media server: files of `dir` at `http://LISTEN/media/NAME`, for a BMC's
+    /// InsertMedia (`image_url`), iPXE or a `command` provider.
+    pub media: Option<MediaSection>,
+}
+
+/// `[controller] media`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSection {
+    pub listen: SocketAddr,
+    pub dir: PathBuf,
 }
 
 fn default_api() -> SocketAddr {

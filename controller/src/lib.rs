@@ -3,7 +3,8 @@
 //! - The daemon, `lazarus serve` ([`daemon`]): health checks, the repair state machine
 //!   ([`repair`], pure) with its persisted state ([`store`]), boot providers ([`provider`],
 //!   [`redfish`], [`command`]), the agents driven over the wire protocol ([`agent_client`]), the
-//!   local HTTP API and `/metrics` ([`daemon::http`], documents in [`api`]).
+//!   local HTTP API and `/metrics` ([`daemon::http`], documents in [`api`]), and the rescue-media
+//!   server ([`media`]).
 //! - The cluster file ([`cluster`]), validated once at start.
 //! - The operator CLI's pieces: the API client ([`api_client`]), direct agent commands
 //!   ([`agent_cmd`]), flag commands ([`flag_cmd`]).
@@ -21,6 +22,7 @@ pub mod command;
 pub mod daemon;
 pub mod flag_cmd;
 pub mod health;
+pub mod media;
 pub mod provider;
 pub mod redfish;
 pub mod repair;

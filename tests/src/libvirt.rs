@@ -74,7 +74,10 @@ impl VirtLab {
             .arg(&etc)
             .output()?;
         if !out.status.success() {
-            bail!("copying /etc/libvirt: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "copying /etc/libvirt: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         for defined in ["qemu", "storage"] {
             let _ = std::fs::remove_dir_all(etc.join(defined));
@@ -233,7 +236,10 @@ exec libvirtd
     /// The Redfish path of a domain's system: sushy names systems by domain UUID (a name in the
     /// path is answered with a redirect, which the provider does not follow, as with any BMC).
     pub fn system(&self, name: &str) -> anyhow::Result<String> {
-        Ok(format!("/redfish/v1/Systems/{}", self.virsh(&["domuuid", name])?))
+        Ok(format!(
+            "/redfish/v1/Systems/{}",
+            self.virsh(&["domuuid", name])?
+        ))
     }
 }
 

@@ -46,6 +46,10 @@ pub enum DaemonError {
     ListenReady(SocketAddr, std::io::Error),
     #[error("listening on {0} for the API: {1}")]
     ListenApi(SocketAddr, Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
+    #[error("media folder {0}: {1}")]
+    MediaDir(std::path::PathBuf, std::io::Error),
 }
 
 /// Runs the daemon until the process is stopped.
@@ -75,6 +79,15 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         cluster.controller.api,
         cluster.controller.ready
     );
+    if let Some(media) = &cluster.controller.media {
+        crate::media::check_dir(&media.dir)
+            .map_err(|e| DaemonError::MediaDir(media.dir.clone(), e))?;
+        let addr = crate::media::serve(media.listen, media.dir.clone())?;
+        log::info!(
+            "controller: rescue media of {} at http://{addr}/media/",
+            media.dir.display()
+        );
+    }
     {
         let (cluster, pool, tx) = (cluster.clone(), pool.clone(), tx.clone());
         std::thread::spawn(move || ready::listen(ready, &cluster, &key, &pool, &tx));
