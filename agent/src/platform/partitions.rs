@@ -75,7 +75,7 @@ pub fn sync_partitions(root: &Root, disk: &DiskInfo) -> Result<Vec<GptPartition>
         return Ok(Vec::new());
     };
     let sector = u64::from(rustix::fs::ioctl_blksszget(&file).unwrap_or(512));
-    let table = match gpt::read_gpt(&file, sector) {
+    let table = match gpt::read_gpt(&file, sector, disk.size) {
         Ok(t) => t,
         // No table (a disk whose failed copy zeroed its first MiB): leave the kernel's view of
         // the old partitions alone; the flag partition is still reachable through it.
