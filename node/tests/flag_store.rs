@@ -248,7 +248,11 @@ fn a_guarded_write_refuses_foreign_data_and_writes_nothing() {
         store.write_guarded(&update(FlagState::Recovering, "p")),
         Err(StoreError::Foreign(_))
     ));
-    assert_eq!(std::fs::read(&path).unwrap(), foreign, "a refused write wrote");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        foreign,
+        "a refused write wrote"
+    );
 }
 
 #[test]
@@ -258,7 +262,9 @@ fn a_guarded_write_accepts_zeros_records_and_a_torn_first_record() {
     store
         .write_guarded(&update(FlagState::Recovering, "p1"))
         .unwrap();
-    store.write_guarded(&update(FlagState::Failed, "p1")).unwrap();
+    store
+        .write_guarded(&update(FlagState::Failed, "p1"))
+        .unwrap();
     assert_eq!(store.read().unwrap().state, FlagState::Failed);
     // The very first write torn at every 512-byte boundary past the magic: still a flag area.
     let record = FlagRecord {
