@@ -160,6 +160,7 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
             format,
             size,
             verify,
+            keep: Default::default(),
         },
         &Progress::default(),
     )?;

@@ -14,7 +14,7 @@ use crate::logring::LogRing;
 use crate::platform::Platform;
 use crate::recovery::{self, Observer};
 use crate::state::{self, Action, Event, Refused, State};
-use lazarus_node::flag_store::{FlagStore, FlagUpdate};
+use lazarus_node::flag_store::FlagUpdate;
 
 /// What the status reports; changed only under the lock.
 #[derive(Debug, Clone)]
@@ -67,19 +67,18 @@ impl Agent {
     ) -> Arc<Self> {
         let mut boot_flag = None;
         let mut flag = FlagRecord::default().summary();
-        if let Some(path) = platform.boot_flag_device() {
-            match FlagStore::open(&path).and_then(|s| Ok((s.read()?, s))) {
+        if let Some(site) = platform.boot_flag_device() {
+            match site.open().and_then(|s| Ok((s.read()?, s))) {
                 Ok((record, store)) => {
                     log::info!(
-                        "flag at {}: {} (plan {:?}, seq {})",
-                        path.display(),
+                        "flag at {site}: {} (plan {:?}, seq {})",
                         record.state.name(),
                         record.plan_id,
                         record.seq
                     );
                     boot_flag = Some(record.summary());
                     if record.state != FlagState::None {
-                        match store.write(&FlagUpdate::state(FlagState::None)) {
+                        match store.write_guarded(&FlagUpdate::state(FlagState::None)) {
                             Ok(cleared) => flag = cleared.summary(),
                             Err(e) => log::error!("clearing the stale flag: {e}"),
                         }
@@ -87,7 +86,7 @@ impl Agent {
                         flag = record.summary();
                     }
                 }
-                Err(e) => log::warn!("no readable flag at {}: {e}", path.display()),
+                Err(e) => log::warn!("no readable flag at {site}: {e}"),
             }
         }
         let mut live = Live {

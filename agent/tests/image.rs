@@ -366,6 +366,7 @@ fn a_bmaptool_map_verifies_the_copy_range_by_range() {
         format: ImageFormat::Raw,
         size: img.len() as u64,
         verify: Verification::Ranges(map.ranges.clone()),
+        keep: Default::default(),
     };
     write_image(&img[..], &target, &spec, &Progress::default()).unwrap();
     assert!(std::fs::read(&path).unwrap() == img);

@@ -234,6 +234,11 @@ impl FlagStore {
         self.write_slots(SlotsView::decode(&bytes), update)
     }
 
+    /// Both slots as they are on the device (to copy the current record elsewhere).
+    pub fn slots(&self) -> Result<Vec<u8>, StoreError> {
+        self.read_slots()
+    }
+
     /// Whether the slots pass the format guard now.
     pub fn guard_passes(&self) -> Result<bool, StoreError> {
         Ok(holds_only_flag_records(&self.read_slots()?))

@@ -15,7 +15,7 @@ use lazarus_proto::flag::{FlagRecord, FlagState};
 use lazarus_proto::{DiskSelector, FlagLocation, FsType, NetworkPlan, NfsSource, Step};
 use rustix::io::Errno;
 
-use super::{FlagLookupError, MountError, PartitionError, Source, SourceError, Storage};
+use super::{FlagLookupError, FlagSite, MountError, PartitionError, Source, SourceError, Storage};
 use crate::disk::{DiskInfo, SelectError};
 use crate::error::AgentError;
 use crate::network::NetworkError;
@@ -144,6 +144,7 @@ impl Fake {
                 serial: Some("FAKE-0".into()),
                 model: None,
                 by_id: Vec::new(),
+                excluded: None,
             },
             partition,
             flag,
@@ -347,8 +348,8 @@ impl Storage for Fake {
         }
     }
 
-    fn boot_flag_device(&self) -> Option<PathBuf> {
-        Some(self.flag.clone())
+    fn boot_flag_device(&self) -> Option<FlagSite> {
+        Some(FlagSite::device(self.flag.clone()))
     }
 
     fn mount_target(&self, device: &Path, fstype: FsType) -> Result<PathBuf, AgentError> {

@@ -128,7 +128,7 @@ pub fn register_partition(
         .map_err(PartitionError::Open)
         .map_err(fail(disk))?;
     if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-        return Err(super::FlagLookupError::NotBlockDevice(disk.dev_path.clone()).into());
+        return Err(super::flag::FlagLookupError::NotBlockDevice(disk.dev_path.clone()).into());
     }
     if start.checked_add(len).is_none_or(|end| end > disk.size) {
         return Err(fail(disk)(PartitionError::PastEnd { number, start, len }));
