@@ -314,6 +314,52 @@ mod tests {
     }
 
     #[test]
+    fn many_recovers_sent_at_once_start_exactly_one_plan() {
+        let fake = Arc::new(fake());
+        let agent = Agent::start(BootId([10; 16]), fake.clone(), None);
+        // The first plan to start is held at its first step, so every other request arrives
+        // while it runs; half the senders repeat one plan id, half send plans of their own.
+        fake.hold(true);
+        let threads = 16;
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let senders: Vec<_> = (0..threads)
+            .map(|i| {
+                let (agent, barrier) = (agent.clone(), barrier.clone());
+                let mut plan = fake.plan(BACKUP_TIME + 1);
+                plan.plan_id = if i % 2 == 0 {
+                    "same".into()
+                } else {
+                    format!("own-{i}")
+                };
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    recover(&agent, &plan)
+                })
+            })
+            .collect();
+        let replies: Vec<Response> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+        let running = agent.status().plan_id.expect("a plan runs");
+        fake.hold(false);
+        let status = finished(&agent);
+        assert_eq!(status.phase, Phase::Recovered);
+        assert_eq!(status.plan_id.as_deref(), Some(running.as_str()));
+        let runs = fake
+            .trace()
+            .iter()
+            .filter(|w| **w == What::Call(Call::ConfigureNetwork))
+            .count();
+        assert_eq!(runs, 1, "{threads} concurrent Recovers ran {runs} plans");
+        // Every other sender was told a plan runs (Busy), or got the running plan's status.
+        for reply in replies {
+            match reply {
+                Response::Status(s) => assert_eq!(s.plan_id.as_deref(), Some(running.as_str())),
+                Response::Error(ErrorReply { kind, .. }) => assert_eq!(kind, Refusal::Busy),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn an_invalid_plan_is_refused_and_changes_nothing() {
         let fake = Arc::new(fake());
         let agent = Agent::start(BootId([9; 16]), fake.clone(), None);
