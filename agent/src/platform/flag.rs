@@ -258,14 +258,17 @@ pub fn find_boot_flag(
     }
 }
 
-/// The flag of one disk at boot: by label in the primary GPT (made known to the kernel), else in
-/// the backup GPT, else by a bounded scan for a record.
+/// The flag of one disk at boot: by label in the primary GPT (made known to the kernel); only when
+/// the disk has no valid primary GPT, in the backup GPT, else by a bounded scan for a record.
 pub fn flag_on_disk(root: &Root, d: &DiskInfo, label: &str) -> Option<FlagSite> {
     if let Ok(path) = find_flag(root, &FlagLocation::PartLabel(label.into()), Some(d), false) {
         return Some(FlagSite::device(path));
     }
     let file = File::open(&d.dev_path).ok()?;
     let sector = u64::from(rustix::fs::ioctl_blksszget(&file).unwrap_or(512));
+    if gpt::read_gpt(&file, sector, d.size).is_ok() {
+        return None; // a whole table without the label: a disk without a flag (a data disk)
+    }
     if let Ok(table) = gpt::read_backup_gpt(&file, sector, d.size) {
         if let Some(p) = table.iter().find(|p| p.name == label) {
             log::warn!(
