@@ -13,9 +13,13 @@ pub mod keys {
     pub const IFACE: &str = "lazarus.iface";
     /// `lazarus.controller=HOST:PORT`: where to announce `Ready` (port 7461 by default).
     pub const CONTROLLER: &str = "lazarus.controller";
-    /// `lazarus.flag=PATH`: the flag device to read at boot (else the partition labelled
-    /// `lazarus-flag`, if exactly one disk has one).
+    /// `lazarus.flag=PATH`: the flag device to read at boot, or a whole disk to look for it on
+    /// (else the partition labelled `lazarus-flag`, if exactly one disk has one).
     pub const FLAG: &str = "lazarus.flag";
+    /// `lazarus.media=DISK[,DISK]`: the disks holding the rescue medium (kernel names, `/dev`
+    /// paths or by-id names), never written. Removable and USB disks and disks holding an
+    /// ISO 9660 volume are excluded without it.
+    pub const MEDIA: &str = "lazarus.media";
 }
 
 /// A malformed `lazarus.` value on the kernel command line.
@@ -42,6 +46,7 @@ pub struct BootConfig {
     pub iface: Option<String>,
     pub controller: Option<SocketAddr>,
     pub flag: Option<String>,
+    pub media: Vec<String>,
 }
 
 impl BootConfig {
@@ -70,6 +75,12 @@ impl BootConfig {
                     out.controller = Some(addr);
                 }
                 keys::FLAG => out.flag = Some(value.to_string()),
+                keys::MEDIA => out.media.extend(
+                    value
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string),
+                ),
                 _ => {}
             }
         }
@@ -133,5 +144,11 @@ mod tests {
             let err = BootConfig::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn the_rescue_media_may_be_named_on_the_command_line() {
+        let c = BootConfig::parse("lazarus.media=sr1,/dev/sdb lazarus.media=usb-Stick_1").unwrap();
+        assert_eq!(c.media, ["sr1", "/dev/sdb", "usb-Stick_1"]);
     }
 }

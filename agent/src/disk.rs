@@ -2,10 +2,17 @@
 //! the rescue initramfs).
 //!
 //! A plan's [`DiskSelector`] may name a `/dev/disk/by-id/` name, a serial, a path and a size;
-//! every field given must match and exactly one disk may match. Since there is no udev to make
-//! `/dev/disk/by-id`, the by-id names are also derived from sysfs the way udev names them
-//! (`virtio-SERIAL`, `ata-MODEL_SERIAL`, `nvme-MODEL_SERIAL`, `wwn-WWID`). Read-only devices,
-//! optical drives, RAM disks and zram are never candidates.
+//! every field given must match and exactly one disk may match (a plan must name the disk by
+//! serial or by-id unless it allows a weak selector: `recovery::validate`). Since there is no
+//! udev to make `/dev/disk/by-id`, the by-id names are also derived from sysfs the way udev names
+//! them (`virtio-SERIAL`, `ata-MODEL_SERIAL`, `nvme-MODEL_SERIAL`, `wwn-0xWWN` from a SCSI/ATA
+//! `naa.` WWID, `nvme-eui.…`), so a WWN is named as the by-id `wwn-0x…`.
+//!
+//! Read-only devices, optical drives, RAM disks and zram are not listed at all. Listed but never
+//! written ([`Exclusion`]), even when a selector names them: removable disks (sysfs `removable`
+//! is 1), disks on a USB bus (the rescue stick, a BMC's virtual media), a disk holding an
+//! ISO 9660 volume (the rescue medium as a hybrid ISO) and the disks the kernel command line
+//! names as the rescue medium (`lazarus.media=`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,6 +34,32 @@ pub struct DiskInfo {
     pub model: Option<String>,
     /// by-id names, derived and (where udev made them) found in `/dev/disk/by-id`.
     pub by_id: Vec<String>,
+    /// Why this disk is never a target, if it is not.
+    pub excluded: Option<Exclusion>,
+}
+
+/// Why a disk that exists is never written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// sysfs `removable` is 1 (card readers, USB sticks, hot-pluggable media).
+    Removable,
+    /// The disk hangs off a USB bus (a stick, a BMC's virtual media).
+    Usb,
+    /// The disk holds an ISO 9660 volume: the rescue medium written as a hybrid ISO.
+    RescueMedium,
+    /// The kernel command line names it as the rescue medium (`lazarus.media=`).
+    Named,
+}
+
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Removable => "it is removable",
+            Self::Usb => "it is on a USB bus",
+            Self::RescueMedium => "it holds an ISO 9660 volume (the rescue medium)",
+            Self::Named => "the kernel command line names it as the rescue medium (lazarus.media=)",
+        })
+    }
 }
 
 /// A partition of a disk.
@@ -61,6 +94,12 @@ pub enum SelectError {
     NoPartition { disk: String, number: u32 },
     #[error("reading {0}: {1}")]
     Sysfs(PathBuf, String),
+    #[error("disk {name} matches the selector {selector} but is never written: {why}")]
+    NeverTarget {
+        name: String,
+        selector: String,
+        why: Exclusion,
+    },
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -106,17 +145,64 @@ pub fn scan_disks(root: &Root) -> Result<Vec<DiskInfo>, SelectError> {
             model.as_deref(),
             wwid.as_deref(),
         );
+        let dev_path = root.dev.join(&name);
+        let excluded = exclusion(&dir, &dev_path);
         disks.push(DiskInfo {
-            dev_path: root.dev.join(&name),
+            dev_path,
             name,
-            size: sectors * 512,
+            size: sectors.saturating_mul(512),
             serial,
             model,
             by_id,
+            excluded,
         });
     }
     disks.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(disks)
+}
+
+/// Byte offset of the first ISO 9660 volume descriptor's identifier (sector 16 of 2048 bytes,
+/// after its type byte).
+const ISO9660_ID_AT: u64 = 16 * 2048 + 1;
+
+/// Why the disk at sysfs folder `dir` is never a target, if it is not: removable, on USB, or
+/// holding an ISO 9660 volume (read from `dev`; a disk that cannot be read is not excluded).
+fn exclusion(dir: &Path, dev: &Path) -> Option<Exclusion> {
+    if read_trimmed(&dir.join("removable")).as_deref() == Some("1") {
+        return Some(Exclusion::Removable);
+    }
+    // /sys/block/sdb -> ../devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/.../block/sdb
+    let on_usb = fs::canonicalize(dir).is_ok_and(|real| {
+        real.components().any(|c| {
+            c.as_os_str().to_str().is_some_and(|c| {
+                c.strip_prefix("usb")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+    });
+    if on_usb {
+        return Some(Exclusion::Usb);
+    }
+    let mut id = [0u8; 5];
+    let iso = fs::File::open(dev).is_ok_and(|f| {
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut id, ISO9660_ID_AT).is_ok()
+            && &id == b"CD001"
+    });
+    iso.then_some(Exclusion::RescueMedium)
+}
+
+/// Marks the disks `media` names (kernel names, `/dev` paths or by-id names, as on the kernel
+/// command line's `lazarus.media=`) as the rescue medium.
+pub fn exclude_named(disks: &mut [DiskInfo], media: &[String]) {
+    for d in disks.iter_mut() {
+        let named = media.iter().any(|m| {
+            let m = m.trim_start_matches("/dev/disk/by-id/");
+            m == d.name || same_path(Path::new(m), &d.dev_path) || d.by_id.iter().any(|id| id == m)
+        });
+        if named && d.excluded.is_none() {
+            d.excluded = Some(Exclusion::Named);
+        }
+    }
 }
 
 /// by-id names for a disk: udev's scheme, plus any `/dev/disk/by-id` link pointing at it.
@@ -144,7 +230,15 @@ fn derive_by_id(
         }
     }
     if let Some(wwid) = wwid {
-        ids.push(format!("wwn-{}", clean(wwid).trim_start_matches("naa.")));
+        let wwid = clean(wwid);
+        match wwid.strip_prefix("naa.") {
+            // udev's ID_WWN_WITH_EXTENSION: `wwn-0x5000c500a1b2c3d4`.
+            Some(naa) => ids.push(format!("wwn-0x{}", naa.to_ascii_lowercase())),
+            None if name.starts_with("nvme") => ids.push(format!("nvme-{wwid}")),
+            None => {}
+        }
+        // The name earlier agents derived, still accepted.
+        ids.push(format!("wwn-{}", wwid.trim_start_matches("naa.")));
     }
     if let Ok(links) = fs::read_dir(root.dev.join("disk/by-id")) {
         for link in links.flatten() {
@@ -176,6 +270,18 @@ pub fn describe(sel: &DiskSelector) -> String {
         parts.push(format!("size={v}"));
     }
     format!("{{{}}}", parts.join(", "))
+}
+
+/// Whether the selector names one disk by something it alone has: a serial or a by-id name (a
+/// `wwn-…` name is its WWN). A path or a size alone may name another disk once the intended one
+/// has vanished from sysfs (a dead disk), so they are only extra conditions unless a plan allows
+/// a weak selector.
+pub fn names_the_disk(sel: &DiskSelector) -> bool {
+    sel.serial.as_deref().is_some_and(|s| !s.trim().is_empty())
+        || sel
+            .by_id
+            .as_deref()
+            .is_some_and(|id| !id.trim_start_matches("/dev/disk/by-id/").trim().is_empty())
 }
 
 /// Whether `disk` matches every field the selector sets.
@@ -212,9 +318,21 @@ pub fn select<'a>(
     if sel.by_id.is_none() && sel.serial.is_none() && sel.path.is_none() && sel.size.is_none() {
         return Err(SelectError::Empty);
     }
-    let found: Vec<&DiskInfo> = disks.iter().filter(|d| matches(d, sel)).collect();
+    let (found, never): (Vec<&DiskInfo>, Vec<&DiskInfo>) = disks
+        .iter()
+        .filter(|d| matches(d, sel))
+        .partition(|d| d.excluded.is_none());
     let disk = match found.as_slice() {
-        [] => return Err(SelectError::NoMatch(describe(sel))),
+        [] => {
+            return Err(match never.first() {
+                Some(d) => SelectError::NeverTarget {
+                    name: d.name.clone(),
+                    selector: describe(sel),
+                    why: d.excluded.unwrap_or(Exclusion::Named),
+                },
+                None => SelectError::NoMatch(describe(sel)),
+            })
+        }
         [one] => *one,
         many => {
             return Err(SelectError::Ambiguous {
@@ -285,11 +403,12 @@ pub fn partition(root: &Root, name: &str, number: u32) -> Result<PartitionInfo, 
         })
 }
 
-/// Every partition with GPT label `label`, across all disks.
+/// Every partition with GPT label `label`, across all disks that may be written.
 pub fn find_by_label(root: &Root, label: &str) -> Vec<PartitionInfo> {
     scan_disks(root)
         .unwrap_or_default()
         .iter()
+        .filter(|d| d.excluded.is_none())
         .flat_map(|d| partitions(root, &d.name))
         .filter(|p| p.label.as_deref() == Some(label))
         .collect()
@@ -399,6 +518,92 @@ mod tests {
             ),
             Err(SelectError::TooSmall { .. })
         ));
+    }
+
+    /// Adds sysfs attributes to a fake disk.
+    fn set(root: &Root, disk: &str, file: &str, value: &str) {
+        let p = root.sys.join("block").join(disk).join(file);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, value).unwrap();
+    }
+
+    #[test]
+    fn removable_usb_and_rescue_media_disks_are_never_chosen_even_when_named() {
+        let (_d, root) = fake(&[
+            ("sda", 4096, Some("SYS"), false, &[]),
+            ("sdb", 4096, Some("STICK"), false, &[]),
+            ("sdc", 4096, Some("ISO"), false, &[]),
+            ("sdd", 4096, Some("CARD"), false, &[]),
+            ("sde", 4096, Some("MEDIA"), false, &[]),
+        ]);
+        set(&root, "sdd", "removable", "1\n");
+        // sdb is a USB stick: its sysfs folder is a link into a USB controller's tree.
+        let usb = root
+            .sys
+            .join("devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/block/sdb");
+        fs::create_dir_all(usb.parent().unwrap()).unwrap();
+        fs::rename(root.sys.join("block/sdb"), &usb).unwrap();
+        std::os::unix::fs::symlink(&usb, root.sys.join("block/sdb")).unwrap();
+        // sdc holds a hybrid ISO: "CD001" in the first volume descriptor.
+        fs::create_dir_all(&root.dev).unwrap();
+        let mut iso = vec![0u8; 40 << 10];
+        iso[ISO9660_ID_AT as usize - 1..ISO9660_ID_AT as usize + 5].copy_from_slice(b"\x01CD001");
+        fs::write(root.dev.join("sdc"), iso).unwrap();
+        fs::write(root.dev.join("sda"), vec![0u8; 40 << 10]).unwrap();
+        let mut disks = scan_disks(&root).unwrap();
+        exclude_named(&mut disks, &["/dev/disk/by-id/ata-x".into(), "sde".into()]);
+        let why = |n: &str| disks.iter().find(|d| d.name == n).unwrap().excluded;
+        assert_eq!(why("sda"), None);
+        assert_eq!(why("sdb"), Some(Exclusion::Usb));
+        assert_eq!(why("sdc"), Some(Exclusion::RescueMedium));
+        assert_eq!(why("sdd"), Some(Exclusion::Removable));
+        assert_eq!(why("sde"), Some(Exclusion::Named));
+        for (serial, why) in [
+            ("STICK", Exclusion::Usb),
+            ("ISO", Exclusion::RescueMedium),
+            ("CARD", Exclusion::Removable),
+            ("MEDIA", Exclusion::Named),
+        ] {
+            let got = select(&disks, &sel(|s| s.serial = Some(serial.into())), 0);
+            assert!(
+                matches!(&got, Err(SelectError::NeverTarget { why: w, .. }) if *w == why),
+                "{serial}: {got:?}"
+            );
+        }
+        // A size every disk has picks the one that may be written.
+        let any = select(&disks, &sel(|s| s.size = Some(4096 * 512)), 0).unwrap();
+        assert_eq!(any.name, "sda");
+        // The flag is never looked for on them either.
+        assert!(find_by_label(&root, "lazarus-flag").is_empty());
+    }
+
+    #[test]
+    fn a_wwn_names_the_disk_as_udev_does() {
+        let (_d, root) = fake(&[
+            ("sda", 4096, None, false, &[]),
+            ("nvme0n1", 4096, None, false, &[]),
+        ]);
+        set(&root, "sda", "device/wwid", "naa.5000C500A1B2C3D4\n");
+        set(&root, "nvme0n1", "wwid", "eui.0025388b91b3d1a2\n");
+        let disks = scan_disks(&root).unwrap();
+        let one = |id: &str| {
+            select(&disks, &sel(|s| s.by_id = Some(id.into())), 0).map(|d| d.name.clone())
+        };
+        assert_eq!(
+            one("/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"),
+            Ok("sda".into())
+        );
+        assert_eq!(one("wwn-5000C500A1B2C3D4"), Ok("sda".into()));
+        assert_eq!(one("nvme-eui.0025388b91b3d1a2"), Ok("nvme0n1".into()));
+        assert!(names_the_disk(&sel(
+            |s| s.by_id = Some("wwn-0x5000c500a1b2c3d4".into())
+        )));
+        assert!(names_the_disk(&sel(|s| s.serial = Some("S".into()))));
+        assert!(!names_the_disk(&sel(|s| {
+            s.size = Some(1);
+            s.path = Some("/dev/sda".into());
+        })));
+        assert!(!names_the_disk(&sel(|s| s.serial = Some(" ".into()))));
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub enum AgentError {
     Disk(#[from] SelectError),
     #[error("opening target {0}: {1}")]
     TargetOpen(PathBuf, io::Error),
+    /// The exclusive open (`O_EXCL`) failed with `EBUSY`: the disk or one of its partitions is
+    /// mounted, or another program holds it.
+    #[error("target {0} is in use (mounted, or held by another program); nothing was written")]
+    TargetBusy(PathBuf),
     #[error("copying the image: {0}")]
     Image(#[from] ImageError),
     #[error("partitions of {0}: {1}")]
@@ -77,7 +81,9 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (403, "Disk::TooSmall", "the chosen disk or partition is smaller than the image"),
     (404, "Disk::NoPartition", "the disk has no partition of the number the plan gives"),
     (405, "Disk::Sysfs", "sysfs could not be read to list the disks"),
+    (406, "Disk::NeverTarget", "the only disks the selector matches are never written: removable, on USB, or the rescue medium"),
     (410, "TargetOpen", "the target disk or partition could not be opened for writing"),
+    (411, "TargetBusy", "the target is mounted or held by another program (its exclusive open failed with EBUSY); nothing was written"),
     (500, "Image::TargetTooSmall", "the copy engine's own size guard; a recovery checks first and reports 403, so only `lazarus-agent copy` reports 500"),
     (501, "Image::Read", "reading or decompressing the image failed"),
     (502, "Image::TooShort", "the image ended before its declared size"),
@@ -114,6 +120,9 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (802, "NoFlag::Ambiguous", "several flag partitions with the plan's label; none was written"),
     (803, "NoFlag::NotInImage", "a wrecked disk has no flag partition and the image defines none"),
     (804, "NoFlag::NotBlockDevice", "the flag partition cannot be registered on a non-block device"),
+    (805, "NoFlag::NotAPartition", "the plan's flag path is not a partition (a whole disk, say); nothing was written to it"),
+    (806, "NoFlag::OnAnotherDisk", "the plan's flag path is a partition of another disk than the chosen one; nothing was written to it"),
+    (807, "Flag::Foreign", "the flag device holds neither zeros nor flag records (the format guard); nothing was written to it"),
     (900, "Sync", "flushing the restored files or the disk to stable storage failed"),
     (999, "Panicked", "internal error: a step panicked"),
 ];
@@ -152,8 +161,10 @@ impl AgentError {
                 SelectError::TooSmall { .. } => 403,
                 SelectError::NoPartition { .. } => 404,
                 SelectError::Sysfs(..) => 405,
+                SelectError::NeverTarget { .. } => 406,
             },
             Self::TargetOpen(..) => 410,
+            Self::TargetBusy(_) => 411,
             Self::Image(e) => match e {
                 ImageError::TargetTooSmall { .. } => 500,
                 ImageError::Read(_) => 501,
@@ -192,12 +203,25 @@ impl AgentError {
                 BackupError::Restore { .. } => 711,
                 BackupError::NothingToBackUp(_) => 712,
             },
-            Self::Flag(_) => 800,
+            Self::Flag(e) => match e {
+                StoreError::Open(..)
+                | StoreError::TooSmall(..)
+                | StoreError::Read(..)
+                | StoreError::Write(..)
+                | StoreError::Sync(..)
+                | StoreError::Encode(_)
+                | StoreError::NotAFlagPartition(_)
+                | StoreError::NotFileOrDevice(_)
+                | StoreError::NoSuchDevice(_) => 800,
+                StoreError::Foreign(_) => 807,
+            },
             Self::NoFlag(e) => match e {
                 FlagLookupError::NotFound { .. } => 801,
                 FlagLookupError::Ambiguous { .. } => 802,
                 FlagLookupError::NotInImage { .. } => 803,
                 FlagLookupError::NotBlockDevice(_) => 804,
+                FlagLookupError::NotAPartition(_) => 805,
+                FlagLookupError::OnAnotherDisk { .. } => 806,
             },
             Self::Sync(..) => 900,
             Self::Panicked(_) => 999,

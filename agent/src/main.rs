@@ -29,6 +29,7 @@ struct HostOptions {
     key_file: PathBuf,
     workdir: PathBuf,
     export_dir: Option<PathBuf>,
+    /// The flag to read at start: a flag partition or file, or a whole disk to look for it on.
     flag: Option<PathBuf>,
     controller: Option<SocketAddr>,
     /// Announce this MAC instead of the host's (several host-mode agents on one machine).
@@ -160,6 +161,7 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
             format,
             size,
             verify,
+            keep: Default::default(),
         },
         &Progress::default(),
     )?;

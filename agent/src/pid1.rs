@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lazarus_proto::{BootId, FlagLocation};
+use lazarus_proto::BootId;
 
 use crate::config::{BootConfig, StaticIp};
 use crate::dhcp::DhcpError;
 use crate::kmod::ModuleDb;
 use crate::logring::LogRing;
 use crate::network::NetworkError;
-use crate::platform::{find_flag, RescueMachine};
+use crate::platform::RescueMachine;
 use crate::root::Root;
 use crate::service::Agent;
 use crate::{announce, dhcp, network, server, sys};
@@ -153,17 +153,14 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), BootError> {
     };
     network::set_address(&iface, ip.address, ip.prefix_len, ip.gateway)?;
 
-    let boot_flag = match &boot.flag {
-        Some(p) => Some(PathBuf::from(p)),
-        None => find_flag(&root, &FlagLocation::default(), None)
-            .map_err(|e| log::info!("flag at boot: {e}"))
-            .ok(),
-    };
+    // The flag itself is looked for when the agent starts (`Storage::boot_flag_device`): on the
+    // disk or partition the command line names, else on every disk that may be written.
     let machine = RescueMachine::rescue(
         root.clone(),
         iface.clone(),
         PathBuf::from("/run/lazarus"),
-        boot_flag,
+        boot.flag.as_ref().map(PathBuf::from),
+        boot.media.clone(),
     );
     let mut id = [0u8; 16];
     lazarus_node::random::fill(&mut id).map_err(BootError::Random)?;

@@ -3,8 +3,11 @@
 //! Order (DESIGN.md "The repair, step by step", step 5):
 //!
 //! 1. check the plan; configure the network; make the source readable; open the image;
-//! 2. choose the disk (exactly one; large enough) and find its flag partition;
-//! 3. flag RECOVERING — before the first byte of the disk changes;
+//! 2. choose the disk (exactly one; large enough; never a removable, USB or rescue-medium disk;
+//!    opened exclusively) and find its flag partition (a flag path must be a partition of it);
+//! 3. flag RECOVERING — before the first byte of the disk changes; when a whole-disk image
+//!    covers its own flag partition, the current record is copied to where the image puts the
+//!    flag, and the copy leaves that range alone (the image's bytes there never land);
 //! 4. copy the image (verified; first MiB last);
 //! 5. whole-disk image: re-read the partition table, find the (new) flag partition and write
 //!    RECOVERING there too, since the image just replaced it;
@@ -12,18 +15,24 @@
 //! 7. flush the target; flag RECOVERED.
 //!
 //! Any error writes FAILED with the error's code and message (where a flag was found), and the
-//! engine has already zeroed the disk's first MiB if the copy had begun.
+//! engine has already zeroed the disk's first MiB if the copy had begun. Every flag write goes
+//! through the format guard (`FlagStore::write_guarded`): a device holding anything but zeros or
+//! flag records is never written.
 
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
-use lazarus_proto::flag::{validate_plan_id, FlagError, FlagRecord, FlagState};
-use lazarus_proto::{ImageLayout, Plan, Step};
+use lazarus_proto::flag::{
+    validate_plan_id, FlagError, FlagRecord, FlagState, DEFAULT_PARTLABEL, MIN_PARTITION_LEN,
+};
+use lazarus_proto::{FlagLocation, ImageLayout, Plan, Step};
 
 use crate::disk::{self, DiskInfo};
 use crate::error::AgentError;
-use crate::image::{write_image, Bmap, BmapError, CopySpec, Progress, Target, Verification};
-use crate::platform::{FlagLookupError, Platform};
+use crate::image::{
+    write_image, Bmap, BmapError, CopySpec, ImageError, Kept, Progress, Target, Verification,
+};
+use crate::platform::{FlagLookupError, FlagSite, Platform};
 use lazarus_node::backup::restore_backup;
 use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
@@ -52,6 +61,8 @@ pub enum PlanError {
     RestoreNeedsPartition,
     #[error("prefix length {0} is too long")]
     PrefixTooLong(u8),
+    #[error("the target selector {0} names the disk by neither serial nor by_id (size and path are only extra conditions); set allow_weak_selector = true to accept it")]
+    WeakSelector(String),
 }
 
 /// Why the plan's block map cannot check the copy.
@@ -86,6 +97,9 @@ pub fn validate(plan: &Plan) -> Result<(), PlanError> {
     let t = &plan.target;
     if t.by_id.is_none() && t.serial.is_none() && t.path.is_none() && t.size.is_none() {
         return Err(PlanError::NoTarget);
+    }
+    if !plan.allow_weak_selector && !disk::names_the_disk(t) {
+        return Err(PlanError::WeakSelector(disk::describe(t)));
     }
     if let ImageLayout::Partition { number: 0 } = plan.image.layout {
         return Err(PlanError::PartitionZero);
@@ -126,9 +140,9 @@ pub fn recover(
     progress: &Progress,
     observer: &dyn Observer,
 ) -> Result<FlagRecord, AgentError> {
-    // The flag device found so far; opened for each write, so no descriptor is held across the
+    // The flag found so far; opened for each write, so no descriptor is held across the
     // partition table re-read (an open partition makes BLKRRPART fail with EBUSY).
-    let mut flag: Option<PathBuf> = None;
+    let mut flag: Option<FlagSite> = None;
     // A panic in a step is a failure like any other: FAILED goes to the flag found so far.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_steps(platform, plan, progress, observer, &mut flag)
@@ -145,7 +159,7 @@ pub fn recover(
         Ok(record) => Ok(record),
         Err(err) => {
             log::error!("plan {} failed: {err} (code {})", plan.plan_id, err.code());
-            if let Some(path) = &flag {
+            if let Some(site) = &flag {
                 let update = FlagUpdate {
                     state: FlagState::Failed,
                     error_code: err.code(),
@@ -155,9 +169,9 @@ pub fn recover(
                     plan_id: plan.plan_id.clone(),
                     message: err.to_string(),
                 };
-                match FlagStore::open(path).and_then(|s| s.write(&update)) {
+                match site.open().and_then(|s| s.write_guarded(&update)) {
                     Ok(rec) => observer.flag(&rec),
-                    Err(e) => log::error!("writing FAILED to {}: {e}", path.display()),
+                    Err(e) => log::error!("writing FAILED to {site}: {e}"),
                 }
             } else {
                 log::warn!(
@@ -174,7 +188,7 @@ fn run_steps(
     plan: &Plan,
     progress: &Progress,
     observer: &dyn Observer,
-    flag: &mut Option<PathBuf>,
+    flag: &mut Option<FlagSite>,
 ) -> Result<FlagRecord, AgentError> {
     validate(plan)?;
     let recovering = |done: u64| FlagUpdate {
@@ -187,11 +201,15 @@ fn run_steps(
     };
 
     // A flag at a fixed path is known before any disk is chosen: open it first, so that even
-    // a plan failing to find its disk leaves FAILED there.
-    if let lazarus_proto::FlagLocation::Path(_) = plan.flag {
+    // a plan failing to find its disk leaves FAILED there. It must already be a partition (in
+    // host mode, or a file) holding nothing but zeros or flag records; whether it is on the
+    // chosen disk is checked as soon as the disk is chosen.
+    if let FlagLocation::Path(_) = plan.flag {
         let path = platform.flag_device(&plan.flag, None)?;
-        FlagStore::open(&path)?;
-        *flag = Some(path);
+        if !FlagStore::open(&path)?.guard_passes()? {
+            return Err(lazarus_node::flag_store::StoreError::Foreign(path).into());
+        }
+        *flag = Some(FlagSite::device(path));
     }
 
     observer.step(Step::ConfigureNetwork);
@@ -208,12 +226,24 @@ fn run_steps(
     observer.step(Step::SelectDisk);
     let disks = platform.disks(&plan.target)?;
     let disk = disk::select(&disks, &plan.target, 0)?.clone();
+    if let FlagLocation::Path(_) = plan.flag {
+        // Not a partition of the chosen disk: nothing (not even FAILED) is written there.
+        if let Err(e) = platform.flag_device(&plan.flag, Some(&disk)) {
+            *flag = None;
+            return Err(e);
+        }
+    }
     let target_path = match plan.image.layout {
         ImageLayout::WholeDisk => disk.dev_path.clone(),
         ImageLayout::Partition { number } => platform.partition(&disk, number)?,
     };
-    let target =
-        Target::open(&target_path).map_err(|e| AgentError::TargetOpen(target_path.clone(), e))?;
+    let target = Target::open(&target_path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+            AgentError::TargetBusy(target_path.clone())
+        } else {
+            AgentError::TargetOpen(target_path.clone(), e)
+        }
+    })?;
     if target.len() < plan.image.size {
         return Err(disk::SelectError::TooSmall {
             name: target_path.display().to_string(),
@@ -228,7 +258,7 @@ fn run_steps(
         // partition is where the image puts it. Writing there first is writing to the disk that
         // was chosen and is about to be rewritten whole.
         Err(AgentError::NoFlag(why)) if plan.image.layout == ImageLayout::WholeDisk => {
-            let lazarus_proto::FlagLocation::PartLabel(label) = &plan.flag else {
+            let FlagLocation::PartLabel(label) = &plan.flag else {
                 return Err(AgentError::NoFlag(why));
             };
             let Some(part) = image_partition(&image_path, plan.image.format, label) else {
@@ -246,14 +276,26 @@ fn run_steps(
         Err(e) => return Err(e),
     };
     // Write-ahead: RECOVERING is durable before the disk changes.
-    observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(0))?);
-    *flag = Some(flag_path.clone());
+    observer.flag(&FlagStore::open(&flag_path)?.write_guarded(&recovering(0))?);
+    *flag = Some(FlagSite::device(flag_path.clone()));
+    let keep = match plan.image.layout {
+        ImageLayout::WholeDisk => keep_flag(&image_path, plan, &flag_path, &target)?,
+        ImageLayout::Partition { .. } => None,
+    };
+    if let Some(slots) = &keep {
+        // From here the record lives at the image's flag range on the disk.
+        *flag = Some(FlagSite {
+            path: target_path.clone(),
+            offset: slots.start,
+        });
+    }
 
     observer.step(Step::CopyImage);
     let spec = CopySpec {
         format: plan.image.format,
         size: plan.image.size,
         verify,
+        keep: Kept::new(keep),
     };
     let report = write_image(image, &target, &spec, progress)?;
     log::info!(
@@ -273,8 +315,8 @@ fn run_steps(
         platform.reread_partitions(&disk)?;
         // The image replaced the partition table and maybe the flag partition itself.
         flag_path = platform.flag_device(&plan.flag, Some(&disk))?;
-        observer.flag(&FlagStore::open(&flag_path)?.write(&recovering(plan.image.size))?);
-        *flag = Some(flag_path.clone());
+        observer.flag(&FlagStore::open(&flag_path)?.write_guarded(&recovering(plan.image.size))?);
+        *flag = Some(FlagSite::device(flag_path.clone()));
     }
 
     if let Some(restore) = &plan.restore {
@@ -299,10 +341,51 @@ fn run_steps(
         state: FlagState::Recovered,
         ..recovering(plan.image.size)
     };
-    let record = FlagStore::open(&flag_path)?.write(&done)?;
+    let record = FlagStore::open(&flag_path)?.write_guarded(&done)?;
     observer.flag(&record);
     log::info!("plan {} recovered", plan.plan_id);
     Ok(record)
+}
+
+/// When a whole-disk image defines its own flag partition (the plan's label, or `lazarus-flag`
+/// for a flag path) and covers its slots: copies the current record (`flag`) there on the
+/// target, durably, and returns that range, which the copy then leaves alone. So what the disk
+/// holds there is always the agent's record, never the image's bytes (a record captured with
+/// the image, an old RECOVERED), mid-copy or after; and after a power cut the record is where the
+/// new table, or a scan, finds it.
+fn keep_flag(
+    image_path: &Path,
+    plan: &Plan,
+    flag: &Path,
+    target: &Target,
+) -> Result<Option<std::ops::Range<u64>>, AgentError> {
+    let label = match &plan.flag {
+        FlagLocation::PartLabel(label) => label.as_str(),
+        FlagLocation::Path(_) => DEFAULT_PARTLABEL,
+    };
+    let Some(part) = image_partition(image_path, plan.image.format, label) else {
+        return Ok(None);
+    };
+    let Some(end) = part.start.checked_add(MIN_PARTITION_LEN) else {
+        return Ok(None);
+    };
+    if part.len < MIN_PARTITION_LEN || end > plan.image.size || end > target.len() {
+        return Ok(None);
+    }
+    let slots = FlagStore::open(flag)?.slots()?;
+    target
+        .write_at(&slots, part.start)
+        .and_then(|()| target.sync())
+        .map_err(|source| ImageError::Write {
+            offset: part.start,
+            source,
+        })?;
+    log::info!(
+        "the image's flag partition {} covers bytes {}..{end}: the copy keeps the current record there",
+        part.number,
+        part.start
+    );
+    Ok(Some(part.start..end))
 }
 
 /// The partition labelled `label` in the image's own primary GPT (read from its first MiB).

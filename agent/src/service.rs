@@ -14,7 +14,7 @@ use crate::logring::LogRing;
 use crate::platform::Platform;
 use crate::recovery::{self, Observer};
 use crate::state::{self, Action, Event, Refused, State};
-use lazarus_node::flag_store::{FlagStore, FlagUpdate};
+use lazarus_node::flag_store::FlagUpdate;
 
 /// What the status reports; changed only under the lock.
 #[derive(Debug, Clone)]
@@ -67,19 +67,18 @@ impl Agent {
     ) -> Arc<Self> {
         let mut boot_flag = None;
         let mut flag = FlagRecord::default().summary();
-        if let Some(path) = platform.boot_flag_device() {
-            match FlagStore::open(&path).and_then(|s| Ok((s.read()?, s))) {
+        if let Some(site) = platform.boot_flag_device() {
+            match site.open().and_then(|s| Ok((s.read()?, s))) {
                 Ok((record, store)) => {
                     log::info!(
-                        "flag at {}: {} (plan {:?}, seq {})",
-                        path.display(),
+                        "flag at {site}: {} (plan {:?}, seq {})",
                         record.state.name(),
                         record.plan_id,
                         record.seq
                     );
                     boot_flag = Some(record.summary());
                     if record.state != FlagState::None {
-                        match store.write(&FlagUpdate::state(FlagState::None)) {
+                        match store.write_guarded(&FlagUpdate::state(FlagState::None)) {
                             Ok(cleared) => flag = cleared.summary(),
                             Err(e) => log::error!("clearing the stale flag: {e}"),
                         }
@@ -87,7 +86,7 @@ impl Agent {
                         flag = record.summary();
                     }
                 }
-                Err(e) => log::warn!("no readable flag at {}: {e}", path.display()),
+                Err(e) => log::warn!("no readable flag at {site}: {e}"),
             }
         }
         let mut live = Live {
@@ -312,6 +311,52 @@ mod tests {
         recover(&agent, &plan);
         let status = finished(&agent);
         assert_eq!((status.phase, status.error), (Phase::Recovered, None));
+    }
+
+    #[test]
+    fn many_recovers_sent_at_once_start_exactly_one_plan() {
+        let fake = Arc::new(fake());
+        let agent = Agent::start(BootId([10; 16]), fake.clone(), None);
+        // The first plan to start is held at its first step, so every other request arrives
+        // while it runs; half the senders repeat one plan id, half send plans of their own.
+        fake.hold(true);
+        let threads = 16;
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let senders: Vec<_> = (0..threads)
+            .map(|i| {
+                let (agent, barrier) = (agent.clone(), barrier.clone());
+                let mut plan = fake.plan(BACKUP_TIME + 1);
+                plan.plan_id = if i % 2 == 0 {
+                    "same".into()
+                } else {
+                    format!("own-{i}")
+                };
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    recover(&agent, &plan)
+                })
+            })
+            .collect();
+        let replies: Vec<Response> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+        let running = agent.status().plan_id.expect("a plan runs");
+        fake.hold(false);
+        let status = finished(&agent);
+        assert_eq!(status.phase, Phase::Recovered);
+        assert_eq!(status.plan_id.as_deref(), Some(running.as_str()));
+        let runs = fake
+            .trace()
+            .iter()
+            .filter(|w| **w == What::Call(Call::ConfigureNetwork))
+            .count();
+        assert_eq!(runs, 1, "{threads} concurrent Recovers ran {runs} plans");
+        // Every other sender was told a plan runs (Busy), or got the running plan's status.
+        for reply in replies {
+            match reply {
+                Response::Status(s) => assert_eq!(s.plan_id.as_deref(), Some(running.as_str())),
+                Response::Error(ErrorReply { kind, .. }) => assert_eq!(kind, Refusal::Busy),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

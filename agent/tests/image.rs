@@ -366,6 +366,7 @@ fn a_bmaptool_map_verifies_the_copy_range_by_range() {
         format: ImageFormat::Raw,
         size: img.len() as u64,
         verify: Verification::Ranges(map.ranges.clone()),
+        keep: Default::default(),
     };
     write_image(&img[..], &target, &spec, &Progress::default()).unwrap();
     assert!(std::fs::read(&path).unwrap() == img);
@@ -384,4 +385,47 @@ fn a_bmaptool_map_verifies_the_copy_range_by_range() {
         "{err}"
     );
     assert_header_zero(&path);
+}
+
+#[test]
+fn kept_ranges_are_never_written_zeroed_or_punched() {
+    use lazarus_agent::image::Kept;
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let path = target_file(dir.path(), img.len() + MIB);
+    let before = std::fs::read(&path).unwrap();
+    // One range in the held-back header, one in a run of zeros (punched around), one unaligned
+    // in data.
+    let keep = [
+        4096..12288,
+        7 * MIB as u64..7 * MIB as u64 + 8192,
+        3 * MIB as u64 + 100..3 * MIB as u64 + 9000,
+    ];
+    let mut s = spec(&img, ImageFormat::Raw);
+    s.keep = Kept::new(keep.clone());
+    let target = Target::open(&path).unwrap();
+    write_image(&img[..], &target, &s, &Progress::default()).unwrap();
+    let after = std::fs::read(&path).unwrap();
+    let mut want = img.clone();
+    for r in &keep {
+        let r = r.start as usize..r.end as usize;
+        want[r.clone()].copy_from_slice(&before[r]);
+    }
+    assert!(
+        after[..img.len()] == want[..],
+        "a kept range changed, or the image is wrong elsewhere"
+    );
+    // A failed copy zeroes the first MiB but the kept range in it.
+    std::fs::write(&path, &before).unwrap();
+    digest_mut(&mut s).0[0] ^= 1;
+    assert!(write_image(&img[..], &target, &s, &Progress::default()).is_err());
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        after[4096..12288] == before[4096..12288],
+        "the failure path zeroed a kept range"
+    );
+    assert!(after[..4096]
+        .iter()
+        .chain(&after[12288..MIB])
+        .all(|&b| b == 0));
 }

@@ -10,7 +10,12 @@
 //!   (a bad sector, a stray write), the read would fall back to a stale RECOVERED and the
 //!   controller could reboot a half-written disk;
 //! - formatting refuses a device whose first slots hold neither zeros nor flag records unless
-//!   forced, so a mistyped path does not destroy a filesystem's first 8 KiB.
+//!   forced, so a mistyped path does not destroy a filesystem's first 8 KiB; the agent applies
+//!   the same guard ([`holds_only_flag_records`]) before every write ([`FlagStore::write_guarded`]),
+//!   so a plan naming the wrong device (`/dev/sdb` for `/dev/sdb3`) never loses its partition
+//!   table to a flag record;
+//! - a store may begin at a byte offset of a device ([`FlagStore::open_at`]): the flag partition's
+//!   slots on the whole disk, found from the backup GPT when the primary table is gone.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -21,6 +26,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lazarus_proto::flag::{
     FlagError, FlagRecord, FlagState, SlotsView, MIN_PARTITION_LEN, SLOT_LEN,
 };
+
+/// The first bytes of every flag record slot.
+pub const FLAG_MAGIC: &[u8; 8] = b"LZRSFLAG";
 use lazarus_proto::Sha256;
 
 /// Size of a flag file created by [`FlagStore::format`] when the path does not exist.
@@ -49,6 +57,23 @@ pub enum StoreError {
         "{0} does not exist: a flag under /dev must be an existing partition, never a new file"
     )]
     NoSuchDevice(PathBuf),
+    #[error("refusing to write a flag record to {0}: its first 8 KiB hold data that is neither zeros nor a Lazarus flag record")]
+    Foreign(PathBuf),
+}
+
+/// The format guard: whether the first [`MIN_PARTITION_LEN`] bytes of a device hold nothing but
+/// zeros or flag records, so writing a record there destroys nothing. True when every byte is
+/// zero, when a slot holds a valid record, or when each slot is either all zeros or begins with
+/// the record magic (a record torn by a power cut during the very first write).
+pub fn holds_only_flag_records(bytes: &[u8]) -> bool {
+    let slots = &bytes[..bytes.len().min(MIN_PARTITION_LEN as usize)];
+    slots.iter().all(|&b| b == 0)
+        || slots
+            .chunks(SLOT_LEN)
+            .any(|slot| FlagRecord::decode(slot).is_ok())
+        || slots
+            .chunks(SLOT_LEN)
+            .all(|slot| slot.iter().all(|&b| b == 0) || slot.starts_with(FLAG_MAGIC))
 }
 
 /// The fields of a record the caller chooses; the store assigns sequence and time.
@@ -107,11 +132,19 @@ pub fn plan_write(
 pub struct FlagStore {
     file: File,
     path: PathBuf,
+    /// Where slot 0 begins on the file or device.
+    offset: u64,
 }
 
 impl FlagStore {
     /// Opens an existing flag file or partition.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_at(path, 0)
+    }
+
+    /// Opens a store whose slots begin `offset` bytes into a file or device (a flag partition
+    /// addressed on its whole disk).
+    pub fn open_at(path: &Path, offset: u64) -> Result<Self, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -121,6 +154,7 @@ impl FlagStore {
         let mut store = Self {
             file,
             path: path.to_owned(),
+            offset,
         };
         let kind = store
             .file
@@ -130,7 +164,7 @@ impl FlagStore {
         if !kind.is_file() && !kind.is_block_device() {
             return Err(StoreError::NotFileOrDevice(path.to_owned()));
         }
-        let len = store.len()?;
+        let len = store.len()?.saturating_sub(offset);
         if len < MIN_PARTITION_LEN {
             return Err(StoreError::TooSmall(path.to_owned(), len));
         }
@@ -157,11 +191,7 @@ impl FlagStore {
         }
         let store = Self::open(path)?;
         let bytes = store.read_slots()?;
-        let looks_like_flags = bytes.iter().all(|&b| b == 0)
-            || bytes
-                .chunks(SLOT_LEN)
-                .any(|slot| FlagRecord::decode(slot).is_ok());
-        if !looks_like_flags && !force {
+        if !holds_only_flag_records(&bytes) && !force {
             return Err(StoreError::NotAFlagPartition(path.to_owned()));
         }
         store.write_slot_bytes(0, &vec![0u8; MIN_PARTITION_LEN as usize])?;
@@ -171,6 +201,11 @@ impl FlagStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the slots begin on the file or device.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Reads both slots from the device.
@@ -185,7 +220,31 @@ impl FlagStore {
 
     /// Writes a record durably and returns it as stored.
     pub fn write(&self, update: &FlagUpdate) -> Result<FlagRecord, StoreError> {
-        let view = self.view()?;
+        self.write_slots(SlotsView::decode(&self.read_slots()?), update)
+    }
+
+    /// Writes a record durably, but only if the slots hold nothing but zeros or flag records
+    /// ([`holds_only_flag_records`], checked on the bytes read for this very write); otherwise
+    /// [`StoreError::Foreign`] and nothing is written.
+    pub fn write_guarded(&self, update: &FlagUpdate) -> Result<FlagRecord, StoreError> {
+        let bytes = self.read_slots()?;
+        if !holds_only_flag_records(&bytes) {
+            return Err(StoreError::Foreign(self.path.clone()));
+        }
+        self.write_slots(SlotsView::decode(&bytes), update)
+    }
+
+    /// Both slots as they are on the device (to copy the current record elsewhere).
+    pub fn slots(&self) -> Result<Vec<u8>, StoreError> {
+        self.read_slots()
+    }
+
+    /// Whether the slots pass the format guard now.
+    pub fn guard_passes(&self) -> Result<bool, StoreError> {
+        Ok(holds_only_flag_records(&self.read_slots()?))
+    }
+
+    fn write_slots(&self, view: SlotsView, update: &FlagUpdate) -> Result<FlagRecord, StoreError> {
         let writes = plan_write(&view, update, unix_now())?;
         for (slot, bytes) in &writes {
             self.write_slot_bytes(*slot as u64 * SLOT_LEN as u64, bytes)?;
@@ -198,14 +257,14 @@ impl FlagStore {
     fn read_slots(&self) -> Result<Vec<u8>, StoreError> {
         let mut bytes = vec![0u8; MIN_PARTITION_LEN as usize];
         self.file
-            .read_exact_at(&mut bytes, 0)
+            .read_exact_at(&mut bytes, self.offset)
             .map_err(|e| StoreError::Read(self.path.clone(), e))?;
         Ok(bytes)
     }
 
     fn write_slot_bytes(&self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.file
-            .write_all_at(bytes, offset)
+            .write_all_at(bytes, self.offset + offset)
             .map_err(|e| StoreError::Write(self.path.clone(), e))
     }
 

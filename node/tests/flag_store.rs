@@ -3,7 +3,9 @@
 
 use std::os::unix::fs::FileExt;
 
-use lazarus_node::flag_store::{plan_write, FlagStore, FlagUpdate, StoreError};
+use lazarus_node::flag_store::{
+    holds_only_flag_records, plan_write, FlagStore, FlagUpdate, StoreError,
+};
 use lazarus_proto::flag::{FlagRecord, FlagState, SlotsView, MIN_PARTITION_LEN, SLOT_LEN};
 use proptest::prelude::*;
 
@@ -229,4 +231,82 @@ fn format_never_creates_a_file_under_dev() {
         Err(StoreError::NoSuchDevice(_))
     ));
     assert!(!path.exists(), "a regular file appeared in /dev");
+}
+
+#[test]
+fn a_guarded_write_refuses_foreign_data_and_writes_nothing() {
+    // A partition table's first sectors, a filesystem superblock at 1 KiB: what a typo'd flag
+    // path (`/dev/sdb` for `/dev/sdb3`) would name.
+    let mut foreign = vec![0u8; 1 << 16];
+    foreign[510..512].copy_from_slice(&[0x55, 0xaa]);
+    foreign[512..520].copy_from_slice(b"EFI PART");
+    foreign[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+    let (_d, path) = file_with(&foreign);
+    let store = FlagStore::open(&path).unwrap();
+    assert!(!store.guard_passes().unwrap());
+    assert!(matches!(
+        store.write_guarded(&update(FlagState::Recovering, "p")),
+        Err(StoreError::Foreign(_))
+    ));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        foreign,
+        "a refused write wrote"
+    );
+}
+
+#[test]
+fn a_guarded_write_accepts_zeros_records_and_a_torn_first_record() {
+    let (_d, path) = file_with(&vec![0u8; MIN_PARTITION_LEN as usize]);
+    let store = FlagStore::open(&path).unwrap();
+    store
+        .write_guarded(&update(FlagState::Recovering, "p1"))
+        .unwrap();
+    store
+        .write_guarded(&update(FlagState::Failed, "p1"))
+        .unwrap();
+    assert_eq!(store.read().unwrap().state, FlagState::Failed);
+    // The very first write torn at every 512-byte boundary past the magic: still a flag area.
+    let record = FlagRecord {
+        plan_id: "p".into(),
+        state: FlagState::Recovering,
+        ..FlagRecord::default()
+    }
+    .encode()
+    .unwrap();
+    for k in (512..SLOT_LEN).step_by(512) {
+        let mut bytes = vec![0u8; MIN_PARTITION_LEN as usize];
+        bytes[..k].copy_from_slice(&record[..k]);
+        assert!(holds_only_flag_records(&bytes), "torn at {k}");
+    }
+}
+
+#[test]
+fn a_store_at_an_offset_reads_and_writes_only_its_slots() {
+    let disk = vec![0x5au8; 64 << 10];
+    let (_d, path) = file_with(&disk);
+    let offset = 40 << 10;
+    let zeros = vec![0u8; MIN_PARTITION_LEN as usize];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&zeros, offset)
+        .unwrap();
+    let store = FlagStore::open_at(&path, offset).unwrap();
+    assert_eq!(store.offset(), offset);
+    store
+        .write_guarded(&update(FlagState::Recovering, "at"))
+        .unwrap();
+    let after = std::fs::read(&path).unwrap();
+    let end = (offset + MIN_PARTITION_LEN) as usize;
+    assert!(after[..offset as usize] == disk[..offset as usize]);
+    assert!(after[end..] == disk[end..]);
+    let view = SlotsView::decode(&after[offset as usize..end]);
+    assert_eq!(view.record().plan_id, "at");
+    // Too close to the end for two slots.
+    assert!(matches!(
+        FlagStore::open_at(&path, (64 << 10) - 4096),
+        Err(StoreError::TooSmall(..))
+    ));
 }

@@ -77,6 +77,14 @@ pub struct Plan {
     pub flag: FlagLocation,
     /// Business files to put back after the image, if any.
     pub restore: Option<RestoreSpec>,
+    /// Accept a target selector that names the disk only by `path` and/or `size`. Without it a
+    /// selector must name the disk by `serial` or `by_id` (a `wwn-…` name is a WWN); size and
+    /// path are then only extra conditions. A failed node's dead system disk often vanishes from
+    /// sysfs, and a size-only selector would then pick a data disk of the same size. For host
+    /// mode (files as disks) and labs with disks that have no serial. Added after `restore`
+    /// (postcard encodes fields in order); absent from a TOML plan it is `false`.
+    #[serde(default)]
+    pub allow_weak_selector: bool,
 }
 
 /// The node's address during the repair.

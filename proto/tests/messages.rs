@@ -49,6 +49,7 @@ fn sample_plan() -> Plan {
             },
             paths: vec!["srv".into()],
         }),
+        allow_weak_selector: false,
     }
 }
 
@@ -89,7 +90,7 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
             "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d670180\
              20111111111111111111111111111111111111111111111111111111111111111100000001025331000180\
              80808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f010373\
-             7276",
+             727600",
         ),
         (Request::Abort, "03"),
         (Request::Reboot, "04"),
@@ -181,6 +182,34 @@ fn plan_reads_from_toml_with_hex_digest() {
     let bad = text.replace(&"11".repeat(32), "xyz");
     let err = toml::from_str::<Plan>(&bad).unwrap_err().to_string();
     assert!(err.contains("expected 64 hex characters"), "{err}");
+}
+
+#[test]
+fn allow_weak_selector_is_the_last_field_and_false_when_a_plan_file_omits_it() {
+    let plan = sample_plan();
+    let text = toml::to_string(&plan).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("allow_weak_selector"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(text, without, "the field is written: {text}");
+    assert!(
+        !toml::from_str::<Plan>(&without)
+            .unwrap()
+            .allow_weak_selector
+    );
+    let weak = Plan {
+        allow_weak_selector: true,
+        ..plan.clone()
+    };
+    // Trailing: the encoding is the old plan's bytes plus one byte.
+    let old = postcard::to_allocvec(&plan).unwrap();
+    let new = postcard::to_allocvec(&weak).unwrap();
+    assert_eq!(new[..old.len() - 1], old[..old.len() - 1]);
+    assert_eq!((old.last(), new.last()), (Some(&0), Some(&1)));
+    let example = include_str!("../../docs/plan.example.toml");
+    assert!(!toml::from_str::<Plan>(example).unwrap().allow_weak_selector);
 }
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -302,12 +331,12 @@ fn plan() -> impl Strategy<Value = Plan> {
         nfs,
         image,
         target,
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         ".*",
         restore,
     )
         .prop_map(
-            |(plan_id, network, nfs, image, target, by_path, flag, restore)| Plan {
+            |(plan_id, network, nfs, image, target, (by_path, weak), flag, restore)| Plan {
                 plan_id,
                 network,
                 nfs,
@@ -319,6 +348,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                     FlagLocation::PartLabel(flag)
                 },
                 restore,
+                allow_weak_selector: weak,
             },
         )
 }

@@ -87,7 +87,14 @@ fn examples() -> Vec<AgentError> {
         }
         .into(),
         SelectError::Sysfs(p(), s()).into(),
+        SelectError::NeverTarget {
+            name: s(),
+            selector: s(),
+            why: crate::disk::Exclusion::Usb,
+        }
+        .into(),
         AgentError::TargetOpen(p(), io()),
+        AgentError::TargetBusy(p()),
         ImageError::TargetTooSmall {
             target: 1,
             image: 2,
@@ -204,6 +211,14 @@ fn examples() -> Vec<AgentError> {
         }
         .into(),
         FlagLookupError::NotBlockDevice(p()).into(),
+        FlagLookupError::NotAPartition(p()).into(),
+        FlagLookupError::OnAnotherDisk {
+            flag: p(),
+            disk: s(),
+            chosen: s(),
+        }
+        .into(),
+        StoreError::Foreign(p()).into(),
         AgentError::Sync(p(), io()),
         AgentError::Panicked(s()),
     ]

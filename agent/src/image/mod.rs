@@ -18,9 +18,13 @@
 //!   zeroed.
 //! - Progress (bytes read and verified so far) is published for `Status`; an abort request stops
 //!   the copy at the next chunk.
+//! - Kept ranges ([`CopySpec::keep`]: the flag record's slots when a whole-disk image covers its
+//!   own flag partition) are never written, zeroed or punched; their image bytes are verified
+//!   like any others.
 
 pub mod bmap;
 mod buf;
+mod keep;
 mod target;
 mod verify;
 
@@ -33,6 +37,7 @@ use lazarus_proto::{ImageFormat, Sha256};
 
 pub use bmap::{Bmap, BmapError, MappedRange};
 pub use buf::{AlignedBuf, Pool, ALIGN};
+pub use keep::Kept;
 pub use lazarus_node::zstd::ZstdFrames;
 pub use target::Target;
 pub use verify::Verification;
@@ -58,6 +63,8 @@ pub struct CopySpec {
     /// Logical (uncompressed) size.
     pub size: u64,
     pub verify: Verification,
+    /// Target ranges left as they are (see [`Kept`]).
+    pub keep: Kept,
 }
 
 impl CopySpec {
@@ -67,6 +74,7 @@ impl CopySpec {
             format,
             size,
             verify: Verification::Whole(sha256),
+            keep: Kept::default(),
         }
     }
 }
@@ -170,11 +178,11 @@ pub fn write_image<R: Read + Send>(
     // punch works the zero blocks of the image need not be written at all. Block devices take
     // only block-aligned ranges: the unaligned tail (under 4 KiB) is always written.
     let aligned_len = spec.size / ALIGN as u64 * ALIGN as u64;
-    let sparse = aligned_len > 0 && target.punch_zeroes(0, aligned_len);
+    let keep = &spec.keep;
+    let sparse = aligned_len > 0 && keep.punch(target, 0..aligned_len);
     let zeroed_until = if sparse { aligned_len } else { 0 };
     if !sparse {
-        target
-            .write_zeroes(0, header_len)
+        keep.write_zeroes(target, 0..header_len)
             .and_then(|()| target.sync())
             .map_err(ImageError::Sync)?;
     }
@@ -187,7 +195,7 @@ pub fn write_image<R: Read + Send>(
     );
     match result {
         Ok((header, written)) => {
-            let header_written = write_runs(target, &header, 0, zeroed_until)?;
+            let header_written = write_runs(target, &header, 0, zeroed_until, keep)?;
             target.sync().map_err(ImageError::Sync)?;
             Ok(CopyReport {
                 bytes: spec.size,
@@ -196,8 +204,8 @@ pub fn write_image<R: Read + Send>(
             })
         }
         Err(e) => {
-            if let Err(z) = target
-                .write_zeroes(0, header_len)
+            if let Err(z) = keep
+                .write_zeroes(target, 0..header_len)
                 .and_then(|()| target.sync())
             {
                 log::error!(
@@ -307,6 +315,7 @@ fn copy_verified(
                         &data[in_header..],
                         chunk.offset + in_header as u64,
                         zeroed_until,
+                        &spec.keep,
                     );
                     match result {
                         Ok(n) => {
@@ -343,27 +352,36 @@ fn copy_verified(
 }
 
 /// Writes `data` (image bytes at `offset`), skipping all-zero blocks that lie wholly below
-/// `zeroed_until` (the target already reads zeros there). Returns the bytes written.
+/// `zeroed_until` (the target already reads zeros there) and no byte inside a kept range.
+/// Returns the bytes written.
 fn write_runs(
     target: &Target,
     data: &[u8],
     offset: u64,
     zeroed_until: u64,
+    keep: &Kept,
 ) -> Result<u64, ImageError> {
     let write = |from: usize, to: usize| {
-        target
-            .write_at(&data[from..to], offset + from as u64)
-            .map_err(|source| ImageError::Write {
-                offset: offset + from as u64,
-                source,
-            })
+        let range = offset + from as u64..offset + to as u64;
+        for r in keep.outside(range) {
+            let slice = &data[(r.start - offset) as usize..(r.end - offset) as usize];
+            target
+                .write_at(slice, r.start)
+                .map_err(|source| ImageError::Write {
+                    offset: r.start,
+                    source,
+                })?;
+        }
+        Ok(())
     };
     let mut written = 0u64;
     let mut run: Option<(usize, usize)> = None;
     let mut at = 0;
     while at < data.len() {
         let end = (at + BLOCK).min(data.len());
-        let skippable = offset + end as u64 <= zeroed_until && is_zero(&data[at..end]);
+        let block = offset + at as u64..offset + end as u64;
+        let skippable =
+            block.end <= zeroed_until && !keep.touches_block_of(block) && is_zero(&data[at..end]);
         if !skippable {
             run = match run {
                 Some((start, last)) if at - last < MIN_HOLE => Some((start, end)),

@@ -25,9 +25,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// Opens a block device or an existing regular file for writing.
+    /// Opens a block device or an existing regular file for writing. A block device is opened
+    /// with `O_EXCL`, which claims it: the open fails with `EBUSY` while the device or one of its
+    /// partitions is mounted or claimed by another exclusive opener (a RAID or LVM member), and
+    /// nobody can mount it while the target is open. (`O_EXCL` without `O_CREAT` has this
+    /// meaning on Linux for block devices only; a regular file is opened as usual.)
     pub fn open(path: &Path) -> io::Result<Self> {
-        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        let exclusive = std::fs::metadata(path)?.file_type().is_block_device();
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if exclusive {
+            options.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        let mut file = options.open(path)?;
         let kind = file.metadata()?.file_type();
         let is_block = kind.is_block_device();
         if !is_block && !kind.is_file() {
@@ -37,6 +47,7 @@ impl Target {
             ));
         }
         let len = file.seek(SeekFrom::End(0))?;
+        // The second descriptor needs no claim of its own: the first one holds the device.
         let direct = if is_block && logical_block_size(&file) <= ALIGN as u32 {
             OpenOptions::new()
                 .write(true)

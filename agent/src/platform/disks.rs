@@ -7,25 +7,13 @@ use std::path::{Path, PathBuf};
 use lazarus_proto::{DiskSelector, FlagLocation, FsType};
 use rustix::io::Errno;
 
+use super::flag::{find_boot_flag, find_flag, FlagSite};
 use super::partitions::{self, register_partition, sync_partitions};
 use super::Storage;
 use crate::disk::{self, DiskInfo, SelectError};
 use crate::error::AgentError;
 use crate::root::Root;
 use crate::sys;
-
-/// Why no single flag partition was found.
-#[derive(Debug, thiserror::Error)]
-pub enum FlagLookupError {
-    #[error("no GPT partition named {label:?}{}", disk.as_ref().map_or(String::new(), |d| format!(" on {d}")))]
-    NotFound { label: String, disk: Option<String> },
-    #[error("{count} partitions named {label:?}; refusing to guess")]
-    Ambiguous { label: String, count: usize },
-    #[error("{on_disk}, and the image has none either")]
-    NotInImage { on_disk: Box<FlagLookupError> },
-    #[error("{} is not a block device", .0.display())]
-    NotBlockDevice(PathBuf),
-}
 
 /// Why the restored filesystem could not be mounted or unmounted.
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +37,22 @@ pub struct SysDisks {
     pub root: Root,
     /// Where the restored filesystem is mounted.
     pub mount_dir: PathBuf,
-    /// The flag read at start, if any.
+    /// The flag read at start: a flag partition or file, or a whole disk to look for it on.
     pub boot_flag: Option<PathBuf>,
-    /// Host mode: a regular file named by a selector's path stands for a disk.
+    /// With no `boot_flag`, look for the flag on every disk that may be written (rescue mode).
+    pub search_boot_flag: bool,
+    /// Host mode: a regular file named by a selector's path stands for a disk, and a regular
+    /// file named by a flag path for a flag partition.
     pub files_as_disks: bool,
+    /// Disks the kernel command line names as the rescue medium (`lazarus.media=`): never
+    /// written.
+    pub rescue_media: Vec<String>,
 }
 
 impl Storage for SysDisks {
     fn disks(&self, selector: &DiskSelector) -> Result<Vec<DiskInfo>, SelectError> {
         let mut disks = disk::scan_disks(&self.root)?;
+        disk::exclude_named(&mut disks, &self.rescue_media);
         if let (true, Some(path)) = (self.files_as_disks, &selector.path) {
             if let Some(file) = file_disk(Path::new(path)) {
                 disks.push(file);
@@ -90,11 +85,16 @@ impl Storage for SysDisks {
         location: &FlagLocation,
         disk: Option<&DiskInfo>,
     ) -> Result<PathBuf, AgentError> {
-        find_flag(&self.root, location, disk)
+        find_flag(&self.root, location, disk, self.files_as_disks)
     }
 
-    fn boot_flag_device(&self) -> Option<PathBuf> {
-        self.boot_flag.clone()
+    fn boot_flag_device(&self) -> Option<FlagSite> {
+        find_boot_flag(
+            &self.root,
+            self.boot_flag.as_deref(),
+            self.search_boot_flag,
+            lazarus_proto::flag::DEFAULT_PARTLABEL,
+        )
     }
 
     fn mount_target(&self, device: &Path, fstype: FsType) -> Result<PathBuf, AgentError> {
@@ -132,67 +132,8 @@ fn file_disk(path: &Path) -> Option<DiskInfo> {
         serial: None,
         model: None,
         by_id: Vec::new(),
+        excluded: None,
     })
-}
-
-/// Resolves a plan's flag location: a path as given, or the GPT partition with that name on
-/// `disk` (or, with no disk, the only one on any disk).
-pub fn find_flag(
-    root: &Root,
-    location: &FlagLocation,
-    disk: Option<&DiskInfo>,
-) -> Result<PathBuf, AgentError> {
-    let label = match location {
-        FlagLocation::Path(p) => return Ok(PathBuf::from(p)),
-        FlagLocation::PartLabel(label) => label,
-    };
-    let disks = match disk {
-        Some(d) => vec![d.clone()],
-        None => disk::scan_disks(root).unwrap_or_default(),
-    };
-    let mut found = Vec::new();
-    for d in &disks {
-        let Ok(table) = sync_partitions(root, d) else {
-            continue;
-        };
-        let before = found.len();
-        for t in table.iter().filter(|t| &t.name == label) {
-            found.push(disk::partition(root, &d.name, t.number)?.dev_path);
-        }
-        if found.len() == before && table.is_empty() {
-            // No GPT on the disk (its first MiB was zeroed by a failed copy): the kernel may still
-            // know the old partition by name. Trust it only if it holds a valid flag record.
-            found.extend(
-                disk::partitions(root, &d.name)
-                    .into_iter()
-                    .filter(|p| {
-                        p.label.as_deref() == Some(label.as_str()) && holds_flag_record(&p.dev_path)
-                    })
-                    .map(|p| p.dev_path),
-            );
-        }
-    }
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(FlagLookupError::NotFound {
-            label: label.clone(),
-            disk: disk.map(|d| d.name.clone()),
-        }
-        .into()),
-        many => Err(FlagLookupError::Ambiguous {
-            label: label.clone(),
-            count: many.len(),
-        }
-        .into()),
-    }
-}
-
-/// Whether `path` holds a valid flag record: the proof needed before a fallback location is
-/// written to.
-pub fn holds_flag_record(path: &Path) -> bool {
-    lazarus_node::flag_store::FlagStore::open(path)
-        .and_then(|s| s.view())
-        .is_ok_and(|v| v.current.is_some())
 }
 
 /// Mounts `device` (ext4 or xfs) read-write at `<mount_dir>/restored`.

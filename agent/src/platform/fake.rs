@@ -9,13 +9,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use lazarus_proto::flag::{FlagRecord, FlagState};
 use lazarus_proto::{DiskSelector, FlagLocation, FsType, NetworkPlan, NfsSource, Step};
 use rustix::io::Errno;
 
-use super::{FlagLookupError, MountError, PartitionError, Source, SourceError, Storage};
+use super::{FlagLookupError, FlagSite, MountError, PartitionError, Source, SourceError, Storage};
 use crate::disk::{DiskInfo, SelectError};
 use crate::error::AgentError;
 use crate::network::NetworkError;
@@ -102,6 +102,8 @@ pub struct Fake {
     /// `flag_device` finds no flag on the disk (a wrecked disk).
     pub no_flag_on_disk: bool,
     events: Mutex<Vec<Event>>,
+    /// While true, `configure_network` waits (a plan held at its first step).
+    held: (Mutex<bool>, Condvar),
 }
 
 impl Fake {
@@ -144,6 +146,7 @@ impl Fake {
                 serial: Some("FAKE-0".into()),
                 model: None,
                 by_id: Vec::new(),
+                excluded: None,
             },
             partition,
             flag,
@@ -154,6 +157,7 @@ impl Fake {
             fail: None,
             no_flag_on_disk: false,
             events: Mutex::new(Vec::new()),
+            held: (Mutex::new(false), Condvar::new()),
             _dir: dir,
         }
     }
@@ -186,6 +190,12 @@ impl Fake {
         restore.filesystem.fstype = FsType::Ext4;
         restore.filesystem.root = "/".into();
         plan
+    }
+
+    /// Holds (`true`) or releases (`false`) every plan at `configure_network`.
+    pub fn hold(&self, held: bool) {
+        *self.held.0.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        self.held.1.notify_all();
     }
 
     /// Everything recorded so far.
@@ -259,6 +269,11 @@ impl Fake {
 
 impl Source for Fake {
     fn configure_network(&self, _net: &NetworkPlan) -> Result<(), AgentError> {
+        let mut held = self.held.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.held.1.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(held);
         if self.call(Call::ConfigureNetwork) {
             return Err(NetworkError::NoCarrier {
                 iface: "eth0".into(),
@@ -347,8 +362,8 @@ impl Storage for Fake {
         }
     }
 
-    fn boot_flag_device(&self) -> Option<PathBuf> {
-        Some(self.flag.clone())
+    fn boot_flag_device(&self) -> Option<FlagSite> {
+        Some(FlagSite::device(self.flag.clone()))
     }
 
     fn mount_target(&self, device: &Path, fstype: FsType) -> Result<PathBuf, AgentError> {

@@ -18,6 +18,7 @@
 mod disks;
 #[cfg(test)]
 pub(crate) mod fake;
+mod flag;
 mod partitions;
 mod source;
 
@@ -30,8 +31,10 @@ use crate::error::AgentError;
 use crate::network::Interface;
 use crate::root::Root;
 
-pub use disks::{
-    find_flag, holds_flag_record, mount_restored, FlagLookupError, MountError, SysDisks,
+pub use disks::{mount_restored, MountError, SysDisks};
+pub use flag::{
+    check_flag_path, find_boot_flag, find_flag, flag_on_disk, holds_flag_record, partition_parent,
+    scan_for_record, FlagLookupError, FlagSite, SCAN_LEN,
 };
 pub use partitions::{reread_and_wait, sync_partitions, PartitionError};
 pub use source::{mount_nfs, HostSource, RescueSource, SourceError};
@@ -65,14 +68,17 @@ pub trait Storage: Send + Sync {
         start: u64,
         len: u64,
     ) -> Result<PathBuf, AgentError>;
-    /// The flag device for a plan (on `disk` when it is a partition label).
+    /// The flag device for a plan: the partition with the plan's label on `disk` (with no disk,
+    /// the only one), or the plan's path once checked: a partition (of `disk`, when given), or
+    /// in host mode a regular file. Nothing is written here.
     fn flag_device(
         &self,
         location: &FlagLocation,
         disk: Option<&DiskInfo>,
     ) -> Result<PathBuf, AgentError>;
-    /// The flag device to read at start, before any plan, if there is one.
-    fn boot_flag_device(&self) -> Option<PathBuf>;
+    /// Where the flag is at start, before any plan, if there is one (also on a disk whose copy
+    /// was interrupted: see `platform::flag`).
+    fn boot_flag_device(&self) -> Option<FlagSite>;
     /// Mounts a restored filesystem read-write; returns the mount point.
     fn mount_target(&self, device: &Path, fstype: FsType) -> Result<PathBuf, AgentError>;
     /// Unmounts a restored filesystem.
@@ -102,7 +108,8 @@ pub type RescueMachine = Machine<RescueSource>;
 impl HostMachine {
     /// Host mode under `workdir` (mounts under `<workdir>/mnt`); the export is `export_dir`
     /// (default `<workdir>/export`), and a regular file named by a selector's path stands for a
-    /// disk.
+    /// disk. `boot_flag` is a flag partition or file, or a whole disk to find the flag on; host
+    /// mode never searches the host's disks.
     pub fn host(workdir: &Path, export_dir: Option<PathBuf>, boot_flag: Option<PathBuf>) -> Self {
         Self {
             source: HostSource {
@@ -112,7 +119,9 @@ impl HostMachine {
                 root: Root::default(),
                 mount_dir: workdir.join("mnt"),
                 boot_flag,
+                search_boot_flag: false,
                 files_as_disks: true,
+                rescue_media: Vec::new(),
             },
         }
     }
@@ -120,12 +129,14 @@ impl HostMachine {
 
 impl RescueMachine {
     /// Rescue mode: the bootstrap interface `iface` (used unless a plan names another), mounts
-    /// under `mount_dir`.
+    /// under `mount_dir`; the flag at boot is `boot_flag` (a partition, or a whole disk to look
+    /// on) or else looked for on every disk; `rescue_media` are never written.
     pub fn rescue(
         root: Root,
         iface: Interface,
         mount_dir: PathBuf,
         boot_flag: Option<PathBuf>,
+        rescue_media: Vec<String>,
     ) -> Self {
         Self {
             source: RescueSource {
@@ -137,7 +148,9 @@ impl RescueMachine {
                 root,
                 mount_dir,
                 boot_flag,
+                search_boot_flag: true,
                 files_as_disks: false,
+                rescue_media,
             },
         }
     }
@@ -188,7 +201,7 @@ impl<S: Send + Sync> Storage for Machine<S> {
         self.disks.flag_device(location, disk)
     }
 
-    fn boot_flag_device(&self) -> Option<PathBuf> {
+    fn boot_flag_device(&self) -> Option<FlagSite> {
         self.disks.boot_flag_device()
     }
 

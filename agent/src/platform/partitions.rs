@@ -75,7 +75,7 @@ pub fn sync_partitions(root: &Root, disk: &DiskInfo) -> Result<Vec<GptPartition>
         return Ok(Vec::new());
     };
     let sector = u64::from(rustix::fs::ioctl_blksszget(&file).unwrap_or(512));
-    let table = match gpt::read_gpt(&file, sector) {
+    let table = match gpt::read_gpt(&file, sector, disk.size) {
         Ok(t) => t,
         // No table (a disk whose failed copy zeroed its first MiB): leave the kernel's view of
         // the old partitions alone; the flag partition is still reachable through it.
@@ -128,7 +128,7 @@ pub fn register_partition(
         .map_err(PartitionError::Open)
         .map_err(fail(disk))?;
     if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-        return Err(super::FlagLookupError::NotBlockDevice(disk.dev_path.clone()).into());
+        return Err(super::flag::FlagLookupError::NotBlockDevice(disk.dev_path.clone()).into());
     }
     if start.checked_add(len).is_none_or(|end| end > disk.size) {
         return Err(fail(disk)(PartitionError::PastEnd { number, start, len }));

@@ -338,3 +338,45 @@ fn a_wrecked_disk_whose_image_has_no_flag_partition_is_not_touched() {
     assert!(!fake.trace().contains(&What::Call(Call::RegisterPartition)));
     assert!(!fake.trace().contains(&What::Step(Step::CopyImage)));
 }
+
+#[test]
+fn a_size_or_path_only_selector_is_refused_unless_the_plan_allows_it() {
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    plan.target = lazarus_proto::DiskSelector {
+        size: Some(fake.disk.size),
+        path: Some(fake.disk.dev_path.display().to_string()),
+        ..Default::default()
+    };
+    let err = run(&fake, &plan).expect_err("a weak selector");
+    assert_eq!(err.code(), 100, "{err}");
+    assert!(err.to_string().contains("allow_weak_selector"), "{err}");
+    assert!(
+        fake.trace().is_empty(),
+        "something happened: {:?}",
+        fake.trace()
+    );
+    assert_eq!(fake.disk_state(), DiskState::Untouched);
+    plan.allow_weak_selector = true;
+    run(&fake, &plan).expect("allowed");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+}
+
+#[test]
+fn a_flag_path_holding_foreign_data_is_never_written() {
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    // A typo'd flag path: a device whose first 8 KiB hold a partition table.
+    let mut foreign = vec![0u8; 64 << 10];
+    foreign[512..520].copy_from_slice(b"EFI PART");
+    std::fs::write(&fake.flag, &foreign).unwrap();
+    plan.flag = FlagLocation::Path(fake.flag.display().to_string());
+    let err = run(&fake, &plan).expect_err("a foreign flag device");
+    assert_eq!(err.code(), 807, "{err}");
+    assert!(
+        std::fs::read(&fake.flag).unwrap() == foreign,
+        "the guard let a write through"
+    );
+    assert_eq!(fake.disk_state(), DiskState::Untouched);
+    assert!(!fake.trace().contains(&What::Call(Call::ConfigureNetwork)));
+}
