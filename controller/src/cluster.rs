@@ -208,6 +208,10 @@ pub struct Node {
     /// Where the node's flag record lives (the `lazarus-flag` partition by default).
     #[serde(default)]
     pub flag: lazarus_proto::FlagLocation,
+    /// Accept a disk selector of size and/or path alone. A failed node's dead system disk often
+    /// vanishes from sysfs, and "the one disk of that size" is then a data disk: leave it false.
+    #[serde(default)]
+    pub allow_weak_selector: bool,
 }
 
 /// How a node's health is checked.
@@ -381,6 +385,14 @@ impl Cluster {
             if d.by_id.is_none() && d.serial.is_none() && d.path.is_none() && d.size.is_none() {
                 return Err((key("disk"), "the disk selector names no disk".into()));
             }
+            if d.by_id.is_none() && d.serial.is_none() && !n.allow_weak_selector {
+                return Err((
+                    key("disk"),
+                    "name the disk by serial or by_id (size and path only narrow the choice), \
+                     or set allow_weak_selector = true"
+                        .into(),
+                ));
+            }
             if let HealthCheck::Http { url } = &n.health {
                 if !url.starts_with("http://") {
                     return Err((key("health"), format!("{url}: health URLs must be http://")));
@@ -492,5 +504,26 @@ mod tests {
         assert!(e.contains("controler"), "{e}");
         let e = err("this is not toml");
         assert!(e.starts_with("cluster.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn a_disk_named_only_by_size_or_path_needs_allow_weak_selector() {
+        let weak = EXAMPLE.replacen(
+            "disk = { serial = \"S45NNA0M100001\" }",
+            "disk = { size = 960197124096 }",
+            1,
+        );
+        let e = err(&weak);
+        assert!(
+            e.contains("nodes[0].disk") && e.contains("allow_weak_selector"),
+            "{e}"
+        );
+        let allowed = weak.replacen(
+            "disk = { size = 960197124096 }",
+            "disk = { size = 960197124096 }\nallow_weak_selector = true",
+            1,
+        );
+        let c = Cluster::parse(&allowed, "cluster.toml").unwrap();
+        assert!(c.nodes[0].allow_weak_selector);
     }
 }

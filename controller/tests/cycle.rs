@@ -192,6 +192,7 @@ health = {{ kind = "exec", command = ["sh", "-c", "test -e {w1_up}"] }}
 boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
 rescue = {{ address = "127.0.0.41", prefix_len = 8 }}
 disk = {{ path = "{disk}" }}
+allow_weak_selector = true
 flag = {{ path = "{flag}" }}
 
 [[nodes]]
@@ -203,6 +204,7 @@ health = {{ kind = "tcp", target = "{s1}" }}
 boot = {{ provider = "manual" }}
 rescue = {{ address = "127.0.0.42", prefix_len = 8 }}
 disk = {{ path = "/nonexistent" }}
+allow_weak_selector = true
 "#,
             key = lab.key_path.display(),
             hook = hook.display(),
@@ -373,6 +375,7 @@ health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
 boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
 rescue = {{ address = "127.0.{net}.{i}", prefix_len = 8 }}
 disk = {{ path = "{disk}" }}
+allow_weak_selector = true
 flag = {{ path = "{flag}" }}
 "#,
                 up = lab.path(&format!("w{i}-up")).display(),
@@ -418,6 +421,7 @@ health = {{ kind = "exec", command = ["true"] }}
 boot = {{ provider = "manual" }}
 rescue = {{ address = "127.0.0.99", prefix_len = 8 }}
 disk = {{ path = "/nonexistent" }}
+allow_weak_selector = true
 "#,
                 key = lab.key_path.display(),
                 size = img.len(),

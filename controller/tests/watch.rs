@@ -37,6 +37,7 @@ health = {{ kind = "exec", command = ["true"] }}
 boot = {{ provider = "manual" }}
 rescue = {{ address = "127.0.0.9{i}", prefix_len = 8 }}
 disk = {{ path = "/nonexistent" }}
+allow_weak_selector = true
 "#
         ));
     }

@@ -63,6 +63,7 @@ fn plan(id: &str, image: &[u8], restore: Option<RestoreSpec>) -> Plan {
         },
         flag: FlagLocation::default(),
         restore,
+        allow_weak_selector: false,
     }
 }
 

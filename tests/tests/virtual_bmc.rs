@@ -33,8 +33,9 @@ fn wait_for(what: &str, log: &std::path::Path, mut check: impl FnMut() -> bool) 
 }
 
 #[test]
-fn redfish_fences_boots_the_rescue_iso_once_and_the_node_returns_to_its_debian_disk() {
-    let test = "redfish_fences_boots_the_rescue_iso_once_and_the_node_returns_to_its_debian_disk";
+fn redfish_fences_boots_the_rescue_iso_once_and_a_reboot_returns_the_node_to_its_debian_disk() {
+    let test =
+        "redfish_fences_boots_the_rescue_iso_once_and_a_reboot_returns_the_node_to_its_debian_disk";
     if !require(test, available())
         || !require(test, debian::available())
         || !require(test, libvirt::available())
@@ -167,15 +168,28 @@ fn redfish_fences_boots_the_rescue_iso_once_and_the_node_returns_to_its_debian_d
     assert_eq!(peer.ip().to_string(), IP, "{r:?}");
     assert!(r.identity.macs.contains(&MAC.parse().unwrap()), "{r:?}");
 
-    // 3. Detached (ISO ejected, override cleared) and power-cycled: Debian again, from the disk.
+    // 3. Detached (ISO ejected, override cleared), then the agent reboots the node as after a
+    // repair: Debian again, from the disk, without anyone powering it off.
     std::fs::write(&serial, "").unwrap();
     {
         let b = bmc.clone();
-        in_ns(Box::new(move || {
-            b.detach().unwrap();
-            b.power_off(Duration::from_secs(60)).unwrap();
-            b.power_on().unwrap();
-        }));
+        in_ns(Box::new(move || b.detach().unwrap()));
+    }
+    {
+        let (key, addr) = (
+            art.key.clone(),
+            format!("{IP}:{}", lazarus_proto::AGENT_PORT),
+        );
+        ns.enter(move || {
+            let mut c = lazarus_controller::agent_client::AgentClient::connect(
+                &addr,
+                key,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            let _ = c.status_of(&lazarus_proto::Request::Reboot);
+        })
+        .unwrap();
     }
     wait_for(
         "Debian's business service after the rescue boot",

@@ -44,5 +44,6 @@ pub fn plan_for(cluster: &Cluster, n: &Node, plan_id: &str, failure_time: u64) -
             },
             paths: r.paths.clone(),
         }),
+        allow_weak_selector: n.allow_weak_selector,
     })
 }

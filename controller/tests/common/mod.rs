@@ -214,6 +214,8 @@ pub fn plan(id: &str, image: &str, data: &[u8], target: DiskSelector, flag: Flag
         target,
         flag,
         restore: None,
+        // Host-mode tests name files and loop devices by path.
+        allow_weak_selector: true,
     }
 }
 
