@@ -64,7 +64,7 @@ impl VirtLab {
         }
         let masked = dir.join("no-kvm");
         std::fs::write(&masked, "")?;
-        std::fs::set_permissions(&masked, std::os::unix::fs::PermissionsExt::from_mode(0))?;
+        std::fs::set_permissions(&masked, std::os::unix::fs::PermissionsExt::from_mode(0o000))?;
         // A private copy of /etc/libvirt: domains and pools defined here never land in the host's.
         let etc = dir.join("etc");
         let _ = std::fs::remove_dir_all(&etc);
