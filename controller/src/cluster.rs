@@ -253,6 +253,12 @@ pub enum BootProvider {
         image_url: String,
         #[serde(default)]
         insecure: bool,
+        /// After ejecting the ISO and clearing the override, power the node off and on: for BMCs
+        /// that apply media and boot-order changes only at the next power-on (sushy-tools'
+        /// libvirt driver), where the agent's own reboot would boot the ISO again. Safe: the
+        /// agent reports RECOVERED only once the image and files are on stable storage.
+        #[serde(default)]
+        cold_boot_after_detach: bool,
     },
 }
 

@@ -65,6 +65,7 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
             password_file,
             image_url,
             insecure,
+            cold_boot_after_detach,
         } => {
             let password = match password_file {
                 Some(f) => Some(
@@ -84,7 +85,13 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
             match op {
                 Op::PowerOff => bmc.power_off(timeout),
                 Op::Attach => bmc.attach(image_url),
-                Op::Detach => bmc.detach(),
+                Op::Detach => bmc.detach().and_then(|()| {
+                    if *cold_boot_after_detach {
+                        bmc.power_off(timeout)?;
+                        bmc.power_on()?;
+                    }
+                    Ok(())
+                }),
             }
             .map_err(|e| ProviderError::Redfish(bmc.endpoint.clone(), Box::new(e)))?;
             Ok(None)

@@ -4,6 +4,8 @@
 //! one-time boot from CD and restarts the node: the rescue agent announces `Ready`; `power_off`
 //! fences it; `detach` ejects the ISO and clears the override (the emulator keeps a "Once"
 //! override as continuous), so the next power-on boots Debian from its own disk again.
+//! (This emulator applies media and boot order only at power-on: a reboot from inside the guest
+//! boots the ISO again. Hence the provider's `cold_boot_after_detach`.)
 
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -33,9 +35,10 @@ fn wait_for(what: &str, log: &std::path::Path, mut check: impl FnMut() -> bool) 
 }
 
 #[test]
-fn redfish_fences_boots_the_rescue_iso_once_and_a_reboot_returns_the_node_to_its_debian_disk() {
+fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_to_its_debian_disk()
+{
     let test =
-        "redfish_fences_boots_the_rescue_iso_once_and_a_reboot_returns_the_node_to_its_debian_disk";
+        "redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_to_its_debian_disk";
     if !require(test, available())
         || !require(test, debian::available())
         || !require(test, libvirt::available())
@@ -168,28 +171,17 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_reboot_returns_the_node_to_its
     assert_eq!(peer.ip().to_string(), IP, "{r:?}");
     assert!(r.identity.macs.contains(&MAC.parse().unwrap()), "{r:?}");
 
-    // 3. Detached (ISO ejected, override cleared), then the agent reboots the node as after a
-    // repair: Debian again, from the disk, without anyone powering it off.
+    // 3. Detached (ISO ejected, override cleared) and power-cycled, as the provider does with
+    // `cold_boot_after_detach`: this emulator applies media and boot order only at power-on (a
+    // reboot from inside the guest boots the ISO again, tried). Debian again, from the disk.
     std::fs::write(&serial, "").unwrap();
     {
         let b = bmc.clone();
-        in_ns(Box::new(move || b.detach().unwrap()));
-    }
-    {
-        let (key, addr) = (
-            art.key.clone(),
-            format!("{IP}:{}", lazarus_proto::AGENT_PORT),
-        );
-        ns.enter(move || {
-            let mut c = lazarus_controller::agent_client::AgentClient::connect(
-                &addr,
-                key,
-                Duration::from_secs(30),
-            )
-            .unwrap();
-            let _ = c.status_of(&lazarus_proto::Request::Reboot);
-        })
-        .unwrap();
+        in_ns(Box::new(move || {
+            b.detach().unwrap();
+            b.power_off(Duration::from_secs(60)).unwrap();
+            b.power_on().unwrap();
+        }));
     }
     wait_for(
         "Debian's business service after the rescue boot",
