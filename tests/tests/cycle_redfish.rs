@@ -111,11 +111,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         String::from_utf8_lossy(&out.stderr)
     );
     let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let image_sha = {
-        let mut h = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&image).unwrap(), &mut h).unwrap();
-        hex(&h.finalize())
-    };
+    let image_sha = hex(&sha2::Sha256::digest(std::fs::read(&image).unwrap()));
     let bmap_sha = hex(&sha2::Sha256::digest(std::fs::read(&bmap).unwrap()));
     let image_len = std::fs::metadata(&image).unwrap().len();
 
