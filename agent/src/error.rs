@@ -9,11 +9,14 @@
 use std::io;
 use std::path::PathBuf;
 
+mod steps;
+pub use steps::{
+    BmapCheckError, FlagLookupError, MountError, PartitionError, PlanError, SourceError,
+};
+
 use crate::disk::SelectError;
 use crate::image::ImageError;
 use crate::network::NetworkError;
-use crate::platform::{FlagLookupError, MountError, PartitionError, SourceError};
-use crate::recovery::{BmapCheckError, PlanError};
 use lazarus_node::backup::BackupError;
 use lazarus_node::flag_store::StoreError;
 

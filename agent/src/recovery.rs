@@ -23,16 +23,15 @@ use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use lazarus_proto::flag::{
-    validate_plan_id, FlagError, FlagRecord, FlagState, DEFAULT_PARTLABEL, MIN_PARTITION_LEN,
+    validate_plan_id, FlagRecord, FlagState, DEFAULT_PARTLABEL, MIN_PARTITION_LEN,
 };
 use lazarus_proto::{FlagLocation, ImageLayout, Plan, Step};
 
 use crate::disk::{self, DiskInfo};
-use crate::error::AgentError;
-use crate::image::{
-    write_image, Bmap, BmapError, CopySpec, ImageError, Kept, Progress, Target, Verification,
-};
-use crate::platform::{FlagLookupError, FlagSite, Platform};
+use crate::error::FlagLookupError;
+use crate::error::{AgentError, BmapCheckError, PlanError};
+use crate::image::{write_image, Bmap, CopySpec, ImageError, Kept, Progress, Target, Verification};
+use crate::platform::{FlagSite, Platform};
 use lazarus_node::backup::restore_backup;
 use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
@@ -40,45 +39,6 @@ use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 pub trait Observer: Sync {
     fn step(&self, step: Step);
     fn flag(&self, record: &FlagRecord);
-}
-
-/// Why a plan cannot run (all code 100: the plan is refused before anything happens).
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("{0}")]
-    PlanId(FlagError),
-    #[error("plan id is empty")]
-    EmptyPlanId,
-    #[error("image size is 0")]
-    EmptyImage,
-    #[error("path {0:?} must stay inside the export")]
-    OutsideExport(String),
-    #[error("the target selector names no disk")]
-    NoTarget,
-    #[error("partition numbers start at 1")]
-    PartitionZero,
-    #[error("restore into a whole-disk image needs filesystem.partition")]
-    RestoreNeedsPartition,
-    #[error("prefix length {0} is too long")]
-    PrefixTooLong(u8),
-    #[error("the target selector {0} names the disk by neither serial nor by_id (size and path are only extra conditions); set allow_weak_selector = true to accept it")]
-    WeakSelector(String),
-}
-
-/// Why the plan's block map cannot check the copy.
-#[derive(Debug, thiserror::Error)]
-pub enum BmapCheckError {
-    #[error("{0}")]
-    Parse(BmapError),
-    #[error("digest {got} is not the plan's {want}")]
-    Digest {
-        got: lazarus_proto::Sha256,
-        want: lazarus_proto::Sha256,
-    },
-    #[error("not UTF-8")]
-    NotUtf8,
-    #[error("maps an image of {map} bytes, the plan says {plan}")]
-    Size { map: u64, plan: u64 },
 }
 
 /// Checks a plan before anything happens.

@@ -140,7 +140,7 @@ impl Agent {
     /// Handles one authenticated request. `next_counter` is for `Hello`.
     pub fn handle(self: &Arc<Self>, request: Request, next_counter: u64) -> Response {
         let event = Event::of(&request, |plan| {
-            recovery::validate(plan).map_err(|e| AgentError::from(e).to_string())
+            recovery::validate(plan).map_err(AgentError::from)
         });
         let action = match self.live().apply(&event) {
             Ok(action) => action,

@@ -8,11 +8,13 @@
 //! any phase but Recovering ──Reboot──► Rebooting (final)
 //! ```
 //!
-//! This module only decides; [`crate::service`] applies the decision under one lock (so two
+//! This module only decides; the `service` module applies the decision under one lock (so two
 //! requests can never both start a plan) and does what the [`Action`] says. The recovery writes
 //! the flag *before* each step's side effects (write-ahead); that is [`crate::recovery`]'s job.
 
 use lazarus_proto::{Phase, Plan, Refusal, Request, Step};
+
+use crate::error::AgentError;
 
 /// The agent's phase and the plan running or last run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +57,13 @@ pub enum Event {
 
 impl Event {
     /// The event an authenticated request is; `check` says why a plan cannot run.
-    pub fn of(request: &Request, check: impl FnOnce(&Plan) -> Result<(), String>) -> Self {
+    pub fn of(request: &Request, check: impl FnOnce(&Plan) -> Result<(), AgentError>) -> Self {
         match request {
             Request::Hello | Request::GetStatus | Request::GetLogs { .. } => Self::Query,
             Request::AckReady => Self::AckReady,
             Request::Recover(plan) => Self::Recover {
                 plan_id: plan.plan_id.clone(),
-                invalid: check(plan).err(),
+                invalid: check(plan).err().map(|e| e.to_string()),
             },
             Request::Abort => Self::Abort,
             Request::Reboot => Self::Reboot,

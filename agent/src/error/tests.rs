@@ -140,7 +140,13 @@ fn examples() -> Vec<AgentError> {
                 source: Errno::BUSY,
             },
         ),
-        AgentError::Partitions(p(), PartitionError::NotReady { numbers: vec![1] }),
+        AgentError::Partitions(
+            p(),
+            PartitionError::NotReady {
+                numbers: vec![1],
+                secs: 10,
+            },
+        ),
         AgentError::Partitions(
             p(),
             PartitionError::PastEnd {

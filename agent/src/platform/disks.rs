@@ -5,31 +5,14 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use lazarus_proto::{DiskSelector, FlagLocation, FsType};
-use rustix::io::Errno;
 
 use super::flag::{find_boot_flag, find_flag, FlagSite};
 use super::partitions::{self, register_partition, sync_partitions};
 use super::Storage;
 use crate::disk::{self, DiskInfo, SelectError};
-use crate::error::AgentError;
+use crate::error::{AgentError, MountError};
 use crate::root::Root;
 use crate::sys;
-
-/// Why the restored filesystem could not be mounted or unmounted.
-#[derive(Debug, thiserror::Error)]
-pub enum MountError {
-    #[error("mount -t {fstype} {} {}: {source}", device.display(), target.display())]
-    Mount {
-        device: PathBuf,
-        target: PathBuf,
-        fstype: &'static str,
-        source: Errno,
-    },
-    #[error("creating {}: {}", .0.display(), .1)]
-    MountPoint(PathBuf, std::io::Error),
-    #[error("unmounting {}: {}", .0.display(), .1)]
-    Unmount(PathBuf, Errno),
-}
 
 /// Disks from sysfs under `root`, mounts under `mount_dir`.
 #[derive(Debug, Clone)]

@@ -326,7 +326,10 @@ impl Storage for Fake {
         if self.call(Call::RereadPartitions) {
             return Err(AgentError::Partitions(
                 disk.dev_path.clone(),
-                PartitionError::NotReady { numbers: vec![1] },
+                PartitionError::NotReady {
+                    numbers: vec![1],
+                    secs: 10,
+                },
             ));
         }
         Ok(())

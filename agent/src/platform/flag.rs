@@ -23,33 +23,12 @@ use lazarus_proto::FlagLocation;
 
 use super::partitions::sync_partitions;
 use crate::disk::{self, DiskInfo};
-use crate::error::AgentError;
+use crate::error::{AgentError, FlagLookupError};
 use crate::gpt;
 use crate::root::Root;
 
 /// How much of each end of a disk the boot scan for a record reads, at most.
 pub const SCAN_LEN: u64 = 64 << 20;
-
-/// Why no single flag partition was found, or why a plan's flag path is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum FlagLookupError {
-    #[error("no GPT partition named {label:?}{}", disk.as_ref().map_or(String::new(), |d| format!(" on {d}")))]
-    NotFound { label: String, disk: Option<String> },
-    #[error("{count} partitions named {label:?}; refusing to guess")]
-    Ambiguous { label: String, count: usize },
-    #[error("{on_disk}, and the image has none either")]
-    NotInImage { on_disk: Box<FlagLookupError> },
-    #[error("{} is not a block device", .0.display())]
-    NotBlockDevice(PathBuf),
-    #[error("the flag path {} is not a partition (a whole disk, or not a disk at all); nothing was written to it", .0.display())]
-    NotAPartition(PathBuf),
-    #[error("the flag path {} is a partition of {disk}, not of the chosen disk {chosen}; nothing was written to it", flag.display())]
-    OnAnotherDisk {
-        flag: PathBuf,
-        disk: String,
-        chosen: String,
-    },
-}
 
 /// Where a flag record lives: a flag partition or file (offset 0), or a flag partition's slots
 /// addressed on its whole disk.

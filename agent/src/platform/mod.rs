@@ -31,13 +31,14 @@ use crate::error::AgentError;
 use crate::network::Interface;
 use crate::root::Root;
 
-pub use disks::{mount_restored, MountError, SysDisks};
+pub use crate::error::{FlagLookupError, MountError, PartitionError, SourceError};
+pub use disks::{mount_restored, SysDisks};
 pub use flag::{
     check_flag_path, find_boot_flag, find_flag, flag_on_disk, holds_flag_record, partition_parent,
-    scan_for_record, FlagLookupError, FlagSite, SCAN_LEN,
+    scan_for_record, FlagSite, SCAN_LEN,
 };
-pub use partitions::{reread_and_wait, sync_partitions, PartitionError};
-pub use source::{mount_nfs, HostSource, RescueSource, SourceError};
+pub use partitions::{reread_and_wait, sync_partitions};
+pub use source::{mount_nfs, HostSource, RescueSource};
 
 /// Reaching the image: the node's network and the export holding images and backups.
 pub trait Source: Send + Sync {

@@ -6,33 +6,14 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustix::io::Errno;
-
 use crate::disk::{self, DiskInfo};
-use crate::error::AgentError;
+use crate::error::{AgentError, PartitionError};
 use crate::gpt::{self, GptError, GptPartition};
 use crate::root::Root;
 use crate::sys;
 
 /// How long partition device nodes may take to appear.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a disk's partitions could not be made usable.
-#[derive(Debug, thiserror::Error)]
-pub enum PartitionError {
-    #[error("opening: {0}")]
-    Open(std::io::Error),
-    #[error("{0}")]
-    Gpt(GptError),
-    #[error("removing partition {number}: {source}")]
-    Remove { number: u32, source: Errno },
-    #[error("adding partition {number}: {source}")]
-    Add { number: u32, source: Errno },
-    #[error("device nodes of partitions {numbers:?} did not appear within {}s", NODE_TIMEOUT.as_secs())]
-    NotReady { numbers: Vec<u32> },
-    #[error("partition {number} ({start}+{len}) lies past the end of the disk")]
-    PastEnd { number: u32, start: u64, len: u64 },
-}
 
 fn fail(disk: &DiskInfo) -> impl Fn(PartitionError) -> AgentError + '_ {
     |e| AgentError::Partitions(disk.dev_path.clone(), e)
@@ -128,7 +109,7 @@ pub fn register_partition(
         .map_err(PartitionError::Open)
         .map_err(fail(disk))?;
     if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-        return Err(super::flag::FlagLookupError::NotBlockDevice(disk.dev_path.clone()).into());
+        return Err(crate::error::FlagLookupError::NotBlockDevice(disk.dev_path.clone()).into());
     }
     if start.checked_add(len).is_none_or(|end| end > disk.size) {
         return Err(fail(disk)(PartitionError::PastEnd { number, start, len }));
@@ -162,7 +143,10 @@ fn wait_for_nodes(root: &Root, disk: &DiskInfo, numbers: &[u32]) -> Result<(), A
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(fail(disk)(PartitionError::NotReady { numbers: missing }));
+            return Err(fail(disk)(PartitionError::NotReady {
+                numbers: missing,
+                secs: NODE_TIMEOUT.as_secs(),
+            }));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -6,30 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lazarus_proto::{NetworkPlan, NfsSource, NfsVersion};
-use rustix::io::Errno;
 
 use super::Source;
-use crate::error::AgentError;
+use crate::error::{AgentError, SourceError};
 use crate::network::{self, Interface};
 use crate::root::Root;
 use crate::sys;
-
-/// Why the export is not readable.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("mount -t {fstype} -o {data} {} {}: {source}", export.display(), target.display())]
-    Mount {
-        export: PathBuf,
-        target: PathBuf,
-        fstype: &'static str,
-        data: String,
-        source: Errno,
-    },
-    #[error("{} is not a directory", .0.display())]
-    NotADirectory(PathBuf),
-    #[error("creating {}: {}", .0.display(), .1)]
-    MountPoint(PathBuf, std::io::Error),
-}
 
 /// Host mode: the host keeps its network; the plan's export is this local directory.
 #[derive(Debug, Clone)]

@@ -143,10 +143,14 @@ fn requests_map_to_events() {
         }
     );
     assert_eq!(
-        Event::of(&request, |_| Err("no".into())),
+        Event::of(&request, |_| {
+            Err(crate::error::AgentError::Plan(
+                crate::error::PlanError::EmptyPlanId,
+            ))
+        }),
         Event::Recover {
             plan_id: id,
-            invalid: Some("no".into())
+            invalid: Some("invalid plan: plan id is empty".into())
         }
     );
     for (request, event) in [
