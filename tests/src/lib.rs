@@ -123,22 +123,12 @@ fn kernel_dir_for(initramfs: &Path) -> PathBuf {
     PathBuf::from(std::fs::read_to_string(note).unwrap_or_default())
 }
 
-/// The `lazarus` CLI (the controller's binary), built on demand.
+/// The `lazarus` CLI (the controller's binary), built (or found up to date) by cargo.
 pub fn lazarus_bin() -> anyhow::Result<PathBuf> {
-    let bin = target_dir().join("debug/lazarus");
-    if !bin.exists() {
-        run(Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "lazarus-controller",
-                "--bin",
-                "lazarus",
-            ])
-            .current_dir(workspace()))?;
-    }
-    Ok(bin)
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "lazarus-controller", "--bin", "lazarus"])
+        .current_dir(workspace()))?;
+    Ok(target_dir().join("debug/lazarus"))
 }
 
 /// `GET http://ADDR/PATH` from inside `ns`: the body, or `None` while the server does not answer.
