@@ -74,9 +74,8 @@ pub fn run() -> ! {
     }
 }
 
-/// mount /proc, /sys, /dev (devtmpfs), /run (tmpfs), and make /dev/console our stdio. Also used
-/// by the lab's worker system (`examples/lab_worker.rs`).
-pub fn early_mounts() -> Vec<(&'static str, rustix::io::Errno)> {
+/// mount /proc, /sys, /dev (devtmpfs), /run (tmpfs), and make /dev/console our stdio.
+fn early_mounts() -> Vec<(&'static str, rustix::io::Errno)> {
     let mut errors = Vec::new();
     for (src, target, fstype) in [
         ("proc", "/proc", "proc"),

@@ -55,3 +55,18 @@ ensure_kernel() {
     fi
     echo "$release"
 }
+
+# The lab: QEMU and firmware, nfs-ganesha, dnsmasq, rescue-ISO tools, the Debian worker's builder,
+# libvirt. One list for scripts/test and scripts/demo.
+LAB_PACKAGES=(qemu-system-x86 nfs-ganesha nfs-ganesha-vfs kmod cpio iproute2 dnsmasq-base fdisk
+    e2fsprogs bmap-tools ovmf xorriso grub-common grub-pc-bin grub-efi-amd64-bin mtools mmdebstrap
+    dosfstools libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt)
+
+# ensure_sushy: the Redfish BMC emulator (sushy-tools, from PyPI).
+ensure_sushy() {
+    if ! command -v sushy-emulator >/dev/null; then
+        python3 -m pip install -q sushy-tools 2>/dev/null \
+            || { ensure_apt python3-pip && python3 -m pip install -q --break-system-packages sushy-tools; }
+    fi
+    command -v sushy-emulator >/dev/null || die "sushy-emulator did not install"
+}

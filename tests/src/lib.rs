@@ -151,26 +151,6 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<String> {
     .flatten()
 }
 
-/// The lab's worker system (`agent/examples/lab_worker.rs`) as the `/init` of an initramfs: what
-/// a restored node boots into, reading its root filesystem from its own disk.
-pub fn worker_initramfs(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> {
-    let worker = static_build(
-        "LAZARUS_LAB_WORKER",
-        "--example",
-        "lab_worker",
-        "examples/lab_worker",
-    )?;
-    let out = dir.join("worker-initramfs.gz");
-    lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {
-        kernel_dir: art.kernel_dir.clone(),
-        agent: worker,
-        key_file: art.key_path.clone(),
-        config: None,
-        output: out.clone(),
-    })?;
-    Ok(out)
-}
-
 /// A static musl build of the agent package's `kind` (`--bin`/`--example`) `name`: the path in
 /// `env` (scripts/test builds it first), else built now.
 fn static_build(env: &str, kind: &str, name: &str, output: &str) -> anyhow::Result<PathBuf> {
