@@ -601,3 +601,65 @@ fn a_poll_overtaking_the_recover_does_not_resend_the_plan_at_once() {
     assert!(matches!(&o.actions[..], [Action::Recover { .. }]), "{o:?}");
     assert_ne!(r.plan_id("w1"), plan);
 }
+
+/// Drives w1 of a w1/s1 cluster to the point where the agent is asked to reboot.
+fn to_rebooting() -> Run {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker), ("s1", Role::Standby)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Promote);
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id("w1");
+    r.on(Event::AgentStatus {
+        node: "w1".into(),
+        status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
+    });
+    r.done("w1", ActionKind::Detach);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Rebooting));
+    r
+}
+
+#[test]
+fn a_lost_reboot_reply_is_judged_by_the_health_check_not_quarantined() {
+    let mut r = to_rebooting();
+    r.on(Event::Done {
+        node: "w1".into(),
+        action: ActionKind::Reboot,
+        result: Err("connecting to 10.0.0.5:7460: Connection refused".into()),
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Verifying));
+    for _ in 0..2 {
+        r.on(Event::Health {
+            node: "w1".into(),
+            ok: true,
+        });
+    }
+    assert_eq!(
+        r.step_of("w1"),
+        None,
+        "the healthy node is not repaired further"
+    );
+    let w1 = &r.state.nodes["w1"];
+    assert!(w1.healthy && w1.role == Role::Standby);
+}
+
+#[test]
+fn a_lost_reboot_reply_from_a_node_that_never_comes_up_is_repaired_again() {
+    let mut r = to_rebooting();
+    r.on(Event::Done {
+        node: "w1".into(),
+        action: ActionKind::Reboot,
+        result: Err("connection reset".into()),
+    });
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Verifying));
+    let o = r.at(601).on(Event::Tick).clone();
+    assert_eq!(
+        o.actions,
+        vec![Action::Attach { node: "w1".into() }],
+        "past the verify timeout the node is attached again, not declared healthy"
+    );
+}

@@ -126,7 +126,14 @@ fn kernel_dir_for(initramfs: &Path) -> PathBuf {
 /// The `lazarus` CLI (the controller's binary), built (or found up to date) by cargo.
 pub fn lazarus_bin() -> anyhow::Result<PathBuf> {
     run(Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "lazarus-controller", "--bin", "lazarus"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "lazarus-controller",
+            "--bin",
+            "lazarus",
+        ])
         .current_dir(workspace()))?;
     Ok(target_dir().join("debug/lazarus"))
 }

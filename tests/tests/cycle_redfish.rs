@@ -196,8 +196,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
 
     // The controller.
     let hook = dir.join("promote.sh");
-    let standby_hook = dir.join("standby.sh");
-    for (file, log) in [(&hook, "promotions"), (&standby_hook, "standbys")] {
+    for (file, log) in [(&hook, "promotions")] {
         std::fs::write(
             file,
             format!(

@@ -299,6 +299,16 @@ impl Flow<'_> {
         let Some(r) = self.repair_at(node, &[action.step()]) else {
             return;
         };
+        if let (ActionKind::Reboot, Err(e)) = (action, &result) {
+            // The agent may reboot (or a BMC power-cycle it) before its answer leaves: a lost
+            // reply says nothing. The health check that follows judges the restored system.
+            let reason = format!("Reboot unanswered ({e}); health-checking the restored system");
+            if let Some(n) = self.state.nodes.get_mut(node) {
+                n.ok_streak = 0;
+            }
+            self.enter(node, RepairStep::Verifying, &reason);
+            return;
+        }
         if let Err(e) = result {
             if action == ActionKind::Promote {
                 // Try the next standby; the one whose hook failed stays a standby.
