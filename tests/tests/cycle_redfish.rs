@@ -196,18 +196,15 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
 
     // The controller.
     let hook = dir.join("promote.sh");
-    for (file, log) in [(&hook, "promotions")] {
-        std::fs::write(
-            file,
-            format!(
-                "#!/bin/sh\necho \"$LAZARUS_FAILED $LAZARUS_PROMOTED $LAZARUS_NODE\" >> {}/{log}\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-    }
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$LAZARUS_FAILED $LAZARUS_PROMOTED\" >> {}/promotions\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let api = format!("{HOST_IP}:7470");
     let mut nodes = String::new();
     for (name, role, _, mac, serial, ip, rip) in NODES {
