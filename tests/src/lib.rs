@@ -293,6 +293,30 @@ impl Nfs {
         )
     }
 
+    /// The share a cluster of real workers needs: `export_dir` read-only as `/export` (images,
+    /// and backups for the agent), and its `backups/` writable as `/backups` (for the nodes'
+    /// `lazarus backup`).
+    pub fn start_with_backups(ns: &Netns, dir: &Path, export_dir: &Path) -> anyhow::Result<Self> {
+        let backups = export_dir.join("backups");
+        std::fs::create_dir_all(&backups)?;
+        Self::start_exports(
+            ns,
+            dir,
+            &[
+                Export {
+                    path: export_dir,
+                    pseudo: "/export",
+                    writable: false,
+                },
+                Export {
+                    path: &backups,
+                    pseudo: "/backups",
+                    writable: true,
+                },
+            ],
+        )
+    }
+
     /// Several exports (a read-only image share and a writable backup share, say).
     pub fn start_exports(ns: &Netns, dir: &Path, exports: &[Export]) -> anyhow::Result<Self> {
         let conf = dir.join("ganesha.conf");

@@ -145,23 +145,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
 
     let ns =
         Netns::create_bridged(&format!("lz-cyc-{}", std::process::id()), &["tw1", "ts1"]).unwrap();
-    let _nfs = Nfs::start_exports(
-        &ns,
-        dir,
-        &[
-            Export {
-                path: &export,
-                pseudo: "/export",
-                writable: false,
-            },
-            Export {
-                path: &export.join("backups"),
-                pseudo: "/backups",
-                writable: true,
-            },
-        ],
-    )
-    .unwrap();
+    let _nfs = Nfs::start_with_backups(&ns, dir, &export).unwrap();
     let hosts: Vec<(&str, &str)> = NODES.iter().map(|n| (n.3, n.5)).collect();
     let _dhcp = Dhcp::start(&ns, dir, "br0", &hosts).unwrap();
     let mut lab = VirtLab::start(&ns, dir).unwrap();

@@ -76,23 +76,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
     );
 
     let ns = Netns::create(&format!("lz-debian-{}", std::process::id())).unwrap();
-    let _nfs = Nfs::start_exports(
-        &ns,
-        dir,
-        &[
-            Export {
-                path: &export,
-                pseudo: "/export",
-                writable: false,
-            },
-            Export {
-                path: &export.join("backups"),
-                pseudo: "/backups",
-                writable: true,
-            },
-        ],
-    )
-    .unwrap();
+    let _nfs = Nfs::start_with_backups(&ns, dir, &export).unwrap();
     let _dhcp = Dhcp::start(&ns, dir, "tap0", &[(MAC, IP)]).unwrap();
     let service = format!("{IP}:{}", debian::SERVICE_PORT);
     let boot = |name: &str| {

@@ -86,23 +86,7 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
     .unwrap();
 
     let ns = Netns::create_bridged(&format!("lz-bmc-{}", std::process::id()), &["tw1"]).unwrap();
-    let _nfs = Nfs::start_exports(
-        &ns,
-        dir,
-        &[
-            Export {
-                path: &export,
-                pseudo: "/export",
-                writable: false,
-            },
-            Export {
-                path: &export.join("backups"),
-                pseudo: "/backups",
-                writable: true,
-            },
-        ],
-    )
-    .unwrap();
+    let _nfs = Nfs::start_with_backups(&ns, dir, &export).unwrap();
     let _dhcp = Dhcp::start(&ns, dir, "br0", &[(MAC, IP)]).unwrap();
     let mut served = lazarus_testkit::Reaped::default();
     served.push(
