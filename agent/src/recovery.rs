@@ -355,6 +355,15 @@ fn image_partition(
     label: &str,
 ) -> Option<crate::gpt::GptPartition> {
     use std::io::Read;
+    // Only a source that reads the same twice: peeking at a pipe would take its first bytes
+    // away from the copy that follows (its own flag range is then not kept; said in the log).
+    if !std::fs::metadata(path).ok()?.is_file() {
+        log::warn!(
+            "{} is not a regular file: its partition table is not read before the copy",
+            path.display()
+        );
+        return None;
+    }
     let file = File::open(path).ok()?;
     let mut head = vec![0u8; crate::image::HEADER_LEN as usize];
     let mut reader = crate::image::decoder(format, file);

@@ -677,7 +677,7 @@ fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
     let flag = lab.flag("flag.img");
     let agent = lab.agent(None, None);
     let plan_text = format!(
-        "plan_id = \"cli-1\"\n[network]\naddress = \"127.0.0.1\"\nprefix_len = 8\n\
+        "plan_id = \"cli-1\"\nallow_weak_selector = true\n[network]\naddress = \"127.0.0.1\"\nprefix_len = 8\n\
          [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\nversion = \"v4.1\"\noptions = \"\"\n\
          [image]\npath = \"{rel}\"\nformat = \"raw\"\nsize = {}\nsha256 = \"{}\"\nlayout = \"whole_disk\"\n\
          [target]\npath = \"{}\"\n[flag]\npath = \"{}\"\n",

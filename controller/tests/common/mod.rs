@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use lazarus_controller::agent_client::AgentClient;
 use lazarus_proto::*;
 
-/// The agent binary, built beside `lazarus` (built on demand when this package is tested alone).
+/// The agent binary, built beside `lazarus` (asked of cargo every time: a binary left from an
+/// older build would test old code).
 pub fn agent_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_lazarus")).with_file_name("lazarus-agent");
-    if !bin.exists() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -27,8 +28,8 @@ pub fn agent_bin() -> PathBuf {
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building lazarus-agent");
-    }
-    bin
+    });
+    Path::new(env!("CARGO_BIN_EXE_lazarus")).with_file_name("lazarus-agent")
 }
 
 pub fn lazarus(args: &[&str]) -> std::process::Output {
