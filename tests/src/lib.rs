@@ -1,8 +1,10 @@
-//! The Lazarus lab, for the end-to-end tests and `scripts/lab`: a network namespace with a tap
-//! device, nfs-ganesha exporting images and backups, and QEMU guests (software emulation) booting
-//! the stock Debian kernel with our rescue initramfs. Everything runs as root, stays inside the
-//! namespace, and is torn down on drop; a failed test keeps its folder (serial log, disks) and
-//! says where.
+//! The Lazarus lab, for the end-to-end tests and `scripts/lab`: network namespaces with taps or
+//! a bridge, nfs-ganesha exporting images and backups, dnsmasq handing out node addresses, QEMU
+//! guests (software emulation) booting the stock Debian kernel with our rescue initramfs or
+//! rescue media through OVMF/SeaBIOS, a real Debian worker disk ([`debian`]), and a virtual BMC
+//! (libvirt behind sushy-tools, [`libvirt`]). Everything runs as root, stays inside the
+//! namespace, and is torn down on drop (processes stopped by pid); a failed test keeps its folder
+//! (serial logs, disks) and says where.
 
 pub mod debian;
 pub mod disk;
