@@ -663,3 +663,61 @@ fn a_lost_reboot_reply_from_a_node_that_never_comes_up_is_repaired_again() {
         "past the verify timeout the node is attached again, not declared healthy"
     );
 }
+
+#[test]
+fn one_standby_is_promoted_for_one_worker_only_when_two_fail_at_once() {
+    let mut r = Run::new(cluster(&[
+        ("w1", Role::Worker),
+        ("w2", Role::Worker),
+        ("s1", Role::Standby),
+    ]));
+    r.policy.max_concurrent_repairs = 2;
+    r.policy.max_unhealthy = 3;
+    r.fail("w1", 3);
+    r.fail("w2", 3);
+    let mut promotes = Vec::new();
+    for node in ["w1", "w2"] {
+        let o = r.done(node, ActionKind::Fence).clone();
+        promotes.extend(o.actions.into_iter().filter_map(|a| match a {
+            Action::Promote { failed, promoted } => Some((failed, promoted)),
+            _ => None,
+        }));
+    }
+    assert_eq!(
+        promotes,
+        vec![("w1".to_string(), "s1".to_string())],
+        "s1 was offered twice"
+    );
+    assert_eq!(r.step_of("w2"), Some(RepairStep::Attaching));
+    r.done("w1", ActionKind::Promote);
+    assert_eq!(r.state.nodes["s1"].role, Role::Worker);
+    assert_eq!(r.state.nodes["w2"].role, Role::Worker, "w2 has no replacement: it keeps its role");
+}
+
+#[test]
+fn a_promotion_that_times_out_is_run_again_never_skipped_and_a_late_success_counts() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker), ("s1", Role::Standby)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Promoting));
+    let timeout = 600; // well past any step's deadline
+    let o = r.at(timeout).on(Event::Tick).clone();
+    assert_eq!(
+        o.actions,
+        vec![Action::Promote {
+            failed: "w1".into(),
+            promoted: "s1".into()
+        }],
+        "a promotion timeout must not go on to attach"
+    );
+    // Out of attempts: quarantined with the promotion unresolved...
+    for _ in 0..3 {
+        r.at(timeout).on(Event::Tick);
+    }
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+    assert_eq!(r.state.nodes["s1"].role, Role::Standby);
+    // ...and the hook's late success is recorded: s1 serves now.
+    r.done("w1", ActionKind::Promote);
+    assert_eq!(r.state.nodes["s1"].role, Role::Worker);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+}

@@ -189,12 +189,23 @@ impl Flow<'_> {
         let already = repair.and_then(|r| r.replaced_by.as_ref()).is_some();
         if was_worker && !already {
             let tried = repair.map(|r| r.tried.as_slice()).unwrap_or_default();
+            // A standby another repair is promoting is reserved for it: never offered twice.
+            let reserved: Vec<&String> = self
+                .state
+                .nodes
+                .values()
+                .filter_map(|n| n.repair.as_ref()?.promoting.as_ref())
+                .collect();
             let candidate = self
                 .state
                 .nodes
                 .iter()
                 .find(|(k, n)| {
-                    n.role == Role::Standby && n.healthy && n.repair.is_none() && !tried.contains(k)
+                    n.role == Role::Standby
+                        && n.healthy
+                        && n.repair.is_none()
+                        && !tried.contains(k)
+                        && !reserved.contains(k)
                 })
                 .map(|(k, _)| k.clone());
             match candidate {
@@ -296,6 +307,23 @@ impl Flow<'_> {
 
     /// An action finished: the repair moves on, or the step is retried.
     pub(super) fn done(&mut self, node: &str, action: ActionKind, result: Result<(), ActionError>) {
+        if let (ActionKind::Promote, Ok(())) = (action, &result) {
+            // A promotion that succeeded is a fact, whenever its answer arrives: the standby
+            // serves now. Only a repair still at Promoting goes on to attach.
+            let step = self.repair(node).map(|r| r.step);
+            if let Some(standby) = self.repair(node).and_then(|r| r.promoting.take()) {
+                self.promote(node, &standby);
+                if step == Some(RepairStep::Promoting) {
+                    self.attach(node, "attaching the rescue kernel");
+                } else {
+                    self.alert(
+                        Some(node),
+                        format!("{standby} was promoted in place of {node} after the repair had moved on"),
+                    );
+                }
+            }
+            return;
+        }
         let Some(r) = self.repair_at(node, &[action.step()]) else {
             return;
         };
@@ -325,12 +353,7 @@ impl Flow<'_> {
         }
         match action {
             ActionKind::Fence => self.after_fence(node),
-            ActionKind::Promote => {
-                if let Some(s) = self.repair(node).and_then(|r| r.promoting.take()) {
-                    self.promote(node, &s);
-                }
-                self.attach(node, "attaching the rescue kernel");
-            }
+            ActionKind::Promote => {} // handled above
             ActionKind::Attach => self.enter(
                 node,
                 RepairStep::WaitingReady,
@@ -532,12 +555,23 @@ impl Flow<'_> {
                 self.out.actions.push(Action::Fence { node: node.into() });
                 self.extend(node, step);
             }
+            // The promotion is resolved before anything else: the hook runs again (hooks are
+            // idempotent for one pair); a late success of an earlier run is still recorded.
+            RepairStep::Promoting => {
+                let standby = self.repair(node).and_then(|r| r.promoting.clone());
+                if let Some(promoted) = standby {
+                    self.out.actions.push(Action::Promote {
+                        failed: node.into(),
+                        promoted,
+                    });
+                }
+                self.extend(node, step);
+            }
             // Attach again (power-cycles into the rescue kernel); for a restored system that does
             // not come up healthy, that repairs it again from the start.
-            RepairStep::Promoting
-            | RepairStep::Attaching
-            | RepairStep::WaitingReady
-            | RepairStep::Verifying => self.attach(node, &retry),
+            RepairStep::Attaching | RepairStep::WaitingReady | RepairStep::Verifying => {
+                self.attach(node, &retry)
+            }
             RepairStep::Recovering => self.send_recover(node, &retry),
             RepairStep::Detaching => {
                 self.out.actions.push(Action::Detach { node: node.into() });
