@@ -691,7 +691,11 @@ fn one_standby_is_promoted_for_one_worker_only_when_two_fail_at_once() {
     assert_eq!(r.step_of("w2"), Some(RepairStep::Attaching));
     r.done("w1", ActionKind::Promote);
     assert_eq!(r.state.nodes["s1"].role, Role::Worker);
-    assert_eq!(r.state.nodes["w2"].role, Role::Worker, "w2 has no replacement: it keeps its role");
+    assert_eq!(
+        r.state.nodes["w2"].role,
+        Role::Worker,
+        "w2 has no replacement: it keeps its role"
+    );
 }
 
 #[test]
