@@ -61,6 +61,9 @@ enum Command {
     /// Repair NODE now (also takes a node out of quarantine).
     Repair {
         node: String,
+        /// Repair it even though it passes its health checks.
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = "127.0.0.1:7470")]
         api: String,
     },
@@ -219,8 +222,9 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 .collect::<Vec<_>>()
                 .join("\n")
         }
-        Command::Repair { node, api } => {
-            api_client::post(&api, &format!("/api/repair/{node}"))?;
+        Command::Repair { node, force, api } => {
+            let query = if force { "?force=true" } else { "" };
+            api_client::post(&api, &format!("/api/repair/{node}{query}"))?;
             format!("repair of {node} requested")
         }
         Command::Release { node, api } => {

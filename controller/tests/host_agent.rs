@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
@@ -184,6 +184,11 @@ fn commands_under_a_wrong_key_are_not_answered() {
     );
     let err = r.expect_err("a wrong key was answered");
     assert!(err.to_string().contains("connection closed"), "{err}");
+    // The agent's stderr reaches the test through a reader thread: give the line a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.log().contains("ignoring a command") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         agent.log().contains("ignoring a command"),
         "{}",

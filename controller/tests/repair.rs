@@ -309,11 +309,64 @@ fn an_agent_reporting_failed_is_retried_with_new_plans_then_quarantined() {
     assert!(o.actions.iter().any(|a| matches!(a, Action::Alert { message, .. } if message.contains("quarantined") && message.contains("digest mismatch"))));
     // Quarantine holds until an operator acts.
     assert!(r.at(100_000).on(Event::Tick).actions.is_empty());
-    r.on(Event::OperatorRepair { node: "w1".into() });
+    let mut released = Run::new(r.state.clone());
+    r.on(Event::OperatorRepair {
+        node: "w1".into(),
+        force: false,
+    });
     assert_eq!(r.step_of("w1"), Some(RepairStep::Fencing));
+    // Released from quarantine: back as a standby, unrepaired.
+    released.on(Event::OperatorRelease { node: "w1".into() });
+    assert_eq!(released.step_of("w1"), None);
+    assert!(released.state.nodes["w1"].healthy);
+}
+
+#[test]
+fn release_is_refused_mid_repair_and_taken_from_quarantine_or_the_queue() {
+    use lazarus_controller::repair::brakes::{operator_refusal, OperatorOp, OperatorRefusal};
+    let mut r = to_rebooting();
+    // Mid-repair (here: rebooting; the same for a disk being written): refused, nothing changes.
+    assert!(matches!(
+        operator_refusal(&r.state, "w1", OperatorOp::Release),
+        Some(OperatorRefusal::ReleaseMidRepair { .. })
+    ));
     r.on(Event::OperatorRelease { node: "w1".into() });
-    assert_eq!(r.step_of("w1"), None);
-    assert!(r.state.nodes["w1"].healthy);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Rebooting));
+    assert_eq!(
+        operator_refusal(&r.state, "s1", OperatorOp::Release),
+        Some(OperatorRefusal::NotUnderRepair("s1".into()))
+    );
+}
+
+#[test]
+fn an_operator_repair_respects_the_brakes_and_a_healthy_node_needs_force() {
+    use lazarus_controller::repair::brakes::{operator_refusal, OperatorOp, OperatorRefusal};
+    let mut r = Run::new(cluster(&[
+        ("w1", Role::Worker),
+        ("w2", Role::Worker),
+        ("s1", Role::Standby),
+    ]));
+    // A healthy node: refused without --force, nothing starts.
+    assert_eq!(
+        operator_refusal(&r.state, "w2", OperatorOp::Repair { force: false }),
+        Some(OperatorRefusal::Healthy("w2".into()))
+    );
+    r.on(Event::OperatorRepair {
+        node: "w2".into(),
+        force: false,
+    });
+    assert_eq!(r.step_of("w2"), None);
+    // w1's repair runs; with max_concurrent_repairs = 1 a forced repair of w2 waits in the queue.
+    r.fail("w1", 3);
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Fencing));
+    r.on(Event::OperatorRepair {
+        node: "w2".into(),
+        force: true,
+    });
+    assert_eq!(r.step_of("w2"), Some(RepairStep::Queued));
+    // A queued node may be released.
+    r.on(Event::OperatorRelease { node: "w2".into() });
+    assert_eq!(r.step_of("w2"), None);
 }
 
 #[test]
@@ -405,7 +458,15 @@ fn concurrent_repairs_are_limited_and_queued_ones_start_later() {
         (r.step_of("w1"), r.step_of("w2")),
         (Some(RepairStep::Fencing), Some(RepairStep::Queued))
     );
-    r.on(Event::OperatorRelease { node: "w1".into() });
+    // w1's fencing keeps failing: quarantined, it frees its slot.
+    for _ in 0..=r.policy.retries {
+        r.on(Event::Done {
+            node: "w1".into(),
+            action: ActionKind::Fence,
+            result: Err("BMC unreachable".into()),
+        });
+    }
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
     r.on(Event::Tick);
     assert_eq!(r.step_of("w2"), Some(RepairStep::Fencing));
 }

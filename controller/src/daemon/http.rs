@@ -21,6 +21,7 @@ use super::pool::AgentPool;
 use super::shared::{lock, Shared};
 use crate::api::{status_view, Accepted, ErrorBody, EventView};
 use crate::cluster::Cluster;
+use crate::repair::brakes::{operator_refusal, OperatorOp};
 use crate::repair::Event;
 use crate::store::Store;
 
@@ -105,9 +106,12 @@ impl Api<'_> {
                 Err(e) => Reply::error(500, e.to_string()),
             },
             (Method::Post, p) => match p.strip_prefix("/api/repair/") {
-                Some(node) => self.operator(node, Event::OperatorRepair { node: node.into() }),
+                Some(node) => {
+                    let force = query.split('&').any(|q| q == "force=true");
+                    self.operator(node, OperatorOp::Repair { force })
+                }
                 None => match p.strip_prefix("/api/release/") {
-                    Some(node) => self.operator(node, Event::OperatorRelease { node: node.into() }),
+                    Some(node) => self.operator(node, OperatorOp::Release),
                     None => Reply::error(404, "no such route"),
                 },
             },
@@ -119,11 +123,22 @@ impl Api<'_> {
         }
     }
 
-    /// Hands an operator's decision about `node` to the event loop.
-    fn operator(&self, node: &str, event: Event) -> Reply {
+    /// Hands an operator's decision about `node` to the event loop, or says at once why it is
+    /// refused (the state machine refuses it too, should the state change in between).
+    fn operator(&self, node: &str, op: OperatorOp) -> Reply {
         if self.cluster.node(node).is_none() {
             return Reply::error(404, format!("no node {node}"));
         }
+        if let Some(why) = operator_refusal(&lock(self.shared).state, node, op) {
+            return Reply::error(409, why.to_string());
+        }
+        let event = match op {
+            OperatorOp::Repair { force } => Event::OperatorRepair {
+                node: node.into(),
+                force,
+            },
+            OperatorOp::Release => Event::OperatorRelease { node: node.into() },
+        };
         let _ = self.tx.send(event);
         Reply::json(202, &Accepted { accepted: true })
     }

@@ -5,6 +5,58 @@
 
 use super::types::{ClusterState, RepairPolicy, RepairStep, Time};
 
+/// What an operator asks of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorOp {
+    /// `lazarus repair NODE [--force]`.
+    Repair { force: bool },
+    /// `lazarus release NODE`.
+    Release,
+}
+
+/// Why an operator's request is refused now (the API answers it as the error, one line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorRefusal {
+    #[error("no node {0}")]
+    NoNode(String),
+    #[error("{0} is not under repair: there is nothing to release")]
+    NotUnderRepair(String),
+    #[error("{node} is {step}: only a quarantined or queued node can be released (its disk may be mid-write)")]
+    ReleaseMidRepair { node: String, step: RepairStep },
+    #[error("{0} is healthy: `lazarus repair {0} --force` repairs it anyway")]
+    Healthy(String),
+    #[error("{node} is already being repaired ({step})")]
+    AlreadyRepairing { node: String, step: RepairStep },
+}
+
+/// `Some(why)` when `op` on `node` must be refused in `state`.
+pub fn operator_refusal(
+    state: &ClusterState,
+    node: &str,
+    op: OperatorOp,
+) -> Option<OperatorRefusal> {
+    let Some(n) = state.nodes.get(node) else {
+        return Some(OperatorRefusal::NoNode(node.into()));
+    };
+    let step = n.repair.as_ref().map(|r| r.step);
+    match (op, step) {
+        (OperatorOp::Release, None) => Some(OperatorRefusal::NotUnderRepair(node.into())),
+        (OperatorOp::Release, Some(RepairStep::Quarantined | RepairStep::Queued)) => None,
+        (OperatorOp::Release, Some(step)) => Some(OperatorRefusal::ReleaseMidRepair {
+            node: node.into(),
+            step,
+        }),
+        (OperatorOp::Repair { force }, None) if n.healthy && !force => {
+            Some(OperatorRefusal::Healthy(node.into()))
+        }
+        (OperatorOp::Repair { .. }, None | Some(RepairStep::Quarantined)) => None,
+        (OperatorOp::Repair { .. }, Some(step)) => Some(OperatorRefusal::AlreadyRepairing {
+            node: node.into(),
+            step,
+        }),
+    }
+}
+
 /// Repairs past the queue and not quarantined.
 pub fn active_repairs(state: &ClusterState) -> u32 {
     let active = state.nodes.values().filter(|n| {

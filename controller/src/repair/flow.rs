@@ -433,29 +433,35 @@ impl Flow<'_> {
     }
 
     /// `lazarus repair NODE`: a node not under repair, or quarantined, is repaired from the start.
-    pub(super) fn operator_repair(&mut self, node: &str) {
-        let Some(n) = self.state.nodes.get(node) else {
+    /// `lazarus repair`: queued like a detected failure, so `max_concurrent_repairs` and the
+    /// pause brake apply; a healthy node only when forced. Refused requests change nothing (the
+    /// API has already said why).
+    pub(super) fn operator_repair(&mut self, node: &str, force: bool) {
+        if brakes::operator_refusal(&self.state, node, brakes::OperatorOp::Repair { force })
+            .is_some()
+        {
             return;
-        };
-        match n.repair.as_ref() {
-            None => self.begin_repair(node, self.now, "operator asked for a repair"),
-            Some(r) if r.step == RepairStep::Quarantined => {
-                let failure_time = r.failure_time;
-                self.begin_repair(node, failure_time, "operator asked for a repair");
-            }
-            Some(_) => {}
         }
+        let failure_time = self
+            .state
+            .nodes
+            .get(node)
+            .and_then(|n| n.repair.as_ref())
+            .map_or(self.now, |r| r.failure_time);
+        self.queue_repair(node, failure_time);
+        self.start_queued();
     }
 
-    /// `lazarus release NODE`: the repair is dropped, the node serves again as a standby.
+    /// `lazarus release`: back into service as a standby, unrepaired; only from quarantine or
+    /// the queue, never while its disk may be being written.
     pub(super) fn operator_release(&mut self, node: &str) {
+        if brakes::operator_refusal(&self.state, node, brakes::OperatorOp::Release).is_some() {
+            return;
+        }
         let now = self.now;
         let Some(n) = self.state.nodes.get_mut(node) else {
             return;
         };
-        if n.repair.is_none() {
-            return;
-        }
         let from = n.stage();
         n.repair = None;
         n.role = Role::Standby;
@@ -499,12 +505,7 @@ impl Flow<'_> {
             self.state.paused = paused;
             self.alert(None, message);
         }
-        for (node, failure_time) in brakes::queued(&self.state) {
-            if !brakes::may_start(&self.state, self.policy) {
-                break;
-            }
-            self.begin_repair(&node, failure_time, "repair starts");
-        }
+        self.start_queued();
         let names: Vec<String> = self.state.nodes.keys().cloned().collect();
         for node in names {
             let Some((step, deadline)) = self
@@ -524,6 +525,16 @@ impl Flow<'_> {
             } else if step == RepairStep::Recovering {
                 self.out.actions.push(Action::Poll { node });
             }
+        }
+    }
+
+    /// Starts queued repairs while the brakes allow.
+    fn start_queued(&mut self) {
+        for (node, failure_time) in brakes::queued(&self.state) {
+            if !brakes::may_start(&self.state, self.policy) {
+                break;
+            }
+            self.begin_repair(&node, failure_time, "repair starts");
         }
     }
 

@@ -28,7 +28,7 @@ pub fn step(
         Event::AgentReady { node, boot_id } => flow.agent_ready(&node, boot_id),
         Event::AgentStatus { node, status } => flow.agent_status(&node, status),
         Event::AgentUnreachable { node, error } => flow.agent_unreachable(&node, &error),
-        Event::OperatorRepair { node } => flow.operator_repair(&node),
+        Event::OperatorRepair { node, force } => flow.operator_repair(&node, force),
         Event::OperatorRelease { node } => flow.operator_release(&node),
         Event::Resume => flow.resume(),
     }

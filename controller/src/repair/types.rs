@@ -371,8 +371,9 @@ pub enum Event {
     AgentStatus { node: String, status: Status },
     /// An agent could not be reached.
     AgentUnreachable { node: String, error: ActionError },
-    /// `lazarus repair NODE`.
-    OperatorRepair { node: String },
+    /// `lazarus repair NODE [--force]`: queue a repair (the brakes apply); a healthy node only
+    /// with `force`.
+    OperatorRepair { node: String, force: bool },
     /// `lazarus release NODE`: back into service as a standby, unrepaired.
     OperatorRelease { node: String },
     /// The controller (re)started: re-issue the action of every repair's current step, since
