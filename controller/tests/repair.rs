@@ -786,3 +786,42 @@ fn a_promotion_that_times_out_is_run_again_never_skipped_and_a_late_success_coun
     assert_eq!(r.state.nodes["s1"].role, Role::Worker);
     assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
 }
+
+#[test]
+fn a_recovering_timeout_boots_the_rescue_kernel_afresh_and_ends_in_quarantine() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker), ("s1", Role::Standby)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Promote);
+    let mut attaches = 0;
+    for _ in 0..10 {
+        r.done("w1", ActionKind::Attach);
+        r.on(Event::AgentReady {
+            node: "w1".into(),
+            boot_id: BOOT,
+        });
+        if r.step_of("w1") != Some(RepairStep::Recovering) {
+            break;
+        }
+        // The agent dies mid-plan: nothing more is heard until the step's budget runs out.
+        let o = r.at(3601).on(Event::Tick).clone();
+        if o.actions.contains(&Action::Attach { node: "w1".into() }) {
+            attaches += 1;
+        } else {
+            assert!(
+                !o.actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Recover { .. })),
+                "a plan was re-sent to a silent agent: {o:?}"
+            );
+        }
+        if r.step_of("w1") == Some(RepairStep::Quarantined) {
+            break;
+        }
+    }
+    assert_eq!(
+        attaches, 2,
+        "re-attached within the retry budget (retries = 2)"
+    );
+    assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+}

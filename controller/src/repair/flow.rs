@@ -521,7 +521,7 @@ impl Flow<'_> {
                 continue;
             }
             if self.now >= deadline {
-                self.retry_or_quarantine(&node, &format!("{step} timed out"));
+                self.retry_or_quarantine_as(&node, &format!("{step} timed out"), true);
             } else if step == RepairStep::Recovering {
                 self.out.actions.push(Action::Poll { node });
             }
@@ -540,11 +540,20 @@ impl Flow<'_> {
 
     /// Another attempt at the current step, or quarantine once the attempts are used up.
     fn retry_or_quarantine(&mut self, node: &str, reason: &str) {
+        self.retry_or_quarantine_as(node, reason, false);
+    }
+
+    /// As [`Self::retry_or_quarantine`]; `timed_out` says the step ran out of time. A
+    /// Recovering step that timed out boots the rescue kernel afresh (the one-shot boot was
+    /// spent: a dead agent would otherwise be sent plans until every budget ran out), counted as
+    /// a whole cycle like a restored system that never comes up healthy.
+    fn retry_or_quarantine_as(&mut self, node: &str, reason: &str, timed_out: bool) {
         let Some(r) = self.repair(node) else {
             return;
         };
         r.attempt += 1;
-        if r.step == RepairStep::Verifying {
+        let reattach = timed_out && r.step == RepairStep::Recovering;
+        if r.step == RepairStep::Verifying || reattach {
             r.cycles += 1;
             r.attempt = r.cycles;
         }
@@ -583,6 +592,7 @@ impl Flow<'_> {
             RepairStep::Attaching | RepairStep::WaitingReady | RepairStep::Verifying => {
                 self.attach(node, &retry)
             }
+            RepairStep::Recovering if reattach => self.attach(node, &retry),
             RepairStep::Recovering => self.send_recover(node, &retry),
             RepairStep::Detaching => {
                 self.out.actions.push(Action::Detach { node: node.into() });
