@@ -19,7 +19,10 @@ pub struct Cluster {
     pub controller: ControllerSection,
     #[serde(default)]
     pub policy: Policy,
-    pub promotion: Option<Promotion>,
+    pub promotion: Option<Hook>,
+    /// Run when a restored node rejoins as a standby (`LAZARUS_NODE` in its environment): tell
+    /// the load balancer or inventory what it is now.
+    pub standby: Option<Hook>,
     pub nfs: NfsSection,
     pub images: std::collections::BTreeMap<String, Image>,
     pub nodes: Vec<Node>,
@@ -127,11 +130,12 @@ impl Default for Timeouts {
     }
 }
 
-/// The command run when a standby takes a failed worker's place; it gets `LAZARUS_FAILED` and
-/// `LAZARUS_PROMOTED` in its environment.
+/// An operator's hook: `[promotion]` runs when a standby takes a failed worker's place
+/// (`LAZARUS_FAILED`, `LAZARUS_PROMOTED` in its environment); `[standby]` when a restored node
+/// rejoins as a standby (`LAZARUS_NODE`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Promotion {
+pub struct Hook {
     pub command: Vec<String>,
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub timeout: Duration,

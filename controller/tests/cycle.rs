@@ -133,6 +133,21 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let standby_log = lab.path("standby.log");
+    let standby_hook = lab.path("standby.sh");
+    std::fs::write(
+        &standby_hook,
+        format!(
+            "#!/bin/sh\necho \"$LAZARUS_NODE\" >> {}\n",
+            standby_log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &standby_hook,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // The "rescue boot" of w1: start a host-mode agent at 127.0.0.41, announcing w1's MAC.
@@ -173,6 +188,9 @@ retries = 2
 [promotion]
 command = ["{hook}"]
 
+[standby]
+command = ["{standby_hook}"]
+
 [nfs]
 server = "127.0.0.1"
 export = "/export"
@@ -208,6 +226,7 @@ allow_weak_selector = true
 "#,
             key = lab.key_path.display(),
             hook = hook.display(),
+            standby_hook = standby_hook.display(),
             size = img.len(),
             sha = sha(&img),
             w1_up = lab.path("w1-up").display(),
@@ -273,6 +292,20 @@ allow_weak_selector = true
         std::fs::read_to_string(&hook_log).unwrap(),
         "w1 s1\n",
         "promoted more or less than once"
+    );
+    // The hook runs as an action after the transition: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&standby_log)
+        .unwrap_or_default()
+        .is_empty()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&standby_log).unwrap_or_default(),
+        "w1\n",
+        "the [standby] hook did not run once for the rejoined node"
     );
     let events = api_client::events(&api, Some("w1")).unwrap();
     let path: Vec<&str> = events.iter().map(|e| e.to.as_str()).collect();

@@ -704,6 +704,13 @@ fn a_lost_reboot_reply_is_judged_by_the_health_check_not_quarantined() {
         None,
         "the healthy node is not repaired further"
     );
+    assert!(
+        r.last
+            .actions
+            .contains(&Action::Rejoined { node: "w1".into() }),
+        "the [standby] hook is asked for: {:?}",
+        r.last.actions
+    );
     let w1 = &r.state.nodes["w1"];
     assert!(w1.healthy && w1.role == Role::Standby);
 }

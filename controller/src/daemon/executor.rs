@@ -55,6 +55,17 @@ impl Executor {
                 self.provide(node, ActionKind::Attach, Op::Attach, t.attach)
             }
             Action::Detach { node } => self.provide(node, ActionKind::Detach, Op::Detach, t.attach),
+            Action::Rejoined { node } => {
+                if let Some(hook) = &self.cluster.standby {
+                    let env = [("LAZARUS_NODE", node.as_str())];
+                    if let Err(e) = crate::command::run(&hook.command, &env, hook.timeout) {
+                        let message = format!("standby hook failed for {node}: {e}");
+                        log::error!("ALERT {node}: {message}");
+                        self.alert(Some(node), message);
+                    }
+                }
+                None
+            }
             Action::Promote { failed, promoted } => {
                 let result = match &self.cluster.promotion {
                     Some(p) => crate::command::run(

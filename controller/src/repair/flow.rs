@@ -111,6 +111,9 @@ impl Flow<'_> {
                     Stage::HEALTHY,
                     "restored node passed its health checks; back as a standby".into(),
                 );
+                self.out
+                    .actions
+                    .push(Action::Rejoined { node: node.into() });
                 self.tick();
             }
             Some(_) => {} // under repair: checks do not count

@@ -414,6 +414,8 @@ pub enum Action {
     Fence { node: String },
     /// Run the promotion hook: `promoted` takes `failed`'s place.
     Promote { failed: String, promoted: String },
+    /// Run the `[standby]` hook: the restored `node` has rejoined as a standby.
+    Rejoined { node: String },
     /// Make `node` boot the rescue kernel (one-shot) and power-cycle it.
     Attach { node: String },
     /// Send `Recover` with plan `plan_id` to the agent of `node`.
