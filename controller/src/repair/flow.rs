@@ -163,6 +163,12 @@ impl Flow<'_> {
         if n.repair.is_none() {
             self.queue_repair(node, failure_time);
         }
+        // From here the node is out of service, whatever its health checks said (an operator
+        // may force the repair of a node that passes them).
+        if let Some(n) = self.state.nodes.get_mut(node) {
+            n.healthy = false;
+            n.ok_streak = 0;
+        }
         let Some(r) = self.repair(node) else {
             return;
         };
