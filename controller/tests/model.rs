@@ -165,20 +165,18 @@ fn status(boot: BootId, phase: Phase, flag: FlagState, plan: &str) -> Status {
 
 /// The invariants that hold after every step.
 fn check(state: &ClusterState, policy: &RepairPolicy) -> Result<(), String> {
-    // A standby takes the place of at most one worker.
+    // A standby is being promoted for at most one worker at a time.
     let mut claims: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, n) in &state.nodes {
-        if let Some(r) = &n.repair {
-            for s in r.promoting.iter().chain(r.replaced_by.iter()) {
-                claims.entry(s.as_str()).or_default().push(name);
-            }
+        if let Some(s) = n.repair.as_ref().and_then(|r| r.promoting.as_ref()) {
+            claims.entry(s.as_str()).or_default().push(name);
         }
     }
     for (standby, by) in &claims {
-        let mut by = by.clone();
-        by.dedup();
         if by.len() > 1 {
-            return Err(format!("{standby} promoted for several workers: {by:?}"));
+            return Err(format!(
+                "{standby} is being promoted for several workers: {by:?}"
+            ));
         }
     }
     // No node is both in service and being repaired (past the queue).
@@ -205,12 +203,37 @@ struct Sim {
     policy: RepairPolicy,
     now: Time,
     names: Vec<String>,
+    violations: Vec<String>,
 }
 
 impl Sim {
     fn on(&mut self, e: Event) -> Outcome {
+        let before = self.state.clone();
         let (s, o) = step(self.state.clone(), e, &self.policy, self.now);
         self.state = s;
+        // Every promotion asked for names a standby no other repair holds.
+        for a in &o.actions {
+            if let Action::Promote { failed, promoted } = a {
+                let held_by_another = before.nodes.iter().any(|(name, n)| {
+                    name != failed
+                        && n.repair.as_ref().and_then(|r| r.promoting.as_ref()) == Some(promoted)
+                });
+                self.violations.extend(held_by_another.then(|| {
+                    format!("{promoted} offered to {failed} while another repair promotes it")
+                }));
+                let p = &before.nodes[promoted];
+                let rerun = before.nodes[failed]
+                    .repair
+                    .as_ref()
+                    .and_then(|r| r.promoting.as_ref())
+                    == Some(promoted);
+                if !rerun && (p.role != Role::Standby || p.repair.is_some() || !p.healthy) {
+                    self.violations.push(format!(
+                        "{promoted} promoted for {failed} but it is no healthy standby: {p:?}"
+                    ));
+                }
+            }
+        }
         o
     }
 
@@ -322,6 +345,9 @@ impl Sim {
                     );
                 }
                 check(&self.state, &self.policy)?;
+                if let Some(v) = self.violations.first() {
+                    return Err(v.clone());
+                }
                 if next.is_empty() {
                     break;
                 }
@@ -353,11 +379,15 @@ proptest! {
             policy: s.policy.clone(),
             now: 1000,
             names: names(&s),
+            violations: Vec::new(),
         };
         for (i, ev) in events.iter().enumerate() {
             sim.apply(ev);
             if let Err(e) = check(&sim.state, &sim.policy) {
                 prop_assert!(false, "after event {i} ({ev:?}): {e}");
+            }
+            if let Some(v) = sim.violations.first() {
+                prop_assert!(false, "after event {i} ({ev:?}): {v}");
             }
         }
         if let Err(e) = sim.quiet() {
