@@ -81,6 +81,19 @@ pub struct Policy {
     pub timeouts: Timeouts,
     /// Attempts of a step before the node is quarantined.
     pub retries: u32,
+    /// `required` (the default): no standby takes a failed node's place before the node is
+    /// confirmed off, by its boot provider or by an operator (`lazarus fenced NODE`).
+    /// `best_effort`: a node that cannot be powered off is replaced anyway, with an alert.
+    pub fencing: Fencing,
+}
+
+/// The fencing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fencing {
+    #[default]
+    Required,
+    BestEffort,
 }
 
 impl Default for Policy {
@@ -95,6 +108,7 @@ impl Default for Policy {
             poll_interval: Duration::from_secs(2),
             timeouts: Timeouts::default(),
             retries: 2,
+            fencing: Fencing::default(),
         }
     }
 }

@@ -67,6 +67,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7470")]
         api: String,
     },
+    /// Confirm NODE is powered off (fencing = "required", a provider that cannot power it off).
+    Fenced {
+        node: String,
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        api: String,
+    },
     /// Return NODE to service as a standby without repairing it.
     Release {
         node: String,
@@ -226,6 +232,10 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             let query = if force { "?force=true" } else { "" };
             api_client::post(&api, &format!("/api/repair/{node}{query}"))?;
             format!("repair of {node} requested")
+        }
+        Command::Fenced { node, api } => {
+            api_client::post(&api, &format!("/api/fenced/{node}"))?;
+            format!("{node} confirmed off; its repair goes on")
         }
         Command::Release { node, api } => {
             api_client::post(&api, &format!("/api/release/{node}"))?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use lazarus_controller::cluster::Role;
+use lazarus_controller::cluster::{Fencing, Role};
 use lazarus_controller::repair::brakes::active_repairs;
 use lazarus_controller::repair::*;
 use lazarus_proto::flag::FlagState;
@@ -25,6 +25,7 @@ enum Ev {
     Unreachable(usize),
     Repair(usize, bool),
     Release(usize),
+    Fenced(usize),
     Restart,
 }
 
@@ -57,6 +58,7 @@ fn event() -> impl Strategy<Value = Ev> {
         1 => node.clone().prop_map(Ev::Unreachable),
         1 => (node.clone(), any::<bool>()).prop_map(|(n, f)| Ev::Repair(n, f)),
         1 => node.clone().prop_map(Ev::Release),
+        1 => node.clone().prop_map(Ev::Fenced),
         1 => Just(Ev::Restart),
     ]
 }
@@ -76,12 +78,16 @@ fn setup() -> impl Strategy<Value = Setup> {
         1u32..=6,
         1u32..=3,
         any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec(prop::bool::weighted(0.7), 9),
     )
         .prop_map(
-            |(workers, standbys, concurrent, max_unhealthy, retries, hook)| {
+            |(workers, standbys, concurrent, max_unhealthy, retries, hook, best_effort, fences)| {
                 let names: Vec<String> = (0..workers)
                     .map(|i| format!("w{i}"))
                     .chain((0..standbys).map(|i| format!("s{i}")))
+                    .zip(fences)
+                    .filter_map(|(n, can)| can.then_some(n))
                     .collect();
                 Setup {
                     workers,
@@ -101,6 +107,11 @@ fn setup() -> impl Strategy<Value = Setup> {
                         verify_timeout: 600,
                         can_fence: names,
                         has_promotion_hook: hook,
+                        fencing: if best_effort {
+                            Fencing::BestEffort
+                        } else {
+                            Fencing::Required
+                        },
                     },
                 }
             },
@@ -221,6 +232,15 @@ impl Sim {
                 self.violations.extend(held_by_another.then(|| {
                     format!("{promoted} offered to {failed} while another repair promotes it")
                 }));
+                let fenced = self.state.nodes[failed]
+                    .repair
+                    .as_ref()
+                    .is_some_and(|r| r.fenced);
+                if self.policy.fencing == Fencing::Required && !fenced {
+                    self.violations.push(format!(
+                        "{promoted} promoted in place of {failed}, which is not confirmed off"
+                    ));
+                }
                 let p = &before.nodes[promoted];
                 let rerun = before.nodes[failed]
                     .repair
@@ -292,6 +312,7 @@ impl Sim {
                 force,
             },
             Ev::Release(i) => Event::OperatorRelease { node: self.node(i) },
+            Ev::Fenced(i) => Event::OperatorFenced { node: self.node(i) },
             Ev::Restart => {
                 let text = serde_json::to_string(&self.state).unwrap();
                 self.state = serde_json::from_str(&text).unwrap();
@@ -308,6 +329,7 @@ impl Sim {
                 None => true,
                 Some(r) => {
                     r.step == RepairStep::Quarantined
+                        || r.step == RepairStep::AwaitingFence
                         || (r.step == RepairStep::Queued
                             && (self.state.paused || active_repairs(&self.state) > 0))
                 }

@@ -22,6 +22,7 @@ fn policy() -> RepairPolicy {
         verify_timeout: 600,
         can_fence: vec!["w1".into(), "w2".into(), "w3".into(), "s1".into()],
         has_promotion_hook: true,
+        fencing: lazarus_controller::cluster::Fencing::Required,
     }
 }
 
@@ -525,9 +526,10 @@ fn a_failing_promotion_hook_tries_the_next_standby_then_alerts() {
 }
 
 #[test]
-fn a_node_without_power_control_is_not_fenced_but_still_repaired() {
+fn under_best_effort_a_node_without_power_control_is_not_fenced_but_still_repaired() {
     let mut r = Run::new(cluster(&[("w9", Role::Worker), ("s1", Role::Standby)]));
     r.policy.has_promotion_hook = false;
+    r.policy.fencing = lazarus_controller::cluster::Fencing::BestEffort;
     r.fail("w9", 3);
     assert!(r
         .last
@@ -831,4 +833,38 @@ fn a_recovering_timeout_boots_the_rescue_kernel_afresh_and_ends_in_quarantine() 
         "re-attached within the retry budget (retries = 2)"
     );
     assert_eq!(r.step_of("w1"), Some(RepairStep::Quarantined));
+}
+
+#[test]
+fn under_required_fencing_no_standby_replaces_a_node_until_an_operator_confirms_it_off() {
+    use lazarus_controller::repair::brakes::{operator_refusal, OperatorOp, OperatorRefusal};
+    let mut r = Run::new(cluster(&[("w9", Role::Worker), ("s1", Role::Standby)]));
+    r.fail("w9", 3);
+    assert_eq!(r.step_of("w9"), Some(RepairStep::AwaitingFence));
+    assert!(
+        !r.last
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Promote { .. } | Action::Attach { .. })),
+        "{:?}",
+        r.last.actions
+    );
+    assert!(r.last.actions.iter().any(
+        |a| matches!(a, Action::Alert { message, .. } if message.contains("lazarus fenced w9"))
+    ));
+    // Time alone changes nothing: it waits for a person.
+    assert!(r.at(100_000).on(Event::Tick).actions.is_empty());
+    assert_eq!(r.state.nodes["s1"].role, Role::Standby);
+    assert_eq!(
+        operator_refusal(&r.state, "s1", OperatorOp::Fenced),
+        Some(OperatorRefusal::NotAwaitingFence("s1".into()))
+    );
+    let o = r.on(Event::OperatorFenced { node: "w9".into() }).clone();
+    assert_eq!(
+        o.actions,
+        vec![Action::Promote {
+            failed: "w9".into(),
+            promoted: "s1".into()
+        }]
+    );
 }

@@ -112,7 +112,10 @@ impl Api<'_> {
                 }
                 None => match p.strip_prefix("/api/release/") {
                     Some(node) => self.operator(node, OperatorOp::Release),
-                    None => Reply::error(404, "no such route"),
+                    None => match p.strip_prefix("/api/fenced/") {
+                        Some(node) => self.operator(node, OperatorOp::Fenced),
+                        None => Reply::error(404, "no such route"),
+                    },
                 },
             },
             (Method::Get, p) => match p.strip_prefix("/api/logs/") {
@@ -138,6 +141,7 @@ impl Api<'_> {
                 force,
             },
             OperatorOp::Release => Event::OperatorRelease { node: node.into() },
+            OperatorOp::Fenced => Event::OperatorFenced { node: node.into() },
         };
         let _ = self.tx.send(event);
         Reply::json(202, &Accepted { accepted: true })

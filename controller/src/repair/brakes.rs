@@ -12,6 +12,8 @@ pub enum OperatorOp {
     Repair { force: bool },
     /// `lazarus release NODE`.
     Release,
+    /// `lazarus fenced NODE`.
+    Fenced,
 }
 
 /// Why an operator's request is refused now (the API answers it as the error, one line).
@@ -27,6 +29,8 @@ pub enum OperatorRefusal {
     Healthy(String),
     #[error("{node} is already being repaired ({step})")]
     AlreadyRepairing { node: String, step: RepairStep },
+    #[error("{0} is not waiting for an operator to confirm it is off")]
+    NotAwaitingFence(String),
 }
 
 /// `Some(why)` when `op` on `node` must be refused in `state`.
@@ -54,6 +58,8 @@ pub fn operator_refusal(
             node: node.into(),
             step,
         }),
+        (OperatorOp::Fenced, Some(RepairStep::AwaitingFence)) => None,
+        (OperatorOp::Fenced, _) => Some(OperatorRefusal::NotAwaitingFence(node.into())),
     }
 }
 
@@ -148,6 +154,7 @@ mod tests {
             verify_timeout: 1,
             can_fence: Vec::new(),
             has_promotion_hook: false,
+            fencing: crate::cluster::Fencing::Required,
         }
     }
 

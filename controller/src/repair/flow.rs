@@ -13,7 +13,7 @@ use super::types::{
     Action, ActionError, ActionKind, ClusterState, Outcome, Repair, RepairPolicy, RepairStep,
     Stage, Time, Transition,
 };
-use crate::cluster::Role;
+use crate::cluster::{Fencing, Role};
 
 /// One event being decided: the state it changes, what it is decided with, what comes out.
 pub(super) struct Flow<'p> {
@@ -179,6 +179,19 @@ impl Flow<'_> {
         if self.policy.can_fence.iter().any(|f| f == node) {
             self.enter(node, RepairStep::Fencing, reason);
             self.out.actions.push(Action::Fence { node: node.into() });
+        } else if self.policy.fencing == Fencing::Required {
+            self.enter(
+                node,
+                RepairStep::AwaitingFence,
+                "its boot provider cannot power it off: waiting for `lazarus fenced`",
+            );
+            self.alert(
+                Some(node),
+                format!(
+                    "{node} cannot be powered off by its boot provider: make sure it is off, \
+                     then run `lazarus fenced {node}` (fencing = \"required\")"
+                ),
+            );
         } else {
             self.alert(
                 Some(node),
@@ -361,7 +374,10 @@ impl Flow<'_> {
             return;
         }
         match action {
-            ActionKind::Fence => self.after_fence(node),
+            ActionKind::Fence => {
+                self.record_fenced(node);
+                self.after_fence(node)
+            }
             ActionKind::Promote => {} // handled above
             ActionKind::Attach => self.enter(
                 node,
@@ -461,6 +477,22 @@ impl Flow<'_> {
         self.start_queued();
     }
 
+    /// `lazarus fenced`: an operator confirms the node is off; the repair goes on.
+    pub(super) fn operator_fenced(&mut self, node: &str) {
+        if brakes::operator_refusal(&self.state, node, brakes::OperatorOp::Fenced).is_some() {
+            return;
+        }
+        self.record_fenced(node);
+        self.after_fence(node);
+    }
+
+    /// The node is known off: a standby may take its place.
+    fn record_fenced(&mut self, node: &str) {
+        if let Some(r) = self.repair(node) {
+            r.fenced = true;
+        }
+    }
+
     /// `lazarus release`: back into service as a standby, unrepaired; only from quarantine or
     /// the queue, never while its disk may be being written.
     pub(super) fn operator_release(&mut self, node: &str) {
@@ -502,7 +534,8 @@ impl Flow<'_> {
                 RepairStep::Queued
                 | RepairStep::WaitingReady
                 | RepairStep::Verifying
-                | RepairStep::Quarantined => continue,
+                | RepairStep::Quarantined
+                | RepairStep::AwaitingFence => continue,
             });
         }
         self.tick();
@@ -611,7 +644,7 @@ impl Flow<'_> {
                 self.out.actions.push(Action::Reboot { node: node.into() });
                 self.extend(node, step);
             }
-            RepairStep::Queued | RepairStep::Quarantined => {}
+            RepairStep::Queued | RepairStep::Quarantined | RepairStep::AwaitingFence => {}
         }
     }
 }

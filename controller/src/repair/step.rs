@@ -30,6 +30,7 @@ pub fn step(
         Event::AgentUnreachable { node, error } => flow.agent_unreachable(&node, &error),
         Event::OperatorRepair { node, force } => flow.operator_repair(&node, force),
         Event::OperatorRelease { node } => flow.operator_release(&node),
+        Event::OperatorFenced { node } => flow.operator_fenced(&node),
         Event::Resume => flow.resume(),
     }
     (flow.state, flow.out)

@@ -12,7 +12,7 @@ use std::fmt;
 use lazarus_proto::{BootId, Status};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{BootProvider, Cluster, Role};
+use crate::cluster::{BootProvider, Cluster, Fencing, Role};
 
 /// Unix seconds.
 pub type Time = u64;
@@ -41,6 +41,9 @@ pub enum RepairStep {
     Verifying,
     /// Out of attempts; a human decides.
     Quarantined,
+    /// `fencing = "required"` and the boot provider cannot power the node off: waiting for an
+    /// operator to confirm it is off (`lazarus fenced NODE`) before a standby takes its place.
+    AwaitingFence,
 }
 
 impl RepairStep {
@@ -57,6 +60,7 @@ impl RepairStep {
             Self::Rebooting => "rebooting",
             Self::Verifying => "verifying",
             Self::Quarantined => "quarantined",
+            Self::AwaitingFence => "awaiting_fence",
         }
     }
 
@@ -65,7 +69,7 @@ impl RepairStep {
     pub(super) fn rank(self) -> u8 {
         match self {
             Self::Queued => 0,
-            Self::Fencing => 1,
+            Self::Fencing | Self::AwaitingFence => 1,
             Self::Promoting => 2,
             Self::Attaching | Self::WaitingReady => 3,
             Self::Recovering => 4,
@@ -155,6 +159,9 @@ pub struct Repair {
     pub tried: Vec<String>,
     /// The standby whose promotion hook is running.
     pub promoting: Option<String>,
+    /// The node is confirmed off (by its provider or an operator).
+    #[serde(default)]
+    pub fenced: bool,
     /// The agent boot being driven.
     pub boot_id: Option<BootId>,
     pub bytes_done: u64,
@@ -181,6 +188,7 @@ impl Repair {
             replaced_by: None,
             tried: Vec::new(),
             promoting: None,
+            fenced: false,
             boot_id: None,
             bytes_done: 0,
             bytes_total: 0,
@@ -277,6 +285,8 @@ pub struct RepairPolicy {
     /// Nodes whose boot provider can power them off.
     pub can_fence: Vec<String>,
     pub has_promotion_hook: bool,
+    /// Whether a node must be confirmed off before a standby takes its place.
+    pub fencing: Fencing,
 }
 
 impl RepairPolicy {
@@ -307,6 +317,7 @@ impl RepairPolicy {
                 .map(|n| n.name.to_string())
                 .collect(),
             has_promotion_hook: c.promotion.is_some(),
+            fencing: p.fencing,
         }
     }
 
@@ -322,7 +333,7 @@ impl RepairPolicy {
             RepairStep::Recovering => self.recover_timeout,
             RepairStep::Rebooting => self.reboot_timeout,
             RepairStep::Verifying => self.verify_timeout,
-            RepairStep::Queued | RepairStep::Quarantined => Time::MAX,
+            RepairStep::Queued | RepairStep::Quarantined | RepairStep::AwaitingFence => Time::MAX,
         }
     }
 }
@@ -376,6 +387,8 @@ pub enum Event {
     OperatorRepair { node: String, force: bool },
     /// `lazarus release NODE`: back into service as a standby, unrepaired.
     OperatorRelease { node: String },
+    /// `lazarus fenced NODE`: an operator confirms the node is powered off.
+    OperatorFenced { node: String },
     /// The controller (re)started: re-issue the action of every repair's current step, since
     /// one in flight when it stopped may have been lost. Attempts are not counted.
     Resume,
@@ -521,6 +534,7 @@ mod tests {
             verify_timeout: 6,
             can_fence: Vec::new(),
             has_promotion_hook: false,
+            fencing: crate::cluster::Fencing::Required,
         };
         for s in STEPS {
             let finite = !matches!(s, RepairStep::Queued | RepairStep::Quarantined);
