@@ -395,6 +395,7 @@ pub fn available() -> Result<(), String> {
         ("mkfs.vfat", "dosfstools"),
         ("mcopy", "mtools"),
         ("sfdisk", "fdisk"),
+        ("dnsmasq", "dnsmasq-base"), // the worker gets its address by DHCP
     ] {
         lazarus_testkit::program(tool, &format!("scripts/test installs {package}"))?;
     }

@@ -613,6 +613,21 @@ impl Drop for Vm {
     }
 }
 
+/// The rescue medium of a lab of real workers: `dir/media/rescue.iso` (the lab kernel and
+/// initramfs; the agent gets its address by DHCP and announces `Ready` to the lab host). Returns
+/// the media folder, for the controller's media server or any web server.
+pub fn rescue_media(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> {
+    let media = dir.join("media");
+    std::fs::create_dir_all(&media)?;
+    lazarus_initramfs::iso::build_iso(&lazarus_initramfs::iso::IsoOptions {
+        kernel: art.vmlinuz.clone(),
+        initrds: vec![art.initramfs.clone()],
+        cmdline: format!("console=ttyS0 panic=-1 lazarus.controller={HOST_IP}:7461"),
+        output: media.join("rescue.iso"),
+    })?;
+    Ok(media)
+}
+
 /// The controller's side of `Ready`, inside `ns` at [`HOST_IP`]:7461: accepts one announcement,
 /// acknowledges it and returns it with the address it came from.
 pub fn receive_ready(

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use lazarus_controller::api_client;
 use lazarus_e2e::libvirt::{DomainSpec, VirtLab, REDFISH_PORT};
 use lazarus_e2e::*;
-use lazarus_initramfs::iso::{build_iso, IsoOptions};
 use lazarus_testkit::require;
 use sha2::Digest;
 
@@ -64,10 +63,6 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         || !require(
             test,
             lazarus_initramfs::iso::check_tools().map_err(|e| e.to_string()),
-        )
-        || !require(
-            test,
-            lazarus_testkit::program("dnsmasq", "scripts/test installs dnsmasq-base"),
         )
         || !require(
             test,
@@ -132,16 +127,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         })
         .unwrap();
     }
-    // The rescue medium, served by the controller: the agent gets its address by DHCP.
-    let media = dir.join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    build_iso(&IsoOptions {
-        kernel: art.vmlinuz.clone(),
-        initrds: vec![art.initramfs.clone()],
-        cmdline: format!("console=ttyS0 panic=-1 lazarus.controller={HOST_IP}:7461"),
-        output: media.join("rescue.iso"),
-    })
-    .unwrap();
+    let media = rescue_media(&art, dir).unwrap();
 
     let ns =
         Netns::create_bridged(&format!("lz-cyc-{}", std::process::id()), &["tw1", "ts1"]).unwrap();

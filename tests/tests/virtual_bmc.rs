@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use lazarus_controller::redfish::Bmc;
 use lazarus_e2e::libvirt::{DomainSpec, VirtLab, REDFISH_PORT};
 use lazarus_e2e::*;
-use lazarus_initramfs::iso::{build_iso, IsoOptions};
 use lazarus_testkit::require;
 
 const MAC: &str = "52:54:00:4c:5a:71";
@@ -46,10 +45,6 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
             test,
             lazarus_initramfs::iso::check_tools().map_err(|e| e.to_string()),
         )
-        || !require(
-            test,
-            lazarus_testkit::program("dnsmasq", "scripts/test installs dnsmasq-base"),
-        )
     {
         return;
     }
@@ -74,16 +69,7 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
         work: &dir.join("build"),
     })
     .unwrap();
-    // The rescue medium: DHCP gives the agent its address; it announces Ready to the lab host.
-    let media = dir.join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    build_iso(&IsoOptions {
-        kernel: art.vmlinuz.clone(),
-        initrds: vec![art.initramfs.clone()],
-        cmdline: format!("console=ttyS0 panic=-1 lazarus.controller={HOST_IP}:7461"),
-        output: media.join("rescue.iso"),
-    })
-    .unwrap();
+    let media = rescue_media(&art, dir).unwrap();
 
     let ns = Netns::create_bridged(&format!("lz-bmc-{}", std::process::id()), &["tw1"]).unwrap();
     let _nfs = Nfs::start_with_backups(&ns, dir, &export).unwrap();
