@@ -868,3 +868,39 @@ fn under_required_fencing_no_standby_replaces_a_node_until_an_operator_confirms_
         }]
     );
 }
+
+#[test]
+fn a_repaired_worker_that_nobody_replaced_takes_its_own_place_again() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    assert_eq!(
+        r.state.nodes["w1"].role,
+        Role::Worker,
+        "no standby took its place"
+    );
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id("w1");
+    r.on(Event::AgentStatus {
+        node: "w1".into(),
+        status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
+    });
+    r.done("w1", ActionKind::Detach);
+    r.done("w1", ActionKind::Reboot);
+    for _ in 0..2 {
+        r.on(Event::Health {
+            node: "w1".into(),
+            ok: true,
+        });
+    }
+    assert_eq!(r.step_of("w1"), None);
+    assert_eq!(
+        r.state.nodes["w1"].role,
+        Role::Worker,
+        "a worker with no replacement must not come back as a standby, leaving its slot empty"
+    );
+}

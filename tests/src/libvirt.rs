@@ -11,6 +11,7 @@
 //! (`qemu+unix:///system?socket=…`). Domains run as `libvirt-qemu`, which libvirt gives their
 //! disk files to.
 //!
+//! Its pid files live in the run folder too, so two labs (a test and the demo) run side by side.
 //! Everything is stopped by pid: domains are destroyed, then libvirtd, virtlogd and sushy.
 
 use std::os::unix::process::CommandExt;
@@ -100,8 +101,8 @@ mount --bind '{d}/cache' /var/cache/libvirt
 mount --bind '{d}/log' /var/log/libvirt
 mount --bind '{d}/no-kvm' /dev/kvm
 mount --bind '{d}/etc' /etc/libvirt
-virtlogd &
-exec libvirtd
+virtlogd --pid-file '{d}/virtlogd.pid' &
+exec libvirtd --pid-file '{d}/libvirtd.pid'
 "#,
             d = dir.display()
         );

@@ -101,15 +101,20 @@ impl Flow<'_> {
         match n.repair.as_ref().map(|r| r.step) {
             Some(RepairStep::Verifying) if n.ok_streak >= policy.recovery_threshold => {
                 let from = n.stage();
+                // A worker a standby replaced is a standby now (set when it was promoted); one
+                // that nobody replaced takes its own place again.
+                let role = n.role;
                 n.repair = None;
                 n.healthy = true;
-                n.role = Role::Standby;
                 n.since = now;
                 self.record(
                     node,
                     from,
                     Stage::HEALTHY,
-                    "restored node passed its health checks; back as a standby".into(),
+                    format!(
+                        "restored node passed its health checks; back as a {}",
+                        Stage::Role(role)
+                    ),
                 );
                 self.out
                     .actions
