@@ -582,17 +582,7 @@ fn a_restored_node_that_stays_unhealthy_is_repaired_again_then_quarantined() {
     r.fail("w1", 3);
     r.done("w1", ActionKind::Fence);
     for cycle in 0..=2 {
-        r.done("w1", ActionKind::Attach);
-        r.on(Event::AgentReady {
-            node: "w1".into(),
-            boot_id: BOOT,
-        });
-        let plan = r.plan_id("w1");
-        r.on(Event::AgentStatus {
-            node: "w1".into(),
-            status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
-        });
-        r.done("w1", ActionKind::Detach);
+        rescued_and_detached(&mut r, "w1");
         r.done("w1", ActionKind::Reboot);
         assert_eq!(
             r.step_of("w1"),
@@ -671,17 +661,7 @@ fn to_rebooting() -> Run {
     r.fail("w1", 3);
     r.done("w1", ActionKind::Fence);
     r.done("w1", ActionKind::Promote);
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
-    let plan = r.plan_id("w1");
-    r.on(Event::AgentStatus {
-        node: "w1".into(),
-        status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
-    });
-    r.done("w1", ActionKind::Detach);
+    rescued_and_detached(&mut r, "w1");
     assert_eq!(r.step_of("w1"), Some(RepairStep::Rebooting));
     r
 }
@@ -879,17 +859,7 @@ fn a_repaired_worker_that_nobody_replaced_takes_its_own_place_again() {
         Role::Worker,
         "no standby took its place"
     );
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
-    let plan = r.plan_id("w1");
-    r.on(Event::AgentStatus {
-        node: "w1".into(),
-        status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
-    });
-    r.done("w1", ActionKind::Detach);
+    rescued_and_detached(&mut r, "w1");
     r.done("w1", ActionKind::Reboot);
     for _ in 0..2 {
         r.on(Event::Health {
@@ -903,4 +873,19 @@ fn a_repaired_worker_that_nobody_replaced_takes_its_own_place_again() {
         Role::Worker,
         "a worker with no replacement must not come back as a standby, leaving its slot empty"
     );
+}
+
+/// `node`'s rescue kernel attached, its agent Ready, the plan RECOVERED, the media detached.
+fn rescued_and_detached(r: &mut Run, node: &str) {
+    r.done(node, ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: node.into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id(node);
+    r.on(Event::AgentStatus {
+        node: node.into(),
+        status: status(BOOT, Phase::Recovered, &plan, FlagState::Recovered),
+    });
+    r.done(node, ActionKind::Detach);
 }

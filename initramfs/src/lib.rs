@@ -5,6 +5,7 @@
 //! Reproducible: sorted entries, mtime 0, owner 0:0, gzip without a timestamp; building twice
 //! gives the same bytes. No root needed.
 
+pub mod cli;
 pub mod cpio;
 pub mod elf;
 pub mod iso;

@@ -4,12 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use lazarus_initramfs::{build, BuildOptions};
 
 /// Builds the Lazarus rescue initramfs: the static agent as /init, the kernel modules it needs,
 /// the cluster key and the agent config; reproducible, no root needed.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "lazarus-mkinitramfs", version)]
 struct Cli {
     /// An unpacked kernel package (boot/config-*, lib/modules/*).
@@ -36,21 +35,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match lazarus_initramfs::cli::parse("lazarus-mkinitramfs") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "lazarus-mkinitramfs: {}",
-                line.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let opts = BuildOptions {
         kernel_dir: cli.kernel_dir.clone(),

@@ -38,6 +38,15 @@ pub struct VirtLab {
     domains: Vec<String>,
 }
 
+/// Everything a Redfish test with Debian workers needs: the QEMU lab, the Debian worker's
+/// builder, libvirt with sushy-tools, and the rescue-ISO tools.
+pub fn redfish_lab_available() -> Result<(), String> {
+    crate::available()?;
+    crate::debian::available()?;
+    available()?;
+    lazarus_initramfs::iso::check_tools().map_err(|e| e.to_string())
+}
+
 /// What the lab needs installed, or why not.
 pub fn available() -> Result<(), String> {
     for (tool, package) in [

@@ -57,13 +57,7 @@ fn wait_for(what: &str, timeout: Duration, dir: &std::path::Path, mut check: imp
 fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_as_a_standby() {
     let test =
         "a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_as_a_standby";
-    if !require(test, available())
-        || !require(test, debian::available())
-        || !require(test, libvirt::available())
-        || !require(
-            test,
-            lazarus_initramfs::iso::check_tools().map_err(|e| e.to_string()),
-        )
+    if !require(test, libvirt::redfish_lab_available())
         || !require(
             test,
             lazarus_testkit::program("bmaptool", "scripts/test installs bmap-tools"),

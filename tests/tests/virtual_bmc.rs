@@ -38,14 +38,7 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
 {
     let test =
         "redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_to_its_debian_disk";
-    if !require(test, available())
-        || !require(test, debian::available())
-        || !require(test, libvirt::available())
-        || !require(
-            test,
-            lazarus_initramfs::iso::check_tools().map_err(|e| e.to_string()),
-        )
-    {
+    if !require(test, libvirt::redfish_lab_available()) {
         return;
     }
     let run = RunDir::new("virtual-bmc").unwrap();

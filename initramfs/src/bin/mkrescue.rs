@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use lazarus_initramfs::iso::{build_iso, IsoOptions, DEFAULT_CMDLINE};
 
 /// Writes a hybrid rescue ISO: boots on UEFI and legacy BIOS, as a CD and as a USB disk.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "lazarus-mkrescue", version)]
 struct Cli {
     /// The rescue kernel.
@@ -27,18 +26,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match lazarus_initramfs::cli::parse("lazarus-mkrescue") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("lazarus-mkrescue: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match build_iso(&IsoOptions {
         kernel: cli.kernel,
