@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn the_example_cluster_file_is_valid() {
         let c = Cluster::parse(EXAMPLE, "cluster.example.toml").unwrap();
-        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.nodes.len(), 4);
         assert_eq!(c.policy.failure_threshold, 3);
         let Some(BootProvider::Command { attach, .. }) = c.node("node-2").map(|n| &n.boot) else {
             panic!("node-2 has a command provider");
@@ -481,6 +481,16 @@ mod tests {
         let script = attach.join(" ");
         assert!(
             script.contains("bootdev pxe") && script.contains("power on"),
+            "{script}"
+        );
+        // node-4's fencing arms the seed's rescue entry for one boot, then shuts the node down.
+        let Some(BootProvider::Command { power_off, .. }) = c.node("node-4").map(|n| &n.boot)
+        else {
+            panic!("node-4 has a command provider");
+        };
+        let script = power_off.as_ref().expect("node-4 can be fenced").join(" ");
+        assert!(
+            script.contains("lazarus rescue once") && script.contains("power off"),
             "{script}"
         );
     }
@@ -507,7 +517,7 @@ mod tests {
         let bad = EXAMPLE.replacen("role = \"standby\"", "role = \"stanby\"", 1);
         let e = err(&bad);
         assert!(
-            e.starts_with("cluster.toml:") && e.contains("nodes[2].role") && e.contains("stanby"),
+            e.starts_with("cluster.toml:") && e.contains("nodes[3].role") && e.contains("stanby"),
             "{e}"
         );
         let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();

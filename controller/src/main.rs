@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lazarus_controller::agent_client::AgentClient;
 use lazarus_controller::{agent_cmd, api_client, daemon, flag_cmd};
-use lazarus_node::{backup, keyfile};
+use lazarus_node::{backup, keyfile, rescue_entry};
 use lazarus_proto::flag::{validate_plan_id, FlagState};
 use lazarus_proto::Request;
 
@@ -104,6 +104,9 @@ enum Command {
         #[arg(long, global = true, default_value_t = 10)]
         timeout: u64,
     },
+    /// The rescue kernel as a boot entry on this node's EFI system partition (systemd-boot).
+    #[command(subcommand)]
+    Rescue(RescueCommand),
     /// Back up business files of this node (atomically) for a later restore.
     Backup {
         /// This node's name in the cluster.
@@ -145,6 +148,36 @@ enum AgentCommand {
     Reboot,
     /// Print the agent's recent log.
     Logs,
+}
+
+#[derive(Subcommand)]
+enum RescueCommand {
+    /// Put the rescue kernel and initramfs on the ESP with a boot entry (never the default).
+    Install {
+        /// The ESP's mount point.
+        #[arg(long, default_value = "/boot/efi")]
+        esp: PathBuf,
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initramfs: PathBuf,
+        /// The rescue kernel's command line.
+        #[arg(long, default_value = "console=ttyS0,115200 panic=-1")]
+        cmdline: String,
+    },
+    /// Boot the rescue entry at the next boot, once (systemd-boot's LoaderEntryOneShot).
+    Once {
+        #[arg(long, default_value = "/boot/efi")]
+        esp: PathBuf,
+        /// The efivarfs folder.
+        #[arg(long, default_value = rescue_entry::EFIVARS)]
+        efivars: PathBuf,
+    },
+    /// Remove the rescue entry and its files.
+    Remove {
+        #[arg(long, default_value = "/boot/efi")]
+        esp: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -290,6 +323,33 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 found.manifest.archive_sha256
             )
         }
+        Command::Rescue(cmd) => match cmd {
+            RescueCommand::Install {
+                esp,
+                kernel,
+                initramfs,
+                cmdline,
+            } => {
+                let entry = rescue_entry::install(&rescue_entry::Install {
+                    esp: &esp,
+                    kernel: &kernel,
+                    initramfs: &initramfs,
+                    cmdline: &cmdline,
+                })?;
+                format!("installed the rescue entry {}", entry.display())
+            }
+            RescueCommand::Once { esp, efivars } => {
+                rescue_entry::boot_once(&esp, &efivars)?;
+                format!("the next boot starts {} (once)", rescue_entry::ENTRY_ID)
+            }
+            RescueCommand::Remove { esp } => {
+                if rescue_entry::remove(&esp)? {
+                    "removed the rescue entry".into()
+                } else {
+                    "no rescue entry was installed".into()
+                }
+            }
+        },
         Command::Keygen { file } => {
             keyfile::generate(&file)?;
             format!("wrote a new cluster key to {} (mode 0600)", file.display())

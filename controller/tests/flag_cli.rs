@@ -1,4 +1,5 @@
-//! The `lazarus flag` and `lazarus keygen` commands, run as processes on plain files.
+//! The `lazarus flag`, `lazarus keygen` and `lazarus rescue` commands, run as processes on plain
+//! files.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -244,4 +245,48 @@ fn output_to_a_closed_pipe_ends_quietly() {
         );
         assert!(err.is_empty(), "lazarus {args:?} stderr: {err}");
     }
+}
+
+#[test]
+fn rescue_entry_commands_refuse_unsafe_loaders_in_one_line_and_install_on_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp");
+    std::fs::create_dir_all(esp.join("loader/entries")).unwrap();
+    let (kernel, initramfs) = (dir.path().join("vmlinuz"), dir.path().join("rescue.img"));
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initramfs, b"i").unwrap();
+    let install = |esp: &Path| {
+        vec![
+            "rescue".to_string(),
+            "install".into(),
+            "--esp".into(),
+            esp.display().to_string(),
+            "--kernel".into(),
+            kernel.display().to_string(),
+            "--initramfs".into(),
+            initramfs.display().to_string(),
+        ]
+    };
+    let args = install(&esp);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // No `default` in loader.conf: the rescue entry could become every boot's.
+    assert!(fails(&args).contains("no default entry"));
+    assert!(!esp.join("EFI/lazarus").exists());
+    std::fs::write(esp.join("loader/loader.conf"), "default debian.conf\n").unwrap();
+    assert!(ok(&args).contains("lazarus-rescue.conf"));
+    // Arming it where systemd-boot did not boot the system (no LoaderInfo) is refused.
+    let vars = dir.path().join("efivars");
+    std::fs::create_dir_all(&vars).unwrap();
+    let esp_s = esp.display().to_string();
+    let vars_s = vars.display().to_string();
+    assert!(
+        fails(&["rescue", "once", "--esp", &esp_s, "--efivars", &vars_s])
+            .contains("did not boot this system")
+    );
+    assert_eq!(std::fs::read_dir(&vars).unwrap().count(), 0);
+    assert!(ok(&["rescue", "remove", "--esp", &esp_s]).contains("removed"));
+    assert!(
+        fails(&["rescue", "once", "--esp", &esp_s, "--efivars", &vars_s])
+            .contains("no rescue entry")
+    );
 }

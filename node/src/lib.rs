@@ -7,7 +7,8 @@
 //! - [`backup`]: the business-file backup format: create, choose, verify, extract;
 //! - [`agent_config`]: the schema of the agent's baked-in `agent.toml`;
 //! - [`zstd`]: a pure-Rust reader of multi-frame zstd streams (backups and images);
-//! - [`random`]: random bytes from the kernel.
+//! - [`random`]: random bytes from the kernel;
+//! - [`rescue_entry`]: the rescue kernel as a boot entry on the node's ESP, booted once.
 //!
 //! It holds no network code and no knowledge of the repair: the agent and controller own those.
 #![deny(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod backup;
 pub mod flag_store;
 pub mod keyfile;
 pub mod random;
+pub mod rescue_entry;
 pub mod zstd;
 
 pub use flag_store::{FlagStore, FlagUpdate, StoreError};

@@ -39,6 +39,7 @@ pub const PACKAGES: &[&str] = &[
     "busybox",
     "nfs-common",
     "iproute2",
+    "qemu-guest-agent",
 ];
 /// Paths dpkg leaves out: documentation, and the drivers of hardware a lab VM does not have
 /// (they are most of the kernel package). Virtio, block, SCSI/ATA, NVMe and the filesystems stay.
@@ -227,6 +228,15 @@ pub struct DiskSpec<'a> {
     pub len_mib: u64,
     /// Work folder (a staging tree, the ESP and root images).
     pub work: &'a Path,
+    /// The seed's rescue entry, put on the ESP with `lazarus rescue install`, if wanted.
+    pub rescue: Option<Rescue<'a>>,
+}
+
+/// The rescue kernel, initramfs and command line for the ESP's rescue entry.
+pub struct Rescue<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub cmdline: &'a str,
 }
 
 /// Writes a bootable disk (or image) as [`DiskSpec`] says.
@@ -244,6 +254,7 @@ pub fn build_disk(spec: &DiskSpec) -> anyhow::Result<()> {
         "etc/fstab".into(),
         format!(
             "UUID={ROOT_UUID} / ext4 defaults 0 1\n\
+             PARTLABEL=esp /boot/efi vfat umask=0077,nofail 0 2\n\
              {} /mnt/lazarus-backups nfs4 vers=4.1,soft,timeo=50,retrans=2,_netdev,nofail 0 0\n",
             spec.backups
         )
@@ -267,6 +278,7 @@ pub fn build_disk(spec: &DiskSpec) -> anyhow::Result<()> {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
     }
     std::fs::create_dir_all(stage.join("mnt/lazarus-backups"))?;
+    std::fs::create_dir_all(stage.join("boot/efi"))?;
     for unit in [
         "lazarus-role.service",
         "business.service",
@@ -297,43 +309,52 @@ pub fn build_disk(spec: &DiskSpec) -> anyhow::Result<()> {
             .with_context(|| format!("no {prefix}* in {}", boot.display()))
     };
     let (vmlinuz, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
+    // Staged as a folder (what a mounted ESP is), then copied into a FAT image.
+    let esp_dir = spec.work.join("esp");
+    let _ = std::fs::remove_dir_all(&esp_dir);
+    std::fs::create_dir_all(esp_dir.join("EFI/BOOT"))?;
+    std::fs::create_dir_all(esp_dir.join("loader/entries"))?;
+    std::fs::copy(
+        spec.tree
+            .join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+        esp_dir.join("EFI/BOOT/BOOTX64.EFI"),
+    )?;
+    std::fs::write(
+        esp_dir.join("loader/loader.conf"),
+        "default debian.conf\ntimeout 0\nconsole-mode keep\n",
+    )?;
+    std::fs::write(
+        esp_dir.join("loader/entries/debian.conf"),
+        format!(
+            "title Debian (Lazarus lab worker)\nlinux /vmlinuz\ninitrd /initrd.img\n\
+             options root=UUID={ROOT_UUID} ro console=ttyS0,115200 loglevel=4\n"
+        ),
+    )?;
+    std::fs::copy(&vmlinuz, esp_dir.join("vmlinuz"))?;
+    std::fs::copy(&initrd, esp_dir.join("initrd.img"))?;
+    if let Some(rescue) = &spec.rescue {
+        run(Command::new(spec.lazarus)
+            .args(["rescue", "install", "--esp"])
+            .arg(&esp_dir)
+            .arg("--kernel")
+            .arg(rescue.kernel)
+            .arg("--initramfs")
+            .arg(rescue.initramfs)
+            .args(["--cmdline", rescue.cmdline]))?;
+    }
     let esp = spec.work.join("esp.img");
     let _ = std::fs::remove_file(&esp);
     run(Command::new("mkfs.vfat")
         .args(["-F", "32", "--invariant", "-n", "ESP", "-C"])
         .arg(&esp)
         .arg((ESP_MIB * 1024).to_string()))?;
-    let loader_conf = spec.work.join("loader.conf");
-    std::fs::write(
-        &loader_conf,
-        "default debian.conf\ntimeout 0\nconsole-mode keep\n",
-    )?;
-    let entry = spec.work.join("debian.conf");
-    std::fs::write(
-        &entry,
-        format!(
-            "title Debian (Lazarus lab worker)\nlinux /vmlinuz\ninitrd /initrd.img\n\
-             options root=UUID={ROOT_UUID} ro console=ttyS0,115200 loglevel=4\n"
-        ),
-    )?;
-    run(Command::new("mmd").arg("-i").arg(&esp).args([
-        "::/EFI",
-        "::/EFI/BOOT",
-        "::/loader",
-        "::/loader/entries",
-    ]))?;
-    let efi = spec
-        .tree
-        .join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
-    for (from, to) in [
-        (efi.as_path(), "::/EFI/BOOT/BOOTX64.EFI"),
-        (loader_conf.as_path(), "::/loader/loader.conf"),
-        (entry.as_path(), "::/loader/entries/debian.conf"),
-        (vmlinuz.as_path(), "::/vmlinuz"),
-        (initrd.as_path(), "::/initrd.img"),
-    ] {
-        run(Command::new("mcopy").arg("-i").arg(&esp).arg(from).arg(to))?;
+    let mut copy = Command::new("mcopy");
+    copy.args(["-s", "-i"]).arg(&esp);
+    for entry in std::fs::read_dir(&esp_dir)? {
+        copy.arg(entry?.path());
     }
+    run(copy.arg("::/"))?;
+    let _ = std::fs::remove_dir_all(&esp_dir);
 
     // The root filesystem.
     let root = spec.work.join("root.ext4");

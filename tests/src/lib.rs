@@ -422,6 +422,8 @@ impl Drop for Dhcp {
 pub struct Vm {
     child: Child,
     pub serial: PathBuf,
+    /// The guest agent's socket (disk boots).
+    qga: PathBuf,
     pub command_line: String,
     pub started: Instant,
 }
@@ -434,6 +436,9 @@ pub struct VmSpec<'a> {
     pub disk_serial: &'a str,
     pub mac: &'a str,
     pub boot: VmBoot<'a>,
+    /// The UEFI variable store (NVRAM) to use, by name: a machine's across its boots. `None`: the
+    /// guest's own (`name`).
+    pub nvram: Option<&'a str>,
 }
 
 /// What a guest boots.
@@ -485,6 +490,103 @@ fn firmware_args(
     Ok(())
 }
 
+fn qga_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-qga.sock"))
+}
+
+/// A connection to a QEMU guest agent: JSON commands, one answer per line.
+struct Qga {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qga {
+    /// Connects and synchronises (`guest-sync` with a fresh id, skipping stale answers),
+    /// retrying until the guest's agent answers or `deadline` passes.
+    fn connect(socket: &Path, deadline: Instant) -> anyhow::Result<Self> {
+        let mut last = anyhow::anyhow!("no attempt");
+        let mut id = 0u64;
+        loop {
+            id += 1;
+            if Instant::now() >= deadline {
+                return Err(last.context("the guest agent did not answer"));
+            }
+            let attempt = || -> anyhow::Result<Self> {
+                let stream = std::os::unix::net::UnixStream::connect(socket)
+                    .with_context(|| format!("connecting to {}", socket.display()))?;
+                let mut qga = Self {
+                    reader: std::io::BufReader::new(stream.try_clone()?),
+                    writer: stream,
+                };
+                let sync = 0x4c5a_0000 + id;
+                let answer = qga.call(
+                    "guest-sync",
+                    serde_json::json!({ "id": sync }),
+                    Instant::now() + Duration::from_secs(5),
+                )?;
+                if answer.as_u64() != Some(sync) {
+                    bail!("guest-sync answered {answer}");
+                }
+                Ok(qga)
+            };
+            match attempt() {
+                Ok(qga) => return Ok(qga),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Sends one command and returns its `return` value (answers to earlier syncs are skipped).
+    fn call(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+        deadline: Instant,
+    ) -> anyhow::Result<serde_json::Value> {
+        use std::io::{BufRead, Write};
+        let request = serde_json::json!({ "execute": command, "arguments": arguments });
+        writeln!(self.writer, "{request}")?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            anyhow::ensure!(!left.is_zero(), "{command}: no answer from the guest agent");
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("{command}: the guest agent closed the connection");
+            }
+            let answer: serde_json::Value = match serde_json::from_str(line.trim()) {
+                Ok(v) => v,
+                Err(_) => continue, // a partial answer to an earlier, abandoned command
+            };
+            if let Some(error) = answer.get("error") {
+                bail!("{command}: {error}");
+            }
+            let value = answer.get("return").cloned().unwrap_or_default();
+            if command == "guest-sync" && value != arguments["id"] {
+                continue;
+            }
+            return Ok(value);
+        }
+    }
+
+    /// `guest-exec`: the new process's pid.
+    fn exec(&mut self, argv: &[&str], capture: bool) -> anyhow::Result<i64> {
+        let answer = self.call(
+            "guest-exec",
+            serde_json::json!({
+                "path": argv[0],
+                "arg": &argv[1..],
+                "capture-output": capture,
+            }),
+            Instant::now() + Duration::from_secs(10),
+        )?;
+        answer["pid"]
+            .as_i64()
+            .with_context(|| format!("guest-exec answered {answer}"))
+    }
+}
+
 /// OVMF's code and variable-store template (Debian's `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -519,13 +621,28 @@ impl Vm {
                 "-append".into(),
                 format!("console=ttyS0 panic=-1 quiet {append}"),
             ]),
-            VmBoot::Disk { firmware } => firmware_args(*firmware, dir, spec.name, &mut args)?,
+            VmBoot::Disk { firmware } => {
+                firmware_args(*firmware, dir, spec.nvram.unwrap_or(spec.name), &mut args)?;
+                // A channel to the QEMU guest agent (the Debian worker runs it): the lab's way
+                // to run a command on a node, where a data centre would use ssh.
+                args.extend([
+                    "-device".into(),
+                    "virtio-serial-pci".into(),
+                    "-chardev".into(),
+                    format!(
+                        "socket,id=qga0,path={},server=on,wait=off",
+                        qga_socket(dir, spec.name).display()
+                    ),
+                    "-device".into(),
+                    "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
+                ]);
+            }
             VmBoot::Media {
                 image,
                 firmware,
                 as_disk,
             } => {
-                firmware_args(*firmware, dir, spec.name, &mut args)?;
+                firmware_args(*firmware, dir, spec.nvram.unwrap_or(spec.name), &mut args)?;
                 args.extend(if *as_disk {
                     [
                         "-drive".into(),
@@ -577,9 +694,44 @@ impl Vm {
         Ok(Self {
             child,
             serial,
+            qga: qga_socket(dir, spec.name),
             command_line,
             started: Instant::now(),
         })
+    }
+
+    /// Runs `argv` in the guest through the QEMU guest agent and waits for it: its exit code
+    /// and output (stdout, then stderr). Waits up to `timeout` for the agent to answer.
+    pub fn guest_exec(&self, argv: &[&str], timeout: Duration) -> anyhow::Result<(i64, String)> {
+        let mut qga = Qga::connect(&self.qga, Instant::now() + timeout)?;
+        let pid = qga.exec(argv, true)?;
+        loop {
+            let status = qga.call(
+                "guest-exec-status",
+                serde_json::json!({ "pid": pid }),
+                Instant::now() + Duration::from_secs(10),
+            )?;
+            if status["exited"].as_bool() == Some(true) {
+                let text = |key: &str| -> String {
+                    use base64::Engine;
+                    let data = status[key].as_str().unwrap_or("");
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .unwrap_or_default();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                };
+                let code = status["exitcode"].as_i64().unwrap_or(-1);
+                return Ok((code, format!("{}{}", text("out-data"), text("err-data"))));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts `argv` in the guest through the QEMU guest agent without waiting (`systemctl
+    /// reboot`, which takes the agent down with it).
+    pub fn guest_spawn(&self, argv: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        Qga::connect(&self.qga, Instant::now() + timeout)?.exec(argv, false)?;
+        Ok(())
     }
 
     /// Pulls the plug: SIGKILL, then reaps QEMU.

@@ -85,6 +85,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         out: &image,
         len_mib: debian::IMAGE_MIB,
         work: &dir.join("build"),
+        rescue: None,
     })
     .unwrap();
     let bmap = export.join("images/worker.img.bmap");
@@ -118,6 +119,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
             out: &dir.join(format!("{name}.img")),
             len_mib: debian::DISK_MIB,
             work: &dir.join("build"),
+            rescue: None,
         })
         .unwrap();
     }

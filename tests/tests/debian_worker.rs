@@ -62,6 +62,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
         out: &disk,
         len_mib: debian::DISK_MIB,
         work: &dir.join("build"),
+        rescue: None,
     })
     .unwrap();
     eprintln!(
@@ -85,6 +86,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
                 boot: VmBoot::Disk {
                     firmware: Firmware::Uefi,
                 },
+                nvram: None,
             },
         )
         .unwrap()

@@ -56,6 +56,7 @@ fn boots_to_ready(name: &str, firmware: Firmware) {
                     firmware,
                     as_disk,
                 },
+                nvram: None,
             },
         )
         .unwrap();

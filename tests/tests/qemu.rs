@@ -142,6 +142,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
                 initramfs: &art.initramfs,
                 append: format!("lazarus.ip={GUEST_IP}/{PREFIX} lazarus.controller={HOST_IP}:7461"),
             },
+            nvram: None,
         },
     )
     .unwrap();

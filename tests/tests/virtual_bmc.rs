@@ -60,6 +60,7 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
         out: &disk,
         len_mib: debian::DISK_MIB,
         work: &dir.join("build"),
+        rescue: None,
     })
     .unwrap();
     let media = rescue_media(&art, dir).unwrap();
