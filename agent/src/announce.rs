@@ -4,14 +4,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, seal_announce, write_frame};
-use lazarus_proto::{ClusterKey, Ready, Response, WireError};
+use lazarus_proto::{AgentKey, Ready, Response, WireError};
 
 /// Announces `agent` (its identity read from `root`, reachable at `address`) to `controller` on
 /// a thread of its own, until acknowledged. `macs` replaces the MACs read from sysfs (host mode
 /// with several agents on one machine).
 pub fn spawn_announcer(
     controller: SocketAddr,
-    key: &ClusterKey,
+    key: &AgentKey,
     root: &crate::root::Root,
     agent: &crate::service::Agent,
     address: std::net::IpAddr,
@@ -41,7 +41,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Returns whether it was acknowledged.
 pub fn announce(
     controller: SocketAddr,
-    key: &ClusterKey,
+    key: &AgentKey,
     ready: &Ready,
     attempts: Option<u32>,
 ) -> bool {
@@ -70,7 +70,7 @@ pub fn announce(
 
 fn announce_once(
     controller: SocketAddr,
-    key: &ClusterKey,
+    key: &AgentKey,
     ready: &Ready,
     counter: u64,
 ) -> Result<(), WireError> {

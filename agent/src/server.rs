@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, version_reject, write_frame, CommandOpener};
-use lazarus_proto::{ClusterKey, WireError};
+use lazarus_proto::{AgentKey, WireError};
 
 use crate::service::Agent;
 
@@ -21,7 +21,7 @@ const MAX_CONNECTIONS: usize = 32;
 const IDLE: Duration = Duration::from_secs(300);
 
 /// Serves `listener` until a `Reboot` is accepted.
-pub fn serve(listener: TcpListener, agent: Arc<Agent>, key: ClusterKey) -> std::io::Result<()> {
+pub fn serve(listener: TcpListener, agent: Arc<Agent>, key: AgentKey) -> std::io::Result<()> {
     let opener = Arc::new(Mutex::new(CommandOpener::new(key.clone(), agent.boot_id)));
     let open = Arc::new(AtomicUsize::new(0));
     let rejected = Arc::new(AtomicUsize::new(0));
@@ -69,7 +69,7 @@ fn connection(
     mut stream: TcpStream,
     agent: &Arc<Agent>,
     opener: &Mutex<CommandOpener>,
-    key: &ClusterKey,
+    key: &AgentKey,
     rejected: &AtomicUsize,
 ) -> Result<(), WireError> {
     stream.set_nonblocking(false)?;

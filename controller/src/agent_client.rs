@@ -4,7 +4,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, seal_hello, write_frame, CommandSealer};
-use lazarus_proto::{ClusterKey, ErrorReply, Request, Response, WireError};
+use lazarus_proto::{AgentKey, ErrorReply, Request, Response, WireError};
 
 /// Errors talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub struct AgentClient {
 
 impl AgentClient {
     /// Connects and says `Hello`.
-    pub fn connect(addr: &str, key: ClusterKey, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn connect(addr: &str, key: AgentKey, timeout: Duration) -> Result<Self, ClientError> {
         let sock = addr
             .to_socket_addrs()
             .map_err(|e| ClientError::Resolve(addr.to_string(), e))?

@@ -176,7 +176,7 @@ fn bad_plans_are_refused_with_a_reason() {
 fn commands_under_a_wrong_key_are_not_answered() {
     let lab = Lab::new();
     let agent = lab.agent(None, None);
-    let other = ClusterKey::from_bytes([0x33; 32]);
+    let other = AgentKey::from_bytes([0x33; 32]);
     let r = lazarus_controller::agent_client::AgentClient::connect(
         &agent.addr,
         other,

@@ -6,7 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use lazarus_proto::key::KEY_LEN;
-use lazarus_proto::{ClusterKey, KeyError};
+use lazarus_proto::{AgentKey, KeyError};
 
 /// Errors reading or writing a key file, each naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum KeyFileError {
 pub fn generate(path: &Path) -> Result<(), KeyFileError> {
     let mut bytes = [0u8; KEY_LEN];
     fill_random(&mut bytes)?;
-    let key = ClusterKey::from_bytes(bytes);
+    let key = AgentKey::from_bytes(bytes);
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -64,14 +64,14 @@ pub fn generate(path: &Path) -> Result<(), KeyFileError> {
 }
 
 /// Reads a key file, refusing one that group or others can read.
-pub fn load(path: &Path) -> Result<ClusterKey, KeyFileError> {
+pub fn load(path: &Path) -> Result<AgentKey, KeyFileError> {
     let meta = fs::metadata(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions(path.to_owned(), mode));
     }
     let text = fs::read_to_string(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))?;
-    ClusterKey::from_hex(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+    AgentKey::from_hex(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<(), KeyFileError> {

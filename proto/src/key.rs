@@ -1,27 +1,42 @@
-//! The cluster key: 32 secret bytes shared by the controller and every rescue initramfs.
+//! The keys of the protocol (see `docs/protocol.md`, "Trust"):
 //!
-//! On disk it is 64 lowercase or uppercase hex characters, optionally followed by one newline.
-//! The key is never printed: its `Debug` shows only that it is redacted.
+//! - [`ControllerKey`]: the controller's Ed25519 signing key. It never leaves the control node;
+//!   every command to an agent and every acknowledgement of a `Ready` is signed with it.
+//! - [`ControllerPub`]: its public half, the only key in the base rescue image: an agent obeys
+//!   only what it verifies.
+//! - [`AgentKey`]: 32 secret bytes shared by the controller and one node's rescue media (a
+//!   per-node key) or one repair's image (a per-repair key, revoked when the repair ends). The
+//!   agent authenticates its `Ready` and its replies with it (HMAC-SHA256).
+//!
+//! On disk an agent key is 64 hex characters (one optional trailing newline); the controller's
+//! keys carry a label before their 64 hex characters (`lazarus-signing-key:` and
+//! `lazarus-public-key:`), so one can never be taken for another (a signing key handed to the
+//! image builder as the public key is refused, not baked into a public image). Secret keys are
+//! never printed: their `Debug` shows only that they are redacted.
 
 use std::fmt;
 
 /// Length of the cluster key in bytes.
 pub const KEY_LEN: usize = 32;
 
-/// Errors from parsing a cluster key file's contents.
+/// Errors from parsing a key file's contents.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("cluster key must be 64 hex characters, found {0} characters")]
+    #[error("key must be 64 hex characters, found {0} characters")]
     Length(usize),
-    #[error("cluster key has a non-hex character at position {0}")]
+    #[error("key has a non-hex character at position {0}")]
     NotHex(usize),
+    #[error("not a {0} (its file starts with `{0}:`)")]
+    Label(&'static str),
+    #[error("not a valid Ed25519 public key")]
+    BadPublicKey,
 }
 
-/// The 32-byte HMAC key of a cluster.
+/// The 32-byte HMAC key of one node's or one repair's rescue agent.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey([u8; KEY_LEN]);
+pub struct AgentKey([u8; KEY_LEN]);
 
-impl ClusterKey {
+impl AgentKey {
     /// A key from raw bytes (for example, fresh from the kernel's random generator).
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         Self(bytes)
@@ -29,30 +44,12 @@ impl ClusterKey {
 
     /// Parses the contents of a key file: 64 hex characters and at most one trailing newline.
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        let text = text.strip_suffix('\r').unwrap_or(text);
-        if text.len() != KEY_LEN * 2 {
-            return Err(KeyError::Length(text.chars().count()));
-        }
-        let mut out = [0u8; KEY_LEN];
-        let bytes = text.as_bytes();
-        for (i, slot) in out.iter_mut().enumerate() {
-            let hi = hex_value(bytes[2 * i]).ok_or(KeyError::NotHex(2 * i))?;
-            let lo = hex_value(bytes[2 * i + 1]).ok_or(KeyError::NotHex(2 * i + 1))?;
-            *slot = hi << 4 | lo;
-        }
-        Ok(Self(out))
+        parse_hex(text).map(Self)
     }
 
     /// The key file contents: 64 lowercase hex characters and a newline.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(KEY_LEN * 2 + 1);
-        for b in self.0 {
-            s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-            s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-        }
-        s.push('\n');
-        s
+        format!("{}\n", hex(&self.0))
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8; KEY_LEN] {
@@ -60,10 +57,123 @@ impl ClusterKey {
     }
 }
 
-impl fmt::Debug for ClusterKey {
+impl fmt::Debug for AgentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterKey(<redacted>)")
+        f.write_str("AgentKey(<redacted>)")
     }
+}
+
+const SIGNING_LABEL: &str = "lazarus-signing-key";
+const PUBLIC_LABEL: &str = "lazarus-public-key";
+
+/// The controller's Ed25519 signing key (its 32-byte seed).
+#[derive(Clone)]
+pub struct ControllerKey(ed25519_dalek::SigningKey);
+
+impl ControllerKey {
+    /// The key of a 32-byte seed (fresh from the kernel's random generator).
+    pub fn from_seed(seed: [u8; KEY_LEN]) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    /// Parses `lazarus-signing-key:` and 64 hex characters.
+    pub fn from_text(text: &str) -> Result<Self, KeyError> {
+        let hex = text
+            .strip_prefix(SIGNING_LABEL)
+            .and_then(|t| t.strip_prefix(':'))
+            .ok_or(KeyError::Label(SIGNING_LABEL))?;
+        parse_hex(hex).map(Self::from_seed)
+    }
+
+    /// The key file contents.
+    pub fn to_text(&self) -> String {
+        format!("{SIGNING_LABEL}:{}\n", hex(self.0.as_bytes()))
+    }
+
+    /// Its public half.
+    pub fn public(&self) -> ControllerPub {
+        ControllerPub(self.0.verifying_key())
+    }
+
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        use ed25519_dalek::Signer;
+        self.0.sign(message).to_bytes()
+    }
+}
+
+impl fmt::Debug for ControllerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ControllerKey(<redacted>)")
+    }
+}
+
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// The controller's public key: what an agent verifies commands with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ControllerPub(ed25519_dalek::VerifyingKey);
+
+impl ControllerPub {
+    /// Parses `lazarus-public-key:` and 64 hex characters.
+    pub fn from_text(text: &str) -> Result<Self, KeyError> {
+        let hex = text
+            .strip_prefix(PUBLIC_LABEL)
+            .and_then(|t| t.strip_prefix(':'))
+            .ok_or(KeyError::Label(PUBLIC_LABEL))?;
+        let bytes = parse_hex(hex)?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|_| KeyError::BadPublicKey)
+    }
+
+    /// The key file contents.
+    pub fn to_text(&self) -> String {
+        format!("{PUBLIC_LABEL}:{}\n", hex(self.0.as_bytes()))
+    }
+
+    /// The 32 bytes of the key.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        self.0.as_bytes()
+    }
+
+    /// Whether `signature` is this key's over `message` (strict verification: no malleable or
+    /// small-order forms).
+    pub(crate) fn verifies(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.0.verify_strict(message, &signature).is_ok()
+    }
+}
+
+impl fmt::Debug for ControllerPub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ControllerPub({})", hex(self.0.as_bytes()))
+    }
+}
+
+/// 64 hex characters and at most one trailing newline (or CR LF).
+fn parse_hex(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.len() != KEY_LEN * 2 {
+        return Err(KeyError::Length(text.chars().count()));
+    }
+    let mut out = [0u8; KEY_LEN];
+    let bytes = text.as_bytes();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let hi = hex_value(bytes[2 * i]).ok_or(KeyError::NotHex(2 * i))?;
+        let lo = hex_value(bytes[2 * i + 1]).ok_or(KeyError::NotHex(2 * i + 1))?;
+        *slot = hi << 4 | lo;
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
 }
 
 fn hex_value(c: u8) -> Option<u8> {
@@ -81,26 +191,69 @@ mod tests {
 
     #[test]
     fn hex_round_trips_and_debug_is_redacted() {
-        let key = ClusterKey::from_bytes(core::array::from_fn(|i| i as u8 * 7));
+        let key = AgentKey::from_bytes(core::array::from_fn(|i| i as u8 * 7));
         let text = key.to_hex();
         assert_eq!(text.len(), 65);
-        assert_eq!(ClusterKey::from_hex(&text).unwrap(), key);
-        assert_eq!(format!("{key:?}"), "ClusterKey(<redacted>)");
+        assert_eq!(AgentKey::from_hex(&text).unwrap(), key);
+        assert_eq!(format!("{key:?}"), "AgentKey(<redacted>)");
     }
 
     #[test]
     fn malformed_key_files_are_rejected_with_their_reason() {
-        assert_eq!(ClusterKey::from_hex(""), Err(KeyError::Length(0)));
+        assert_eq!(AgentKey::from_hex(""), Err(KeyError::Length(0)));
         assert_eq!(
-            ClusterKey::from_hex(&"a".repeat(63)),
+            AgentKey::from_hex(&"a".repeat(63)),
             Err(KeyError::Length(63))
         );
         let mut bad = "0".repeat(64);
         bad.replace_range(10..11, "g");
-        assert_eq!(ClusterKey::from_hex(&bad), Err(KeyError::NotHex(10)));
+        assert_eq!(AgentKey::from_hex(&bad), Err(KeyError::NotHex(10)));
         assert_eq!(
-            ClusterKey::from_hex(&"é".repeat(32)),
+            AgentKey::from_hex(&"é".repeat(32)),
             Err(KeyError::NotHex(0))
         );
+    }
+}
+
+#[cfg(test)]
+mod controller_key_tests {
+    use super::*;
+
+    #[test]
+    fn controller_keys_round_trip_and_are_never_taken_for_one_another() {
+        let key = ControllerKey::from_seed([7; KEY_LEN]);
+        let text = key.to_text();
+        assert!(text.starts_with("lazarus-signing-key:"), "{text}");
+        let again = ControllerKey::from_text(&text).unwrap();
+        assert_eq!(again.public(), key.public());
+        let public = key.public().to_text();
+        assert_eq!(ControllerPub::from_text(&public).unwrap(), key.public());
+        // A signing key is not a public key, nor is an agent key, and the other way round.
+        assert_eq!(
+            ControllerPub::from_text(&text),
+            Err(KeyError::Label("lazarus-public-key"))
+        );
+        let agent = AgentKey::from_bytes([9; KEY_LEN]).to_hex();
+        assert_eq!(
+            ControllerPub::from_text(&agent),
+            Err(KeyError::Label("lazarus-public-key"))
+        );
+        assert!(ControllerKey::from_text(&public).is_err());
+        assert!(AgentKey::from_hex(&text).is_err());
+        assert!(AgentKey::from_hex(&public).is_err());
+        assert_eq!(format!("{key:?}"), "ControllerKey(<redacted>)");
+    }
+
+    #[test]
+    fn signatures_verify_only_for_their_message_and_key() {
+        let key = ControllerKey::from_seed([1; KEY_LEN]);
+        let other = ControllerKey::from_seed([2; KEY_LEN]);
+        let sig = key.sign(b"recover");
+        assert!(key.public().verifies(b"recover", &sig));
+        assert!(!key.public().verifies(b"recovers", &sig));
+        assert!(!other.public().verifies(b"recover", &sig));
+        let mut bad = sig;
+        bad[10] ^= 1;
+        assert!(!key.public().verifies(b"recover", &bad));
     }
 }

@@ -22,7 +22,7 @@ pub mod message;
 pub mod types;
 
 pub use frame::{WireError, MAX_FRAME_LEN, PROTOCOL_VERSION};
-pub use key::{ClusterKey, KeyError};
+pub use key::{AgentKey, ControllerKey, ControllerPub, KeyError};
 pub use message::*;
 pub use types::NameError;
 

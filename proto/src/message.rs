@@ -17,8 +17,10 @@ pub use crate::types::{BootId, MacAddr, NodeName, Sha256};
 /// Controller to agent. `// WIRE: append only`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Ask who the agent is (boot id, next acceptable counter). The only request accepted with
-    /// any boot id and counter: it changes nothing, and its reply is bound to it by the tag.
+    /// Open a session on this connection: the agent answers who it is (boot id) and the session
+    /// id and counter its next commands on this connection must carry. The only request accepted
+    /// with any boot id, session and counter; it changes nothing else, and its reply is bound to
+    /// it by the signature.
     Hello,
     /// Ask for the agent's [`Status`].
     GetStatus,
@@ -57,6 +59,8 @@ pub struct Hello {
     pub next_counter: u64,
     /// The agent's version string (`CARGO_PKG_VERSION`).
     pub agent_version: String,
+    /// The session the agent opened for this connection (random, drawn by the agent).
+    pub session: u64,
 }
 
 /// A recovery plan: everything the agent needs to rebuild one node. Built by the controller from

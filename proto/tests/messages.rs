@@ -106,8 +106,9 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 boot_id: BootId([1; 16]),
                 next_counter: 5,
                 agent_version: "0.1".into(),
+                session: 300,
             }),
-            "00010101010101010101010101010101010503302e31",
+            "00010101010101010101010101010101010503302e31ac02",
         ),
         (
             Response::Status(sample_status()),
@@ -419,13 +420,16 @@ fn response() -> impl Strategy<Value = Response> {
         Refusal::Internal,
     ];
     prop_oneof![
-        (any::<[u8; 16]>(), any::<u64>(), ".*").prop_map(|(b, next_counter, agent_version)| {
-            Response::Hello(Hello {
-                boot_id: BootId(b),
-                next_counter,
-                agent_version,
-            })
-        }),
+        (any::<[u8; 16]>(), any::<u64>(), ".*", any::<u64>()).prop_map(
+            |(b, next_counter, agent_version, session)| {
+                Response::Hello(Hello {
+                    boot_id: BootId(b),
+                    next_counter,
+                    agent_version,
+                    session,
+                })
+            }
+        ),
         status.prop_map(Response::Status),
         (
             proptest::collection::vec((any::<u64>(), any::<u64>(), 1u8..6, ".*"), 0..8),
@@ -479,10 +483,12 @@ proptest! {
     fn every_request_and_response_round_trips_through_sealed_frames(
         req in request(), resp in response(), counter in 1u64..u64::MAX
     ) {
-        let key = ClusterKey::from_bytes([9; 32]);
-        let boot = BootId([4; 16]);
-        let mut client = CommandSealer::new(key.clone(), boot, counter);
-        let mut agent = CommandOpener::new(key.clone(), boot);
+        let key = AgentKey::from_bytes([9; 32]);
+        let signer = ControllerKey::from_seed([8; 32]);
+        let mut agent = CommandOpener::new(signer.public(), BootId([4; 16]));
+        let mut hello = agent.begin(counter ^ 0x5a5a);
+        hello.next_counter = counter;
+        let mut client = CommandSealer::new(signer, &hello);
         let (bytes, wait) = client.seal(&req).unwrap();
         let (got, reply_to) = agent.open(&read_frame(&mut &bytes[..]).unwrap()).unwrap();
         prop_assert_eq!(got, req);
@@ -493,9 +499,11 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let mut agent = CommandOpener::new(ClusterKey::from_bytes([9; 32]), BootId([4; 16]));
+        let mut agent = CommandOpener::new(ControllerKey::from_seed([9; 32]).public(), BootId([4; 16]));
+        agent.begin(1);
         if let Ok(frame) = read_frame(&mut &bytes[..]) {
             prop_assert!(agent.open(&frame).is_err());
+            let _ = frame.peek_announce();
         }
     }
 }

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lazarus_proto::ClusterKey;
+use lazarus_proto::AgentKey;
 
 /// The host's address on the lab network.
 pub const HOST_IP: &str = "10.77.0.1";
@@ -75,7 +75,7 @@ pub struct Artifacts {
     /// The unpacked kernel package (for building more initramfs images).
     pub kernel_dir: PathBuf,
     pub initramfs: PathBuf,
-    pub key: ClusterKey,
+    pub key: AgentKey,
     pub key_path: PathBuf,
     pub initramfs_bytes: u64,
     pub agent_bytes: u64,
@@ -441,7 +441,7 @@ pub fn rescue_media(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> {
 /// acknowledges it and returns it with the address it came from.
 pub fn receive_ready(
     ns: &Netns,
-    key: &ClusterKey,
+    key: &AgentKey,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<(lazarus_proto::Ready, SocketAddr)>>> {
     use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
     let listener = ns

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazarus_proto::{ClusterKey, Request, Response, Status};
+use lazarus_proto::{AgentKey, Request, Response, Status};
 
 use super::shared::lock;
 use crate::agent_client::{AgentClient, ClientError};
@@ -20,7 +20,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The controller's connections to agents.
 #[derive(Debug)]
 pub struct AgentPool {
-    key: ClusterKey,
+    key: AgentKey,
     /// Where each node's agent answers (from its `Ready`).
     addrs: Mutex<HashMap<String, SocketAddr>>,
     /// One connection slot per node.
@@ -30,7 +30,7 @@ pub struct AgentPool {
 }
 
 impl AgentPool {
-    pub fn new(key: ClusterKey) -> Self {
+    pub fn new(key: AgentKey) -> Self {
         Self {
             key,
             addrs: Mutex::default(),

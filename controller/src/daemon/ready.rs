@@ -7,7 +7,7 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
-use lazarus_proto::{ClusterKey, Ready, Response};
+use lazarus_proto::{AgentKey, Ready, Response};
 
 use super::pool::AgentPool;
 use crate::cluster::{Cluster, Node};
@@ -20,7 +20,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn listen(
     listener: TcpListener,
     cluster: &Cluster,
-    key: &ClusterKey,
+    key: &AgentKey,
     pool: &AgentPool,
     tx: &Sender<Event>,
 ) {

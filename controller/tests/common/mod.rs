@@ -68,7 +68,7 @@ pub use lazarus_testkit::{is_root, noise, sha, Loop};
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub key_path: PathBuf,
-    pub key: ClusterKey,
+    pub key: AgentKey,
     pub export: PathBuf,
 }
 
