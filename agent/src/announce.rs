@@ -4,14 +4,16 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, seal_announce, write_frame};
-use lazarus_proto::{AgentKey, Ready, Response, WireError};
+use lazarus_proto::{Ready, Response, WireError};
+
+use crate::server::Keys;
 
 /// Announces `agent` (its identity read from `root`, reachable at `address`) to `controller` on
 /// a thread of its own, until acknowledged. `macs` replaces the MACs read from sysfs (host mode
 /// with several agents on one machine).
 pub fn spawn_announcer(
     controller: SocketAddr,
-    key: &AgentKey,
+    keys: &Keys,
     root: &crate::root::Root,
     agent: &crate::service::Agent,
     address: std::net::IpAddr,
@@ -28,8 +30,8 @@ pub fn spawn_announcer(
         flag: agent.boot_flag.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let key = key.clone();
-    std::thread::spawn(move || announce(controller, &key, &ready, None));
+    let keys = keys.clone();
+    std::thread::spawn(move || announce(controller, &keys, &ready, None));
 }
 
 /// First retry delay; doubles up to [`MAX_BACKOFF`], each with ±25% jitter.
@@ -39,17 +41,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Announces `ready` to `controller` until it is acknowledged (or `attempts` run out, if set).
 /// Returns whether it was acknowledged.
-pub fn announce(
-    controller: SocketAddr,
-    key: &AgentKey,
-    ready: &Ready,
-    attempts: Option<u32>,
-) -> bool {
+pub fn announce(controller: SocketAddr, keys: &Keys, ready: &Ready, attempts: Option<u32>) -> bool {
     let mut backoff = FIRST_BACKOFF;
     let mut counter = 0u64;
     loop {
         counter += 1;
-        match announce_once(controller, key, ready, counter) {
+        match announce_once(controller, keys, ready, counter) {
             Ok(()) => {
                 log::info!("controller {controller} acknowledged Ready");
                 return true;
@@ -70,18 +67,22 @@ pub fn announce(
 
 fn announce_once(
     controller: SocketAddr,
-    key: &AgentKey,
+    keys: &Keys,
     ready: &Ready,
     counter: u64,
 ) -> Result<(), WireError> {
     let mut stream = TcpStream::connect_timeout(&controller, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    let (frame, wait) =
-        seal_announce(key, ready.boot_id, counter, &Response::Ready(ready.clone()))?;
+    let (frame, wait) = seal_announce(
+        &keys.agent,
+        ready.boot_id,
+        counter,
+        &Response::Ready(ready.clone()),
+    )?;
     write_frame(&mut stream, &frame)?;
     let reply = read_frame(&mut stream)?;
-    wait.open_ack(key, &reply)
+    wait.open_ack(&keys.controller, &reply)
 }
 
 /// `d` scaled by a random factor in [0.75, 1.25).

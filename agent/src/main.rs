@@ -18,7 +18,7 @@ use lazarus_node::keyfile;
 use lazarus_proto::{BootId, ImageFormat, Sha256};
 
 const USAGE: &str =
-    "usage: lazarus-agent serve --host --listen ADDR --key-file FILE --workdir DIR \
+    "usage: lazarus-agent serve --host --listen ADDR --controller-pub FILE --key-file FILE --workdir DIR \
 [--export-dir DIR] [--flag PATH] [--controller HOST:PORT] [--mac MAC]
        lazarus-agent copy --image FILE --target PATH (--sha256 HEX | --bmap FILE) \
 [--format raw|zstd] [--size BYTES]";
@@ -26,6 +26,9 @@ const USAGE: &str =
 /// Options of `serve --host`.
 struct HostOptions {
     listen: SocketAddr,
+    /// The controller's public key (what the agent obeys).
+    controller_pub: PathBuf,
+    /// The agent's own key (what it authenticates its replies with).
     key_file: PathBuf,
     workdir: PathBuf,
     export_dir: Option<PathBuf>,
@@ -42,6 +45,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
         bail!("{USAGE}");
     }
     let (mut host, mut listen, mut key_file, mut workdir) = (false, None, None, None);
+    let mut controller_pub = None;
     let (mut export_dir, mut flag, mut controller, mut mac) = (None, None, None, None);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -49,6 +53,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
             "--host" => host = true,
             "--listen" => listen = Some(value()?.parse().context("--listen")?),
             "--key-file" => key_file = Some(PathBuf::from(value()?)),
+            "--controller-pub" => controller_pub = Some(PathBuf::from(value()?)),
             "--workdir" => workdir = Some(PathBuf::from(value()?)),
             "--export-dir" => export_dir = Some(PathBuf::from(value()?)),
             "--flag" => flag = Some(PathBuf::from(value()?)),
@@ -63,6 +68,7 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
     Ok(HostOptions {
         listen: listen.context("--listen is required")?,
         key_file: key_file.context("--key-file is required")?,
+        controller_pub: controller_pub.context("--controller-pub is required")?,
         workdir: workdir.context("--workdir is required")?,
         export_dir,
         flag,
@@ -73,7 +79,10 @@ fn parse(args: &[String]) -> anyhow::Result<HostOptions> {
 
 fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
     let logs = LogRing::install(true, log::LevelFilter::Info);
-    let key = keyfile::load(&opts.key_file)?;
+    let keys = server::Keys {
+        controller: keyfile::load_public(&opts.controller_pub)?,
+        agent: keyfile::load(&opts.key_file)?,
+    };
     std::fs::create_dir_all(&opts.workdir)
         .with_context(|| format!("creating {}", opts.workdir.display()))?;
     let listener =
@@ -92,14 +101,14 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
         let address = listener.local_addr()?.ip();
         announce::spawn_announcer(
             controller,
-            &key,
+            &keys,
             &root,
             &agent,
             address,
             opts.mac.map(|m| vec![m]),
         );
     }
-    server::serve(listener, agent, key)?;
+    server::serve(listener, agent, keys)?;
     sys::sync_all();
     log::info!("host mode: Reboot accepted; exiting instead of rebooting the host");
     Ok(())

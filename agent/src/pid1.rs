@@ -20,13 +20,13 @@ use crate::platform::RescueMachine;
 use crate::root::Root;
 use crate::service::Agent;
 use crate::{announce, dhcp, network, server, sys};
-use lazarus_node::agent_config::{AgentConfig, CONFIG_PATH, KEY_PATH};
+use lazarus_node::agent_config::{AgentConfig, CONFIG_PATH, KEY_PATH, PUBLIC_KEY_PATH};
 use lazarus_node::keyfile::{self, KeyFileError};
 
 /// Why one boot attempt could not reach serving (PID 1 logs it and tries again).
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cluster key: {0}")]
+    #[error("keys: {0} (the base image holds the controller's public key; the agent key comes with the node's or the repair's part)")]
     Key(#[from] KeyFileError),
     #[error("bootstrap network: {0}")]
     Network(#[from] NetworkError),
@@ -125,7 +125,10 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), BootError> {
         }),
         Err(_) => AgentConfig::default(),
     };
-    let key = keyfile::load(Path::new(KEY_PATH))?;
+    let keys = crate::server::Keys {
+        controller: keyfile::load_public(Path::new(PUBLIC_KEY_PATH))?,
+        agent: keyfile::load(Path::new(KEY_PATH))?,
+    };
 
     load_modules(&root, &config);
 
@@ -177,9 +180,9 @@ fn boot_and_serve(logs: &'static LogRing) -> Result<(), BootError> {
         uptime.split_whitespace().next().unwrap_or("?")
     );
     if let Some(controller) = boot.controller {
-        announce::spawn_announcer(controller, &key, &root, &agent, ip.address, None);
+        announce::spawn_announcer(controller, &keys, &root, &agent, ip.address, None);
     }
-    server::serve(listener, agent, key).map_err(BootError::Serve)?;
+    server::serve(listener, agent, keys).map_err(BootError::Serve)?;
     Ok(())
 }
 

@@ -1,29 +1,53 @@
-//! The agent's protocol server: authenticated commands over TCP, one thread per connection.
+//! The agent's protocol server: commands signed by the controller over TCP, one thread per
+//! connection, each connection its own session (opened by `Hello`).
 //!
-//! A frame that fails authentication or freshness is never answered (the connection is closed);
-//! a frame of another protocol version gets a `VersionReject` naming ours. The server returns
-//! after a `Reboot` was accepted and answered.
+//! Who may hold a connection, and for how long, so that nobody who can merely reach the port can
+//! lock the controller out:
+//!
+//! - A connection is authenticated once a command of its session verified (a `Hello` alone is not
+//!   enough: it may be a recording). Until then, everything it sends must arrive within
+//!   [`FIRST_FRAME`] of its accept, however it spaces the bytes; an authenticated connection may
+//!   stay idle up to [`IDLE`] between commands.
+//! - At most [`MAX_CONNECTIONS`] at once, at most [`MAX_PER_PEER`] from one address
+//!   ([`Admission`]): when a limit is reached, the oldest unauthenticated connection in the way
+//!   is closed to make room; only when every one is authenticated is the newcomer turned away.
+//!
+//! A frame that fails verification or freshness is never answered (the connection is closed); a
+//! frame of another protocol version gets a `VersionReject` naming ours. The server returns after
+//! a `Reboot` was accepted and answered.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use lazarus_proto::frame::{read_frame, version_reject, write_frame, CommandOpener};
-use lazarus_proto::{AgentKey, WireError};
+use lazarus_node::admission::{Admission, Ticket};
+use lazarus_proto::frame::{read_frame_before, version_reject, write_frame, CommandOpener};
+use lazarus_proto::{AgentKey, ControllerPub, Request, WireError};
 
 use crate::service::Agent;
 
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-/// An idle connection is closed after this long.
-const IDLE: Duration = Duration::from_secs(300);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections from one address at once.
+pub const MAX_PER_PEER: usize = 8;
+/// Time a new connection has for its whole first frame.
+pub const FIRST_FRAME: Duration = Duration::from_secs(5);
+/// Time an authenticated connection may stay idle between commands.
+pub const IDLE: Duration = Duration::from_secs(300);
+
+/// The keys of an agent: the controller's public key (what it obeys) and its own agent key
+/// (what it authenticates its replies and `Ready` with).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub controller: ControllerPub,
+    pub agent: AgentKey,
+}
 
 /// Serves `listener` until a `Reboot` is accepted.
-pub fn serve(listener: TcpListener, agent: Arc<Agent>, key: AgentKey) -> std::io::Result<()> {
-    let opener = Arc::new(Mutex::new(CommandOpener::new(key.clone(), agent.boot_id)));
-    let open = Arc::new(AtomicUsize::new(0));
+pub fn serve(listener: TcpListener, agent: Arc<Agent>, keys: Keys) -> std::io::Result<()> {
+    let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_PEER);
     let rejected = Arc::new(AtomicUsize::new(0));
     listener.set_nonblocking(true)?;
     log::info!("listening on {}", listener.local_addr()?);
@@ -35,23 +59,23 @@ pub fn serve(listener: TcpListener, agent: Arc<Agent>, key: AgentKey) -> std::io
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                    log::warn!("closing connection from {peer}: too many connections");
+                let accepted = Instant::now();
+                let Some(ticket) = admission.admit(peer.ip(), &stream) else {
+                    log::warn!("closing a connection from {peer}: every place is authenticated");
                     continue;
-                }
-                open.fetch_add(1, Ordering::Relaxed);
-                let (agent, opener, key, open, rejected) = (
-                    agent.clone(),
-                    opener.clone(),
-                    key.clone(),
-                    open.clone(),
-                    rejected.clone(),
-                );
+                };
+                let (agent, keys, rejected) = (agent.clone(), keys.clone(), rejected.clone());
                 std::thread::spawn(move || {
-                    if let Err(e) = connection(stream, &agent, &opener, &key, &rejected) {
+                    let conn = Connection {
+                        agent: &agent,
+                        keys: &keys,
+                        rejected: &rejected,
+                        ticket: &ticket,
+                        accepted,
+                    };
+                    if let Err(e) = conn.serve(stream) {
                         log::debug!("connection from {peer} ended: {e}");
                     }
-                    open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -65,54 +89,63 @@ pub fn serve(listener: TcpListener, agent: Arc<Agent>, key: AgentKey) -> std::io
     }
 }
 
-fn connection(
-    mut stream: TcpStream,
-    agent: &Arc<Agent>,
-    opener: &Mutex<CommandOpener>,
-    key: &AgentKey,
-    rejected: &AtomicUsize,
-) -> Result<(), WireError> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IDLE))?;
-    stream.set_nodelay(true)?;
-    loop {
-        let frame = match read_frame(&mut stream) {
-            Ok(f) => f,
-            Err(WireError::Closed) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let opened = match opener.lock() {
-            Ok(mut o) => o
-                .open(&frame)
-                .map(|(req, reply)| (req, reply, o.next_counter())),
-            Err(p) => {
-                let mut o = p.into_inner();
-                o.open(&frame)
-                    .map(|(req, reply)| (req, reply, o.next_counter()))
-            }
-        };
-        let (request, reply_to, next_counter) = match opened {
-            Ok(x) => x,
-            Err(e @ WireError::UnknownVersion { .. }) => {
-                log::warn!("{e}");
-                let _ = stream.write_all(&version_reject());
-                return Err(e);
-            }
-            Err(e) => {
-                // Rate-limited: a flood of bad frames must not flood the console.
-                let n = rejected.fetch_add(1, Ordering::Relaxed);
-                if n < 10 || n.is_power_of_two() {
-                    log::warn!(
-                        "ignoring a command from {:?}: {e} ({} so far)",
-                        stream.peer_addr().ok(),
-                        n + 1
-                    );
+struct Connection<'a> {
+    agent: &'a Arc<Agent>,
+    keys: &'a Keys,
+    rejected: &'a AtomicUsize,
+    ticket: &'a Ticket,
+    accepted: Instant,
+}
+
+impl Connection<'_> {
+    fn serve(&self, mut stream: TcpStream) -> Result<(), WireError> {
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(FIRST_FRAME))?;
+        stream.set_nodelay(true)?;
+        let mut opener = CommandOpener::new(self.keys.controller, self.agent.boot_id);
+        loop {
+            let deadline = if opener.authenticated() {
+                Instant::now() + IDLE
+            } else {
+                self.accepted + FIRST_FRAME
+            };
+            let frame = match read_frame_before(&mut stream, deadline) {
+                Ok(f) => f,
+                Err(WireError::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let (request, reply_to) = match opener.open(&frame) {
+                Ok(x) => x,
+                Err(e @ WireError::UnknownVersion { .. }) => {
+                    log::warn!("{e}");
+                    let _ = stream.write_all(&version_reject());
+                    return Err(e);
                 }
-                return Err(e);
+                Err(e) => {
+                    // Rate-limited: a flood of bad frames must not flood the console.
+                    let n = self.rejected.fetch_add(1, Ordering::Relaxed);
+                    if n < 10 || n.is_power_of_two() {
+                        log::warn!(
+                            "ignoring a command from {:?}: {e} ({} so far)",
+                            stream.peer_addr().ok(),
+                            n + 1
+                        );
+                    }
+                    return Err(e);
+                }
+            };
+            let mut session = 0;
+            if request == Request::Hello {
+                let mut bytes = [0u8; 8];
+                lazarus_node::random::fill(&mut bytes)?;
+                session = u64::from_le_bytes(bytes);
+                opener.begin(session);
+            } else {
+                self.ticket.authenticated();
             }
-        };
-        let response = agent.handle(request, next_counter);
-        let reply = reply_to.seal_reply(key, &response)?;
-        write_frame(&mut stream, &reply)?;
+            let response = self.agent.handle(request, session);
+            let reply = reply_to.seal_reply(&self.keys.agent, &response)?;
+            write_frame(&mut stream, &reply)?;
+        }
     }
 }

@@ -137,8 +137,9 @@ impl Agent {
         self.live().reboot_requested
     }
 
-    /// Handles one authenticated request. `next_counter` is for `Hello`.
-    pub fn handle(self: &Arc<Self>, request: Request, next_counter: u64) -> Response {
+    /// Handles one authenticated request. `session` is the one the server opened for a `Hello`
+    /// on its connection (commands then count from 1).
+    pub fn handle(self: &Arc<Self>, request: Request, session: u64) -> Response {
         let event = Event::of(&request, |plan| {
             recovery::validate(plan).map_err(AgentError::from)
         });
@@ -156,8 +157,9 @@ impl Agent {
         match (action, request) {
             (Action::None, Request::Hello) => Response::Hello(Hello {
                 boot_id: self.boot_id,
-                next_counter,
+                next_counter: 1,
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                session,
             }),
             (Action::None, Request::GetLogs { since }) => Response::Logs(
                 self.logs

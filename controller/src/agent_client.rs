@@ -1,10 +1,12 @@
-//! A direct client of one agent: `Hello` to learn its boot id, then numbered commands.
+//! A direct client of one agent: `Hello` opens a session on the connection (the agent's boot id
+//! and a session it draws), then numbered commands signed with the controller's key; every reply
+//! is checked under the agent key of the node that was asked.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, seal_hello, write_frame, CommandSealer};
-use lazarus_proto::{AgentKey, ErrorReply, Request, Response, WireError};
+use lazarus_proto::{AgentKey, ControllerKey, ErrorReply, Request, Response, WireError};
 
 /// Errors talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +29,18 @@ pub struct AgentClient {
     addr: SocketAddr,
     stream: TcpStream,
     sealer: CommandSealer,
+    agent_key: AgentKey,
 }
 
 impl AgentClient {
-    /// Connects and says `Hello`.
-    pub fn connect(addr: &str, key: AgentKey, timeout: Duration) -> Result<Self, ClientError> {
+    /// Connects and says `Hello`: commands signed with `signing`, replies checked under
+    /// `agent_key`.
+    pub fn connect(
+        addr: &str,
+        signing: ControllerKey,
+        agent_key: AgentKey,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let sock = addr
             .to_socket_addrs()
             .map_err(|e| ClientError::Resolve(addr.to_string(), e))?
@@ -47,18 +56,19 @@ impl AgentClient {
         stream.set_nodelay(true).map_err(wire)?;
         let mut nonce = [0u8; 8];
         lazarus_node::random::fill(&mut nonce).map_err(wire)?;
-        let (frame, wait) =
-            seal_hello(&key, u64::from_le_bytes(nonce)).map_err(|e| ClientError::Wire(sock, e))?;
+        let (frame, wait) = seal_hello(&signing, u64::from_le_bytes(nonce))
+            .map_err(|e| ClientError::Wire(sock, e))?;
         write_frame(&mut stream, &frame).map_err(|e| ClientError::Wire(sock, e))?;
         let reply = read_frame(&mut stream).map_err(|e| ClientError::Wire(sock, e))?;
         match wait
-            .open_reply(&key, &reply)
+            .open_reply(&agent_key, &reply)
             .map_err(|e| ClientError::Wire(sock, e))?
         {
             Response::Hello(h) => Ok(Self {
                 addr: sock,
                 stream,
-                sealer: CommandSealer::new(key, h.boot_id, h.next_counter),
+                sealer: CommandSealer::new(signing, &h),
+                agent_key,
             }),
             other => Err(ClientError::Unexpected(sock, format!("{other:?}"))),
         }
@@ -78,7 +88,7 @@ impl AgentClient {
         write_frame(&mut self.stream, &frame).map_err(|e| ClientError::Wire(self.addr, e))?;
         let reply = read_frame(&mut self.stream).map_err(|e| ClientError::Wire(self.addr, e))?;
         match wait
-            .open_reply(self.sealer.key(), &reply)
+            .open_reply(&self.agent_key, &reply)
             .map_err(|e| ClientError::Wire(self.addr, e))?
         {
             Response::Error(ErrorReply { kind, message }) => {

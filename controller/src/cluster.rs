@@ -38,7 +38,11 @@ pub struct ControllerSection {
     /// Where agents announce `Ready`.
     #[serde(default = "default_ready")]
     pub ready: SocketAddr,
-    pub key_file: PathBuf,
+    /// The controller's Ed25519 signing key (`lazarus keygen --controller`, mode 0600): it signs
+    /// every command to an agent and never leaves this machine.
+    pub signing_key: PathBuf,
+    /// The folder of the nodes' agent keys: `<dir>/<node>.key` (`lazarus keygen --agent`).
+    pub agent_keys: PathBuf,
     /// The rescue-media server: files of `dir` at `http://LISTEN/media/NAME`, for a BMC's
     /// InsertMedia (`image_url`), iPXE or a `command` provider.
     pub media: Option<MediaSection>,

@@ -5,12 +5,12 @@
 //!   [`redfish`], [`command`]), the agents driven over the wire protocol ([`agent_client`]), the
 //!   local HTTP API and `/metrics` ([`daemon::http`], documents in [`api`]), and the rescue-media
 //!   server ([`media`]).
-//! - The cluster file ([`cluster`]), validated once at start.
+//! - The cluster file ([`cluster`]) and the keys it names ([`keys`]), validated once at start.
 //! - The operator CLI's pieces: the API client ([`api_client`]), direct agent commands
 //!   ([`agent_cmd`]), flag commands ([`flag_cmd`]).
 //!
 //! The controller knows agents only through `lazarus-proto`; what it shares with them on disk
-//! (key file, flag store, backups) comes from `lazarus-node`.
+//! (key files, flag store, backups) comes from `lazarus-node`.
 #![deny(unsafe_code)]
 
 pub mod agent_client;
@@ -22,6 +22,7 @@ pub mod command;
 pub mod daemon;
 pub mod flag_cmd;
 pub mod health;
+pub mod keys;
 pub mod media;
 pub mod provider;
 pub mod redfish;

@@ -85,8 +85,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7470")]
         api: String,
     },
-    /// Write a new cluster key (32 random bytes as hex, mode 0600) to FILE.
-    Keygen { file: PathBuf },
+    /// Make a key: the controller's signing key (and its public key beside it, FILE with the
+    /// extension .pub), or a node's agent key. An existing file is never replaced.
+    #[command(group(clap::ArgGroup::new("which").required(true)))]
+    Keygen {
+        /// The controller's signing key file (mode 0600); its public key goes to FILE.pub.
+        #[arg(long, group = "which")]
+        controller: Option<PathBuf>,
+        /// A node's agent key file (mode 0600), e.g. /etc/lazarus/agents/NODE.key.
+        #[arg(long, group = "which")]
+        agent: Option<PathBuf>,
+    },
     /// Read or write the recovery flag of a file or partition.
     #[command(subcommand)]
     Flag(FlagCommand),
@@ -97,9 +106,12 @@ enum Command {
         /// The agent's address (HOST:PORT; the agent listens on 7460).
         #[arg(long, global = true, default_value = "127.0.0.1:7460")]
         addr: String,
-        /// The cluster key file.
-        #[arg(long, global = true, default_value = "/etc/lazarus/cluster.key")]
-        key_file: PathBuf,
+        /// The controller's signing key file (commands are signed with it).
+        #[arg(long, global = true, default_value = "/etc/lazarus/controller.key")]
+        signing_key: PathBuf,
+        /// The agent key of the node asked (its replies are checked with it).
+        #[arg(long, global = true)]
+        agent_key: Option<PathBuf>,
         /// Seconds to wait for each answer.
         #[arg(long, global = true, default_value_t = 10)]
         timeout: u64,
@@ -278,11 +290,14 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
         Command::Agent {
             command,
             addr,
-            key_file,
+            signing_key,
+            agent_key,
             timeout,
         } => {
-            let key = keyfile::load(&key_file)?;
-            let mut client = AgentClient::connect(&addr, key, Duration::from_secs(timeout))?;
+            let signing = keyfile::load_controller(&signing_key)?;
+            let agent_key = keyfile::load(&agent_key.context("--agent-key is required")?)?;
+            let mut client =
+                AgentClient::connect(&addr, signing, agent_key, Duration::from_secs(timeout))?;
             match command {
                 AgentCommand::Status { json } => {
                     agent_cmd::render_status(&client.status_of(&Request::GetStatus)?, json)
@@ -350,10 +365,23 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 }
             }
         },
-        Command::Keygen { file } => {
-            keyfile::generate(&file)?;
-            format!("wrote a new cluster key to {} (mode 0600)", file.display())
-        }
+        Command::Keygen { controller, agent } => match (controller, agent) {
+            (Some(file), _) => {
+                let public = file.with_extension("pub");
+                keyfile::generate_controller(&file, &public)?;
+                format!(
+                    "wrote the controller's signing key to {} (mode 0600; it never leaves this \
+                     machine) and its public key to {} (for the rescue image)",
+                    file.display(),
+                    public.display()
+                )
+            }
+            (None, Some(file)) => {
+                keyfile::generate(&file)?;
+                format!("wrote a new agent key to {} (mode 0600)", file.display())
+            }
+            (None, None) => anyhow::bail!("keygen needs --controller FILE or --agent FILE"),
+        },
         Command::Flag(cmd) => match cmd {
             FlagCommand::Init { path, force } => flag_cmd::init(&path, force)?,
             FlagCommand::Show { path, json } => flag_cmd::show(&path, json)?,

@@ -5,12 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::repair::{ClusterState, Transition};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// The last announcement counter accepted per agent boot: the replay floor of `Ready`.
+const ANNOUNCED: TableDefinition<&[u8], u64> = TableDefinition::new("announced");
 const CLUSTER_KEY: &str = "cluster";
 
 /// Errors of the state store, one per failing step, naming the database file.
@@ -120,6 +122,57 @@ impl Store {
         }
         tx.commit()
             .map_err(|e| StateStoreError::Commit(self.path.clone(), e))
+    }
+
+    /// Records that `counter` was the last accepted announcement of `boot`, durably (before the
+    /// announcement is acted on), keeping the most recent `keep` boots.
+    pub fn record_announce(
+        &self,
+        boot: &[u8; 16],
+        counter: u64,
+        keep: usize,
+    ) -> Result<(), StateStoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.begin(e))?;
+        {
+            let mut table = tx.open_table(ANNOUNCED).map_err(|e| self.table(e))?;
+            table
+                .insert(boot.as_slice(), counter)
+                .map_err(|e| self.storage(e))?;
+            // Boot ids are random, so which boots go first is arbitrary but bounded.
+            let len = table.len().map_err(|e| self.storage(e))?;
+            for _ in keep as u64..len {
+                let first = table
+                    .first()
+                    .map_err(|e| self.storage(e))?
+                    .map(|(k, _)| k.value().to_vec());
+                match first {
+                    Some(k) if k != boot.as_slice() => {
+                        table.remove(k.as_slice()).map_err(|e| self.storage(e))?;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        tx.commit()
+            .map_err(|e| StateStoreError::Commit(self.path.clone(), e))
+    }
+
+    /// Every recorded announcement floor: (boot id, last counter).
+    pub fn announced(&self) -> Result<Vec<([u8; 16], u64)>, StateStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
+        let table = match tx.open_table(ANNOUNCED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.table(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.storage(e))? {
+            let (k, v) = entry.map_err(|e| self.storage(e))?;
+            if let Ok(boot) = <[u8; 16]>::try_from(k.value()) {
+                out.push((boot, v.value()));
+            }
+        }
+        Ok(out)
     }
 
     /// The event log, oldest first, optionally for one node.

@@ -156,9 +156,10 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
         file: lab.path("agents.pids"),
     };
     let attach = format!(
-        "exec {} serve --host --listen 127.0.0.41:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:10:01 >> {} 2>&1 & {}",
+        "exec {} serve --host --listen 127.0.0.41:7460 --key-file {} --controller-pub {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:10:01 >> {} 2>&1 & {}",
         agent_bin().display(),
         lab.key_path.display(),
+        lab.public_path.display(),
         lab.path("w1-work").display(),
         lab.export.display(),
         flag.display(),
@@ -173,8 +174,7 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
 [controller]
 api = "{api}"
 ready = "{ready}"
-key_file = "{key}"
-
+{keys}
 [policy]
 health_interval = "500ms"
 health_timeout = "300ms"
@@ -224,7 +224,7 @@ rescue = {{ address = "127.0.0.42", prefix_len = 8 }}
 disk = {{ path = "/nonexistent" }}
 allow_weak_selector = true
 "#,
-            key = lab.key_path.display(),
+            keys = lab.key_config(&["w1", "s1"]),
             hook = hook.display(),
             standby_hook = standby_hook.display(),
             size = img.len(),
@@ -388,9 +388,10 @@ impl Cluster {
             std::fs::write(&disk, noise(3 * MIB, i as u64)).unwrap();
             std::fs::write(lab.path(&format!("w{i}-up")), "").unwrap();
             let attach = format!(
-                "exec {} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 & {}",
+                "exec {} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --controller-pub {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 & {}",
                 agent_bin().display(),
                 lab.key_path.display(),
+                lab.public_path.display(),
                 lab.path(&format!("w{i}-work")).display(),
                 lab.export.display(),
                 flag.display(),
@@ -425,8 +426,7 @@ flag = {{ path = "{flag}" }}
 [controller]
 api = "{api}"
 ready = "{ready}"
-key_file = "{key}"
-
+{keys}
 [policy]
 health_interval = "400ms"
 health_timeout = "300ms"
@@ -456,7 +456,15 @@ rescue = {{ address = "127.0.0.99", prefix_len = 8 }}
 disk = {{ path = "/nonexistent" }}
 allow_weak_selector = true
 "#,
-                key = lab.key_path.display(),
+                keys = lab.key_config(
+                    &(1..=workers)
+                        .map(|i| format!("w{i}"))
+                        .chain(["s1".to_string()])
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                ),
                 size = img.len(),
             ),
         )

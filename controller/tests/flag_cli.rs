@@ -203,22 +203,37 @@ fn bad_input_is_one_line_and_exit_2() {
 }
 
 #[test]
-fn keygen_writes_a_private_key_once() {
+fn keygen_writes_private_keys_once_and_a_public_key_beside_the_controllers() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("cluster.key");
-    ok(&["keygen", k.to_str().unwrap()]);
+    let k = dir.path().join("node-1.key");
+    ok(&["keygen", "--agent", k.to_str().unwrap()]);
     let text = std::fs::read_to_string(&k).unwrap();
     assert_eq!(text.trim_end().len(), 64);
     assert!(text.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let err = fails(&["keygen", k.to_str().unwrap()]);
+    assert_eq!(mode(&k), 0o600);
+    let err = fails(&["keygen", "--agent", k.to_str().unwrap()]);
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read_to_string(&k).unwrap(), text);
-    fails(&["keygen", "/nonexistent-dir/k"]);
+    fails(&["keygen", "--agent", "/nonexistent-dir/k"]);
+
+    let c = dir.path().join("controller.key");
+    let out = ok(&["keygen", "--controller", c.to_str().unwrap()]);
+    assert!(out.contains("controller.pub"), "{out}");
+    let public = dir.path().join("controller.pub");
+    assert_eq!((mode(&c), mode(&public)), (0o600, 0o644));
+    assert!(std::fs::read_to_string(&c)
+        .unwrap()
+        .starts_with("lazarus-signing-key:"));
+    assert!(std::fs::read_to_string(&public)
+        .unwrap()
+        .starts_with("lazarus-public-key:"));
+    let err = fails(&["keygen", "--controller", c.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+    // Exactly one kind at a time.
+    fails(&["keygen"]);
+    fails(&["keygen", "--agent", "a", "--controller", "b"]);
 }
 
 /// `lazarus flag show F | head -0`: the reader is gone before anything is written; the command

@@ -173,13 +173,15 @@ fn bad_plans_are_refused_with_a_reason() {
 }
 
 #[test]
-fn commands_under_a_wrong_key_are_not_answered() {
+fn commands_signed_by_another_key_are_not_answered() {
     let lab = Lab::new();
     let agent = lab.agent(None, None);
-    let other = AgentKey::from_bytes([0x33; 32]);
+    // Someone holding a node's agent key (its media) but not the controller's signing key.
+    let other = ControllerKey::from_seed([0x33; 32]);
     let r = lazarus_controller::agent_client::AgentClient::connect(
         &agent.addr,
         other,
+        lab.key.clone(),
         Duration::from_secs(3),
     );
     let err = r.expect_err("a wrong key was answered");
@@ -251,13 +253,13 @@ fn killed_mid_copy_the_flag_is_not_recovered_and_the_next_recover_completes() {
     std::fs::write(&fifo, &img).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let controller = listener.local_addr().unwrap();
-    let key = lab.key.clone();
+    let (key, signing) = (lab.key.clone(), lab.signing.clone());
     let announced = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let frame = read_frame(&mut s).unwrap();
-        let (_, body, reply) = AnnounceOpener::default().open(&key, &frame).unwrap();
-        write_frame(&mut s, &reply.seal_ack(&key).unwrap()).unwrap();
+        let (_, _, body, reply) = AnnounceOpener::default().open(&key, &frame).unwrap();
+        write_frame(&mut s, &reply.seal_ack(&signing).unwrap()).unwrap();
         body
     });
     let agent = lab.agent(Some(&flag), Some(controller));
@@ -693,8 +695,18 @@ fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
     );
     let plan_path = lab.path("plan.toml");
     std::fs::write(&plan_path, &plan_text).unwrap();
-    let key = lab.key_path.to_str().unwrap();
-    let common = ["--addr", agent.addr.as_str(), "--key-file", key];
+    let (key, signing) = (
+        lab.key_path.to_str().unwrap(),
+        lab.signing_path.to_str().unwrap(),
+    );
+    let common = [
+        "--addr",
+        agent.addr.as_str(),
+        "--agent-key",
+        key,
+        "--signing-key",
+        signing,
+    ];
     let run = |args: &[&str]| {
         let mut all = vec!["agent"];
         all.extend_from_slice(args);
@@ -720,7 +732,9 @@ fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
     let out = run(&["logs"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("plan cli-1 recovered"));
 
-    // A broken plan file is one line naming the file and line; a wrong key is one line too.
+    // A broken plan file is one line naming the file and line; a wrong key is one line too:
+    // another node's agent key (its replies do not verify) and a signing key the agent does not
+    // trust (it does not answer).
     std::fs::write(&plan_path, plan_text.replace("size = ", "size = \"x")).unwrap();
     let out = run(&["recover", "--plan", plan_path.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -729,14 +743,27 @@ fn the_lazarus_agent_cli_drives_a_recovery_from_a_plan_file() {
     assert!(err.contains("plan.toml") && err.contains("line"), "{err}");
     let other = lab.path("other.key");
     lazarus_node::keyfile::generate(&other).unwrap();
-    let out = lazarus(&[
-        "agent",
-        "status",
-        "--addr",
-        &agent.addr,
-        "--key-file",
-        other.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    let (other_signing, other_public) = (lab.path("other-controller.key"), lab.path("other.pub"));
+    lazarus_node::keyfile::generate_controller(&other_signing, &other_public).unwrap();
+    for (agent_key, signing_key, why) in [
+        (other.to_str().unwrap(), signing, "authentication failed"),
+        (key, other_signing.to_str().unwrap(), ""),
+    ] {
+        let out = lazarus(&[
+            "agent",
+            "status",
+            "--timeout",
+            "3",
+            "--addr",
+            &agent.addr,
+            "--agent-key",
+            agent_key,
+            "--signing-key",
+            signing_key,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(why), "{err}");
+    }
 }

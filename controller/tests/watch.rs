@@ -48,8 +48,7 @@ allow_weak_selector = true
 [controller]
 api = "{api}"
 ready = "{ready}"
-key_file = "{key}"
-
+{keys}
 [policy]
 health_interval = "500ms"
 health_timeout = "300ms"
@@ -64,7 +63,7 @@ format = "raw"
 size = 1048576
 sha256 = "{sha}"
 {nodes}"#,
-            key = lab.key_path.display(),
+            keys = lab.key_config(&["w1", "s1"]),
             sha = "00".repeat(32),
         ),
     )

@@ -1,6 +1,12 @@
-//! Builds the rescue initramfs (and, in [`iso`], bootable rescue media from it): a gzip-compressed newc cpio holding `/init` (the static agent),
-//! the kernel modules the agent config and the hardware classes need (with dependencies and
-//! `modules.dep`/`modules.alias`), the cluster key and the agent config, and nothing else.
+//! Builds the rescue initramfs (and, in [`iso`], bootable rescue media from it): a gzip-compressed
+//! newc cpio holding `/init` (the static agent), the kernel modules the agent config and the
+//! hardware classes need (with dependencies and `modules.dep`/`modules.alias`), the controller's
+//! PUBLIC key and the agent config, and nothing else: the base image is public, and nothing in it
+//! lets anyone command an agent or speak for one.
+//!
+//! The secret comes apart, in a node's or a repair's *part* ([`agent_part`]): a small uncompressed
+//! cpio holding the agent key, loaded after the base (the kernel reads concatenated archives, the
+//! later one adding files).
 //!
 //! Reproducible: sorted entries, mtime 0, owner 0:0, gzip without a timestamp; building twice
 //! gives the same bytes. No root needed.
@@ -15,7 +21,10 @@ pub mod modules;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lazarus_node::agent_config::{AgentConfig, ConfigError, CONFIG_PATH, KEY_PATH};
+use lazarus_node::agent_config::{
+    AgentConfig, ConfigError, CONFIG_PATH, KEY_PATH, PUBLIC_KEY_PATH,
+};
+use lazarus_proto::AgentKey;
 
 use cpio::{Archive, Node};
 use modules::ModuleIndex;
@@ -29,7 +38,8 @@ pub struct BuildOptions {
     /// An unpacked kernel package: `boot/config-<release>` and `lib/modules/<release>/`.
     pub kernel_dir: PathBuf,
     pub agent: PathBuf,
-    pub key_file: PathBuf,
+    /// The controller's public key file (`lazarus keygen --controller`).
+    pub controller_pub: PathBuf,
     pub config: Option<PathBuf>,
     pub output: PathBuf,
 }
@@ -66,7 +76,7 @@ pub enum BuildError {
     Config(PathBuf, ConfigError),
     #[error("agent config {0} is not UTF-8")]
     ConfigEncoding(PathBuf),
-    #[error("cluster key: {0}")]
+    #[error("key: {0}")]
     Key(#[from] lazarus_node::keyfile::KeyFileError),
 }
 
@@ -80,7 +90,7 @@ pub fn assemble(opts: &BuildOptions) -> Result<(Archive, BuildReport), BuildErro
     if !elf::is_static_executable(&agent).map_err(|e| BuildError::Elf(opts.agent.clone(), e))? {
         return Err(BuildError::NotStatic(opts.agent.clone()));
     }
-    let key = lazarus_node::keyfile::load(&opts.key_file)?;
+    let public = lazarus_node::keyfile::load_public(&opts.controller_pub)?;
     let (config, config_text) = match &opts.config {
         Some(path) => {
             let text = String::from_utf8(read(path)?)
@@ -137,12 +147,12 @@ pub fn assemble(opts: &BuildOptions) -> Result<(Archive, BuildReport), BuildErro
         0o755,
     );
     archive.add(
-        KEY_PATH,
+        PUBLIC_KEY_PATH,
         Node::File {
-            data: key.to_hex().into_bytes(),
+            data: public.to_text().into_bytes(),
             executable: false,
         },
-        0o600,
+        0o644,
     );
     if let Some(text) = config_text {
         archive.add(
@@ -215,4 +225,40 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         .and_then(|()| std::fs::rename(&tmp, &opts.output))
         .map_err(|e| BuildError::Write(opts.output.clone(), e))?;
     Ok(report)
+}
+
+/// A node's or a repair's part: an uncompressed newc cpio holding the agent key (mode 0600), to
+/// be loaded after the base image. Reproducible, like the base.
+pub fn agent_part(key: &AgentKey) -> Vec<u8> {
+    let mut archive = Archive::default();
+    archive.add("etc", Node::Dir, 0o755);
+    archive.add("etc/lazarus", Node::Dir, 0o755);
+    archive.add(
+        KEY_PATH,
+        Node::File {
+            data: key.to_hex().into_bytes(),
+            executable: false,
+        },
+        0o600,
+    );
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = archive.write(&mut out);
+    out
+}
+
+/// Writes the part of the agent key in `key_file` to `output` (mode 0600: it holds a secret).
+pub fn write_agent_part(key_file: &Path, output: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = lazarus_node::keyfile::load(key_file)?;
+    let tmp = output.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&agent_part(&key)))
+        .and_then(|()| std::fs::rename(&tmp, output))
+        .map_err(|e| BuildError::Write(output.to_owned(), e))
 }

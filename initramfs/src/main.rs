@@ -1,5 +1,5 @@
-//! `lazarus-mkinitramfs --kernel-dir DIR --agent BIN --key-file FILE [--config agent.toml] -o OUT
-//! [--iso FILE [--cmdline TEXT]]`
+//! `lazarus-mkinitramfs --kernel-dir DIR --agent BIN --controller-pub FILE [--config agent.toml]
+//! -o OUT [--agent-key FILE --part PART] [--iso FILE [--cmdline TEXT]]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use lazarus_initramfs::{build, BuildOptions};
 
 /// Builds the Lazarus rescue initramfs: the static agent as /init, the kernel modules it needs,
-/// the cluster key and the agent config; reproducible, no root needed.
+/// the controller's public key and the agent config (a public image); reproducible, no root
+/// needed. With --agent-key, also a node's part holding that agent key.
 #[derive(clap::Parser)]
 #[command(name = "lazarus-mkinitramfs", version)]
 struct Cli {
@@ -17,9 +18,15 @@ struct Cli {
     /// The static agent binary.
     #[arg(long)]
     agent: PathBuf,
-    /// The cluster key file (mode 0600).
+    /// The controller's public key file (`lazarus keygen --controller`).
     #[arg(long)]
-    key_file: PathBuf,
+    controller_pub: PathBuf,
+    /// A node's agent key (mode 0600): write its part to --part, and add it to the --iso.
+    #[arg(long, requires = "part")]
+    agent_key: Option<PathBuf>,
+    /// Where to write the node's part (an uncompressed cpio, mode 0600).
+    #[arg(long, requires = "agent_key")]
+    part: Option<PathBuf>,
     /// agent.toml to bake in (defaults otherwise).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -42,18 +49,24 @@ fn main() -> ExitCode {
     let opts = BuildOptions {
         kernel_dir: cli.kernel_dir.clone(),
         agent: cli.agent.clone(),
-        key_file: cli.key_file.clone(),
+        controller_pub: cli.controller_pub.clone(),
         config: cli.config.clone(),
         output: cli.output.clone(),
     };
     match build(&opts).map_err(|e| e.to_string()).and_then(|r| {
+        let mut initrds = vec![opts.output.clone()];
+        if let (Some(key), Some(part)) = (&cli.agent_key, &cli.part) {
+            lazarus_initramfs::write_agent_part(key, part).map_err(|e| e.to_string())?;
+            println!("wrote {} (the node's part: its agent key)", part.display());
+            initrds.push(part.clone());
+        }
         let Some(iso) = &cli.iso else {
             return Ok(r);
         };
         let kernel = opts.kernel_dir.join(format!("boot/vmlinuz-{}", r.release));
         let made = lazarus_initramfs::iso::build_iso(&lazarus_initramfs::iso::IsoOptions {
             kernel,
-            initrds: vec![opts.output.clone()],
+            initrds,
             cmdline: cli.cmdline.clone(),
             output: iso.clone(),
         })

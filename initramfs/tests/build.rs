@@ -22,17 +22,21 @@ fn inputs(test: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-fn key(dir: &Path) -> PathBuf {
-    let p = dir.join("cluster.key");
-    lazarus_node::keyfile::generate(&p).unwrap();
-    p
+/// The controller's key pair and a node's agent key, in `dir`.
+fn key(dir: &Path) {
+    lazarus_node::keyfile::generate_controller(
+        &dir.join("controller.key"),
+        &dir.join("controller.pub"),
+    )
+    .unwrap();
+    lazarus_node::keyfile::generate(&dir.join("node.key")).unwrap();
 }
 
 fn opts(kernel: &Path, agent: &Path, dir: &Path, out: &str) -> BuildOptions {
     BuildOptions {
         kernel_dir: kernel.to_owned(),
         agent: agent.to_owned(),
-        key_file: dir.join("cluster.key"),
+        controller_pub: dir.join("controller.pub"),
         config: None,
         output: dir.join(out),
     }
@@ -96,7 +100,8 @@ fn builds_reproducibly_with_modules_and_no_shell() {
         archive.get("dev/console"),
         Some(Node::CharDevice(5, 1))
     ));
-    assert!(archive.get("etc/lazarus/cluster.key").is_some());
+    assert!(archive.get("etc/lazarus/controller.pub").is_some());
+    assert!(archive.get("etc/lazarus/agent.key").is_none());
     let dep = paths
         .iter()
         .find(|p| p.ends_with("modules.dep"))
@@ -164,4 +169,61 @@ fn a_dynamic_init_a_weak_kernel_and_a_broken_config_are_refused_by_name() {
         !dir.path().join("x.gz").exists(),
         "a refused build wrote its output"
     );
+}
+
+#[test]
+fn the_base_image_holds_no_secret_and_a_part_holds_only_the_agent_key() {
+    let Some((kernel, agent)) =
+        inputs("the_base_image_holds_no_secret_and_a_part_holds_only_the_agent_key")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    key(dir.path());
+    build(&opts(&kernel, &agent, dir.path(), "base.gz")).unwrap();
+    let mut base = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(dir.path().join("base.gz")).unwrap()),
+        &mut base,
+    )
+    .unwrap();
+    // Every secret, in every form it has on disk or in memory: hex (either case) and raw bytes.
+    let hex_of = |file: &str| -> String {
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        text.trim().rsplit(':').next().unwrap().to_string()
+    };
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for secret in [hex_of("controller.key"), hex_of("node.key")] {
+        let raw: Vec<u8> = (0..secret.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&secret[i..i + 2], 16).unwrap())
+            .collect();
+        for form in [
+            secret.to_lowercase().into_bytes(),
+            secret.to_uppercase().into_bytes(),
+            raw,
+        ] {
+            assert!(!contains(&base, &form), "the base image holds a secret key");
+        }
+    }
+    assert!(contains(&base, hex_of("controller.pub").as_bytes()));
+
+    let part = dir.path().join("node.cpio");
+    lazarus_initramfs::write_agent_part(&dir.path().join("node.key"), &part).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&part).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let bytes = std::fs::read(&part).unwrap();
+    assert!(contains(&bytes, hex_of("node.key").as_bytes()));
+    assert!(!contains(&bytes, hex_of("controller.key").as_bytes()));
+    assert!(
+        bytes.len() < 1024,
+        "a part is the key and its folders: {} bytes",
+        bytes.len()
+    );
+    // The signing key is refused where the public key belongs.
+    let mut o = opts(&kernel, &agent, dir.path(), "bad.gz");
+    o.controller_pub = dir.path().join("controller.key");
+    let err = build(&o).unwrap_err().to_string();
+    assert!(err.contains("lazarus-public-key"), "{err}");
 }

@@ -6,8 +6,11 @@ use serde::Deserialize;
 
 /// Path of the config inside the initramfs.
 pub const CONFIG_PATH: &str = "/etc/lazarus/agent.toml";
-/// Path of the cluster key inside the initramfs.
-pub const KEY_PATH: &str = "/etc/lazarus/cluster.key";
+/// Path of the agent key inside the initramfs: from the node's or the repair's part, appended to
+/// the public base image (never in the base itself).
+pub const KEY_PATH: &str = "/etc/lazarus/agent.key";
+/// Path of the controller's public key inside the initramfs (in the base image).
+pub const PUBLIC_KEY_PATH: &str = "/etc/lazarus/controller.pub";
 
 /// `agent.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -1,4 +1,6 @@
-//! The cluster key file: 32 random bytes as 64 hex characters, mode 0600.
+//! Key files (see `lazarus_proto::key`): agent keys (64 hex characters, mode 0600), the
+//! controller's signing key (labelled, mode 0600) and its public key (labelled, mode 0644).
+//! Secret key files readable by group or others are refused; no key file is ever overwritten.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -6,12 +8,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use lazarus_proto::key::KEY_LEN;
-use lazarus_proto::{AgentKey, KeyError};
+use lazarus_proto::{AgentKey, ControllerKey, ControllerPub, KeyError};
 
 /// Errors reading or writing a key file, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{0} already exists; refusing to overwrite a cluster key")]
+    #[error("{0} already exists; refusing to overwrite a key")]
     Exists(PathBuf),
     #[error("writing {0}: {1}")]
     Write(PathBuf, std::io::Error),
@@ -25,12 +27,31 @@ pub enum KeyFileError {
     Random(std::io::Error),
 }
 
-/// Writes a fresh key to `path` with mode 0600. Never replaces an existing file: the key is
-/// written to a temporary name, flushed, and linked into place only if `path` does not exist.
+/// Writes a fresh agent key (a node's or a repair's) to `path` with mode 0600, never replacing
+/// an existing file.
 pub fn generate(path: &Path) -> Result<(), KeyFileError> {
     let mut bytes = [0u8; KEY_LEN];
     fill_random(&mut bytes)?;
-    let key = AgentKey::from_bytes(bytes);
+    write_new(path, &AgentKey::from_bytes(bytes).to_hex(), 0o600)
+}
+
+/// Writes a fresh controller signing key to `path` (mode 0600) and its public half to `public`
+/// (mode 0644: it goes into every rescue image). Neither existing file is replaced.
+pub fn generate_controller(path: &Path, public: &Path) -> Result<ControllerPub, KeyFileError> {
+    let mut seed = [0u8; KEY_LEN];
+    fill_random(&mut seed)?;
+    let key = ControllerKey::from_seed(seed);
+    if public.exists() {
+        return Err(KeyFileError::Exists(public.to_owned()));
+    }
+    write_new(path, &key.to_text(), 0o600)?;
+    write_new(public, &key.public().to_text(), 0o644)?;
+    Ok(key.public())
+}
+
+/// Writes `text` to `path` with `mode`, durably, only if `path` does not exist: the text goes to
+/// a temporary name, is flushed, and is linked into place (link(2) never replaces a file).
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), KeyFileError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -45,13 +66,14 @@ pub fn generate(path: &Path) -> Result<(), KeyFileError> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(tmp)?;
-        file.write_all(key.to_hex().as_bytes())?;
+        // The umask may have narrowed the mode; a public key must stay readable.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(text.as_bytes())?;
         file.sync_all()
     };
     write(&tmp).map_err(|e| KeyFileError::Write(path.to_owned(), e))?;
-    // link(2) fails with EEXIST instead of replacing: an existing key is never lost.
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -63,15 +85,31 @@ pub fn generate(path: &Path) -> Result<(), KeyFileError> {
     }
 }
 
-/// Reads a key file, refusing one that group or others can read.
+/// Reads an agent key file, refusing one that group or others can read.
 pub fn load(path: &Path) -> Result<AgentKey, KeyFileError> {
+    let text = read_secret(path)?;
+    AgentKey::from_hex(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+}
+
+/// Reads the controller's signing key file, refusing one that group or others can read.
+pub fn load_controller(path: &Path) -> Result<ControllerKey, KeyFileError> {
+    let text = read_secret(path)?;
+    ControllerKey::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+}
+
+/// Reads the controller's public key file.
+pub fn load_public(path: &Path) -> Result<ControllerPub, KeyFileError> {
+    let text = fs::read_to_string(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))?;
+    ControllerPub::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+}
+
+fn read_secret(path: &Path) -> Result<String, KeyFileError> {
     let meta = fs::metadata(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions(path.to_owned(), mode));
     }
-    let text = fs::read_to_string(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))?;
-    AgentKey::from_hex(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+    fs::read_to_string(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<(), KeyFileError> {
@@ -118,5 +156,35 @@ mod tests {
         assert!(load(&path).is_ok());
         fs::write(&path, "zz").unwrap();
         assert!(matches!(load(&path), Err(KeyFileError::Parse(..))));
+    }
+
+    #[test]
+    fn controller_keys_are_a_private_signing_key_and_a_public_key_never_confused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = (
+            dir.path().join("controller.key"),
+            dir.path().join("controller.pub"),
+        );
+        let made = generate_controller(&key, &public).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&key), mode(&public)), (0o600, 0o644));
+        assert_eq!(load_controller(&key).unwrap().public(), made);
+        assert_eq!(load_public(&public).unwrap(), made);
+        // Each loader refuses the others' files: a signing key never passes for a public key.
+        assert!(matches!(load_public(&key), Err(KeyFileError::Parse(..))));
+        assert!(matches!(load(&key), Err(KeyFileError::Parse(..))));
+        assert!(matches!(
+            load_controller(&public),
+            Err(KeyFileError::Permissions(..))
+        ));
+        assert!(matches!(
+            generate_controller(&key, &dir.path().join("new.pub")),
+            Err(KeyFileError::Exists(_))
+        ));
+        assert!(matches!(
+            generate_controller(&dir.path().join("new.key"), &public),
+            Err(KeyFileError::Exists(_))
+        ));
+        assert!(!dir.path().join("new.key").exists());
     }
 }

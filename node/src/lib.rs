@@ -7,12 +7,15 @@
 //! - [`backup`]: the business-file backup format: create, choose, verify, extract;
 //! - [`agent_config`]: the schema of the agent's baked-in `agent.toml`;
 //! - [`zstd`]: a pure-Rust reader of multi-frame zstd streams (backups and images);
+//! - [`admission`]: per-peer and total connection limits for listeners anyone can reach;
 //! - [`random`]: random bytes from the kernel;
 //! - [`rescue_entry`]: the rescue kernel as a boot entry on the node's ESP, booted once.
 //!
-//! It holds no network code and no knowledge of the repair: the agent and controller own those.
+//! It speaks no network protocol and knows nothing of the repair: the agent and controller own
+//! those.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod agent_config;
 pub mod backup;
 pub mod flag_store;

@@ -590,9 +590,10 @@ impl CommandOpener {
         }
     }
 
-    /// Whether a command has been authenticated on this connection.
+    /// Whether a command of this connection's session has been accepted: proof that the peer
+    /// holds the controller's key now (a `Hello` proves nothing, it may be a recording).
     pub fn authenticated(&self) -> bool {
-        self.session.is_some()
+        self.last_counter > 0
     }
 
     /// Verifies a command and checks it is fresh and meant for this boot and session. `Hello` is

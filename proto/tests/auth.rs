@@ -347,7 +347,7 @@ fn hello_works_before_the_boot_id_is_known_and_opens_a_session() {
     let (request, reply_to) = agent.open(&frame(&bytes)).unwrap();
     assert_eq!(request, Request::Hello);
     let hello = agent.begin(0x1234);
-    assert!(agent.authenticated());
+    assert!(!agent.authenticated(), "a Hello may be a recording");
     assert_eq!(
         (hello.boot_id, hello.session, hello.next_counter),
         (BOOT, 0x1234, 1)
@@ -357,7 +357,14 @@ fn hello_works_before_the_boot_id_is_known_and_opens_a_session() {
         .unwrap();
     assert_eq!(
         wait.open_reply(&key(1), &frame(&reply)).unwrap(),
-        Response::Hello(hello)
+        Response::Hello(hello.clone())
+    );
+    let mut client = CommandSealer::new(signer(1), &hello);
+    let (bytes, _) = client.seal(&Request::GetStatus).unwrap();
+    agent.open(&frame(&bytes)).unwrap();
+    assert!(
+        agent.authenticated(),
+        "a command of the session proves the key"
     );
     // A Hello signed by another key is still refused.
     let (bytes, _) = seal_hello(&signer(3), 1).unwrap();

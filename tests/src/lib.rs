@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lazarus_proto::AgentKey;
+use lazarus_proto::{AgentKey, ControllerKey};
 
 /// The host's address on the lab network.
 pub const HOST_IP: &str = "10.77.0.1";
@@ -69,19 +69,45 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-/// The kernel, the static agent, a cluster key and the initramfs built from them.
+/// The kernel, the static agent, the lab's keys and the rescue images built from them: the
+/// public base (the controller's public key only) and a node's image (the base with the lab's
+/// agent key appended as a part, as on a node's rescue medium).
 pub struct Artifacts {
     pub vmlinuz: PathBuf,
     /// The unpacked kernel package (for building more initramfs images).
     pub kernel_dir: PathBuf,
+    /// The public base image.
+    pub base: PathBuf,
+    /// The node's image: the base, then its part (the agent key).
     pub initramfs: PathBuf,
+    /// The controller's signing key and its file (`controller.pub` beside it).
+    pub signing: ControllerKey,
+    pub signing_path: PathBuf,
+    pub public_path: PathBuf,
+    /// The agent key every lab node's medium holds, and its file.
     pub key: AgentKey,
     pub key_path: PathBuf,
     pub initramfs_bytes: u64,
     pub agent_bytes: u64,
 }
 
-/// Fetches the kernel (through apt, once), builds the static agent and the initramfs into `dir`.
+impl Artifacts {
+    /// A folder of agent keys for the controller (`[controller] agent_keys`): `<node>.key` for
+    /// each of `nodes`, each the lab's agent key.
+    pub fn agent_keys(&self, dir: &Path, nodes: &[&str]) -> anyhow::Result<PathBuf> {
+        let keys = dir.join("agents");
+        std::fs::create_dir_all(&keys)?;
+        for node in nodes {
+            let path = keys.join(format!("{node}.key"));
+            if !path.exists() {
+                std::fs::copy(&self.key_path, &path)?;
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Fetches the kernel (through apt, once), builds the static agent and the images into `dir`.
 pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
     std::fs::create_dir_all(dir)?;
     let kernel_dir = std::env::var_os("LAZARUS_KERNEL_DIR")
@@ -99,24 +125,37 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
         "lazarus-agent",
         "lazarus-agent",
     )?;
-    let key_path = dir.join("cluster.key");
+    let (signing_path, public_path) = (dir.join("controller.key"), dir.join("controller.pub"));
+    if !signing_path.exists() {
+        lazarus_node::keyfile::generate_controller(&signing_path, &public_path)?;
+    }
+    let key_path = dir.join("node.key");
     if !key_path.exists() {
         lazarus_node::keyfile::generate(&key_path)?;
     }
     let key = lazarus_node::keyfile::load(&key_path)?;
-    let initramfs = dir.join("initramfs.gz");
+    let base = dir.join("base.gz");
     std::fs::write(dir.join("kernel-dir"), kernel_dir.display().to_string())?;
     let report = lazarus_initramfs::build(&lazarus_initramfs::BuildOptions {
         kernel_dir,
         agent: agent.clone(),
-        key_file: key_path.clone(),
+        controller_pub: public_path.clone(),
         config: None,
-        output: initramfs.clone(),
+        output: base.clone(),
     })?;
+    // The kernel reads concatenated archives: the node's image is the base, then its part.
+    let initramfs = dir.join("initramfs.img");
+    let mut image = std::fs::read(&base)?;
+    image.extend(lazarus_initramfs::agent_part(&key));
+    std::fs::write(&initramfs, image)?;
     Ok(Artifacts {
         vmlinuz,
-        kernel_dir: kernel_dir_for(&initramfs),
+        kernel_dir: kernel_dir_for(&base),
+        base,
         initramfs,
+        signing: lazarus_node::keyfile::load_controller(&signing_path)?,
+        signing_path,
+        public_path,
         key,
         key_path,
         initramfs_bytes: report.compressed_bytes,
@@ -441,7 +480,7 @@ pub fn rescue_media(art: &Artifacts, dir: &Path) -> anyhow::Result<PathBuf> {
 /// acknowledges it and returns it with the address it came from.
 pub fn receive_ready(
     ns: &Netns,
-    key: &AgentKey,
+    art: &Artifacts,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<(lazarus_proto::Ready, SocketAddr)>>> {
     use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
     let listener = ns
@@ -449,13 +488,13 @@ pub fn receive_ready(
             std::net::TcpListener::bind(format!("{HOST_IP}:{}", lazarus_proto::CONTROLLER_PORT))
         })?
         .context("binding the Ready port")?;
-    let key = key.clone();
+    let (key, signing) = (art.key.clone(), art.signing.clone());
     Ok(std::thread::spawn(move || {
         let (mut s, peer) = listener.accept()?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let frame = read_frame(&mut s)?;
-        let (_, body, reply) = AnnounceOpener::default().open(&key, &frame)?;
-        write_frame(&mut s, &reply.seal_ack(&key)?)?;
+        let (_, _, body, reply) = AnnounceOpener::default().open(&key, &frame)?;
+        write_frame(&mut s, &reply.seal_ack(&signing)?)?;
         match body {
             lazarus_proto::Response::Ready(r) => Ok((r, peer)),
             other => bail!("not a Ready: {other:?}"),

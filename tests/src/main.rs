@@ -57,10 +57,11 @@ fn up() -> anyhow::Result<()> {
         export.display()
     );
     println!(
-        "kernel {} initramfs {} ({} bytes) key {}",
+        "kernel {} initramfs {} (base {} bytes, then the node's part) signing key {} agent key {}",
         art.vmlinuz.display(),
         art.initramfs.display(),
         art.initramfs_bytes,
+        art.signing_path.display(),
         art.key_path.display()
     );
     println!("boot a node: ip netns exec lazarus-lab qemu-system-x86_64 -accel tcg -m 512 -nographic -no-reboot \\");

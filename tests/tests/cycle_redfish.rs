@@ -190,7 +190,8 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     std::fs::write(
         &config,
         format!(
-            "[controller]\napi = \"{api}\"\nready = \"{HOST_IP}:7461\"\nkey_file = \"{key}\"\n\
+            "[controller]\napi = \"{api}\"\nready = \"{HOST_IP}:7461\"\nsigning_key = \"{signing}\"\n\
+             agent_keys = \"{agents}\"\n\
              media = {{ listen = \"{HOST_IP}:7480\", dir = \"{media}\" }}\n\n\
              [policy]\nhealth_interval = \"2s\"\nhealth_timeout = \"1500ms\"\nfailure_threshold = 2\n\
              recovery_threshold = 1\npoll_interval = \"2s\"\n\n\
@@ -198,7 +199,8 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
              [nfs]\nserver = \"{HOST_IP}\"\nexport = \"/export\"\n\n\
              [images.worker]\npath = \"images/worker.img\"\nformat = \"raw\"\nsize = {image_len}\n\
              sha256 = \"{image_sha}\"\nbmap = {{ path = \"images/worker.img.bmap\", sha256 = \"{bmap_sha}\" }}\n{nodes}",
-            key = art.key_path.display(),
+            signing = art.signing_path.display(),
+            agents = art.agent_keys(dir, &["w1", "s1"]).unwrap().display(),
             media = media.display(),
             hook = hook.display(),
         ),

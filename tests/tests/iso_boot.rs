@@ -42,7 +42,7 @@ fn boots_to_ready(name: &str, firmware: Firmware) {
     for as_disk in [false, true] {
         let how = if as_disk { "disk" } else { "cd" };
         let ns = Netns::create(&format!("lz-{name}-{how}-{}", std::process::id())).unwrap();
-        let ready = receive_ready(&ns, &art.key).unwrap();
+        let ready = receive_ready(&ns, &art).unwrap();
         let vm = Vm::boot(
             &ns,
             dir,

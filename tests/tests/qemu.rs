@@ -127,7 +127,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     let _nfs = Nfs::start(&ns, dir, export).unwrap();
 
     // The controller's side of Ready: listen inside the namespace.
-    let ready = receive_ready(&ns, &art.key).unwrap();
+    let ready = receive_ready(&ns, &art).unwrap();
 
     let mut vm = Vm::boot(
         &ns,
@@ -172,9 +172,11 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
     assert_eq!(ready.flag.as_ref().map(|f| f.state), Some(FlagState::None));
 
     let addr: SocketAddr = format!("{GUEST_IP}:{AGENT_PORT}").parse().unwrap();
-    let key = art.key.clone();
+    let (signing, key) = (art.signing.clone(), art.key.clone());
     let mut c = ns
-        .enter(move || AgentClient::connect(&addr.to_string(), key, Duration::from_secs(60)))
+        .enter(move || {
+            AgentClient::connect(&addr.to_string(), signing, key, Duration::from_secs(60))
+        })
         .unwrap()
         .unwrap();
     assert_eq!(c.boot_id(), ready.boot_id);

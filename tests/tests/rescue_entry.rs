@@ -100,7 +100,7 @@ fn the_rescue_entry_boots_once_when_armed_from_the_running_node_and_never_by_def
     assert!(out.contains("lazarus-rescue.conf"), "{out}");
 
     // 2. Rebooted by its own system, it starts the rescue agent, which announces itself.
-    let ready = receive_ready(&ns, &art.key).unwrap();
+    let ready = receive_ready(&ns, &art).unwrap();
     vm.guest_spawn(&["/usr/bin/systemctl", "reboot"], agent_timeout)
         .unwrap();
     assert!(

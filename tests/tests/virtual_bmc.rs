@@ -120,7 +120,7 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
     });
 
     // 2. Fenced, then booted into the rescue ISO once: the agent announces Ready.
-    let ready = receive_ready(&ns, &art.key).unwrap();
+    let ready = receive_ready(&ns, &art).unwrap();
     {
         let b = bmc.clone();
         in_ns(Box::new(move || {

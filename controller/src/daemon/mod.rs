@@ -40,8 +40,8 @@ pub enum DaemonError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Store(#[from] StateStoreError),
-    #[error("cluster key: {0}")]
-    Key(#[from] lazarus_node::keyfile::KeyFileError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeysError),
     #[error("listening on {0} for Ready: {1}")]
     ListenReady(SocketAddr, std::io::Error),
     #[error("listening on {0} for the API: {1}")]
@@ -55,7 +55,7 @@ pub enum DaemonError {
 /// Runs the daemon until the process is stopped.
 pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     let cluster = Arc::new(Cluster::load(config)?);
-    let key = lazarus_node::keyfile::load(&cluster.controller.key_file)?;
+    let keys = crate::keys::Keys::load(&cluster)?;
     let store = Arc::new(Store::open(data_dir)?);
     let policy = RepairPolicy::from_cluster(&cluster);
     let mut state = store
@@ -67,7 +67,7 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         state: state.clone(),
         ..Shared::default()
     }));
-    let pool = Arc::new(AgentPool::new(key.clone()));
+    let pool = Arc::new(AgentPool::new(keys));
     let (tx, rx) = channel::<Event>();
 
     let ready = TcpListener::bind(cluster.controller.ready)
@@ -89,8 +89,13 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         );
     }
     {
-        let (cluster, pool, tx) = (cluster.clone(), pool.clone(), tx.clone());
-        std::thread::spawn(move || ready::listen(ready, &cluster, &key, &pool, &tx));
+        let listener = Arc::new(ready::ReadyListener::new(
+            cluster.clone(),
+            pool.clone(),
+            store.clone(),
+            tx.clone(),
+        )?);
+        std::thread::spawn(move || listener.listen(ready));
     }
     {
         let (cluster, shared, tx) = (cluster.clone(), shared.clone(), tx.clone());

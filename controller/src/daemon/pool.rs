@@ -1,18 +1,17 @@
 //! The agent connections: where each node's agent answers (learnt from its `Ready`) and one
-//! authenticated connection per agent, reused and used by one caller at a time. Two clients
-//! saying `Hello` at once would be given the same counter, and the second's command would be
-//! refused as a replay.
+//! authenticated connection per agent (its own session), reused and used by one caller at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazarus_proto::{AgentKey, Request, Response, Status};
+use lazarus_proto::{Request, Response, Status};
 
 use super::shared::lock;
 use crate::agent_client::{AgentClient, ClientError};
 use crate::cluster::Node;
+use crate::keys::Keys;
 
 /// How long connecting to an agent and each of its answers may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,7 +19,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The controller's connections to agents.
 #[derive(Debug)]
 pub struct AgentPool {
-    key: AgentKey,
+    keys: Keys,
     /// Where each node's agent answers (from its `Ready`).
     addrs: Mutex<HashMap<String, SocketAddr>>,
     /// One connection slot per node.
@@ -30,9 +29,9 @@ pub struct AgentPool {
 }
 
 impl AgentPool {
-    pub fn new(key: AgentKey) -> Self {
+    pub fn new(keys: Keys) -> Self {
         Self {
-            key,
+            keys,
             addrs: Mutex::default(),
             clients: Mutex::default(),
             polling: Mutex::default(),
@@ -71,11 +70,17 @@ impl AgentPool {
         loop {
             let c = match client.as_mut() {
                 Some(c) => c,
-                None => client.insert(AgentClient::connect(
-                    &addr,
-                    self.key.clone(),
-                    AGENT_TIMEOUT,
-                )?),
+                None => {
+                    let agent_key = self.keys.agent(&n.name).cloned().ok_or_else(|| {
+                        ClientError::Unexpected(self.addr(n), "no agent key for this node".into())
+                    })?;
+                    client.insert(AgentClient::connect(
+                        &addr,
+                        self.keys.signing.clone(),
+                        agent_key,
+                        AGENT_TIMEOUT,
+                    )?)
+                }
             };
             match c.call(request) {
                 Ok(r) => return Ok(r),
@@ -91,6 +96,11 @@ impl AgentPool {
                 }
             }
         }
+    }
+
+    /// The controller's keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// Sends a command whose answer is a `Status`.

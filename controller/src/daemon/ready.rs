@@ -1,73 +1,148 @@
-//! The `Ready` listener: accepts agents' authenticated announcements, matches each to a node by
-//! MAC or system UUID, acknowledges it, records where the agent answers and tells the event loop.
-//! An announcement that does not authenticate or matches no node is logged and dropped.
+//! The `Ready` listener: accepts agents' announcements, each on a thread of its own (at most
+//! [`MAX_CONNECTIONS`], [`MAX_PER_PEER`] from one address, the oldest waiting one shut down to
+//! make room), each frame due whole within [`FRAME_DEADLINE`] of the accept: one peer trickling
+//! bytes, or forty, holds up no agent's `Ready`.
+//!
+//! An announcement is matched to a node by MAC or system UUID (read before it is authenticated,
+//! only to choose the key), then authenticated under that node's agent key; its counter must rise
+//! above the last one accepted for its boot, a floor kept in the store so a controller restart
+//! does not reopen old announcements. Only then is it acknowledged (signed), recorded and passed
+//! to the event loop. Anything else is logged and dropped.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use lazarus_proto::frame::{read_frame, write_frame, AnnounceOpener};
-use lazarus_proto::{AgentKey, Ready, Response};
+use lazarus_node::admission::Admission;
+use lazarus_proto::frame::{read_frame_before, write_frame, AnnounceOpener, RECENT_BOOTS};
+use lazarus_proto::{BootId, Ready, Response};
 
 use super::pool::AgentPool;
+use super::shared::lock;
 use crate::cluster::{Cluster, Node};
 use crate::repair::Event;
+use crate::store::Store;
 
-/// How long an announcing agent may take to send its frame.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Announcements being received at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Announcements from one address at once.
+pub const MAX_PER_PEER: usize = 8;
+/// Time an announcing agent has, from its connection, to send its whole frame.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves `listener` until the event loop is gone.
-pub fn listen(
-    listener: TcpListener,
-    cluster: &Cluster,
-    key: &AgentKey,
-    pool: &AgentPool,
-    tx: &Sender<Event>,
-) {
-    let mut opener = AnnounceOpener::default();
-    for conn in listener.incoming() {
-        let Ok(mut s) = conn else { continue };
-        let _ = s.set_read_timeout(Some(READ_TIMEOUT));
-        let peer = s.peer_addr().ok();
-        let frame = match read_frame(&mut s) {
+/// What every announcement thread shares.
+pub struct ReadyListener {
+    pub cluster: Arc<Cluster>,
+    pub pool: Arc<AgentPool>,
+    pub store: Arc<Store>,
+    pub tx: Sender<Event>,
+    opener: Mutex<AnnounceOpener>,
+}
+
+impl ReadyListener {
+    /// The listener's state, its replay floors loaded from the store.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        pool: Arc<AgentPool>,
+        store: Arc<Store>,
+        tx: Sender<Event>,
+    ) -> Result<Self, crate::store::StateStoreError> {
+        let mut opener = AnnounceOpener::default();
+        for (boot, counter) in store.announced()? {
+            opener.remember(BootId(boot), counter);
+        }
+        Ok(Self {
+            cluster,
+            pool,
+            store,
+            tx,
+            opener: Mutex::new(opener),
+        })
+    }
+
+    /// Serves `listener` for as long as the process runs.
+    pub fn listen(self: Arc<Self>, listener: TcpListener) {
+        let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_PEER);
+        for conn in listener.incoming() {
+            let Ok(stream) = conn else { continue };
+            let accepted = Instant::now();
+            let Ok(peer) = stream.peer_addr() else {
+                continue;
+            };
+            let Some(ticket) = admission.admit(peer.ip(), &stream) else {
+                continue;
+            };
+            let this = self.clone();
+            std::thread::spawn(move || {
+                this.receive(stream, peer, accepted);
+                drop(ticket);
+            });
+        }
+    }
+
+    fn receive(&self, mut s: TcpStream, peer: SocketAddr, accepted: Instant) {
+        let _ = s.set_write_timeout(Some(FRAME_DEADLINE));
+        let frame = match read_frame_before(&mut s, accepted + FRAME_DEADLINE) {
             Ok(f) => f,
             Err(e) => {
-                log::warn!("Ready from {peer:?}: {e}");
-                continue;
+                log::warn!("Ready from {peer}: {e}");
+                return;
             }
         };
-        let (boot_id, body, reply) = match opener.open(key, &frame) {
-            Ok(x) => x,
+        // Unauthenticated: only to find whose key to check it with.
+        let claimed = match frame.peek_announce() {
+            Ok(Response::Ready(ready)) => ready,
+            Ok(_) => return,
             Err(e) => {
-                log::warn!("ignoring an announcement from {peer:?}: {e}");
-                continue;
+                log::warn!("Ready from {peer}: {e}");
+                return;
             }
         };
-        let Response::Ready(ready) = body else {
-            continue;
-        };
-        let _ = reply.seal_ack(key).map(|ack| write_frame(&mut s, &ack));
-        let Some(n) = matching_node(cluster, &ready) else {
+        let Some(n) = matching_node(&self.cluster, &claimed) else {
             log::warn!(
-                "Ready from an unknown machine {peer:?} (MACs {:?})",
-                ready.identity.macs
+                "Ready from an unknown machine {peer} (MACs {:?})",
+                claimed.identity.macs
             );
-            continue;
+            return;
         };
-        let ip: IpAddr = ready
-            .identity
-            .address
-            .or(peer.map(|p| p.ip()))
-            .unwrap_or(n.rescue.address);
-        log::info!("{}: agent ready at {ip} (boot {boot_id})", n.name);
-        pool.set_addr(&n.name, SocketAddr::new(ip, lazarus_proto::AGENT_PORT));
-        let event = Event::AgentReady {
-            node: n.name.to_string(),
-            boot_id,
+        let Some(key) = self.pool.keys().agent(&n.name) else {
+            return;
         };
-        if tx.send(event).is_err() {
+        let (boot_id, counter, body, reply) = {
+            let mut opener = lock(&self.opener);
+            match opener.open(key, &frame) {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("ignoring an announcement for {} from {peer}: {e}", n.name);
+                    return;
+                }
+            }
+        };
+        if let Err(e) = self
+            .store
+            .record_announce(&boot_id.0, counter, RECENT_BOOTS)
+        {
+            log::error!("recording {}'s announcement: {e}; not acting on it", n.name);
             return;
         }
+        let Response::Ready(ready) = body else {
+            return;
+        };
+        match reply.seal_ack(&self.pool.keys().signing) {
+            Ok(ack) => {
+                let _ = write_frame(&mut s, &ack);
+            }
+            Err(e) => log::warn!("acknowledging {}'s Ready: {e}", n.name),
+        }
+        let ip: IpAddr = ready.identity.address.unwrap_or(peer.ip());
+        log::info!("{}: agent ready at {ip} (boot {boot_id})", n.name);
+        self.pool
+            .set_addr(&n.name, SocketAddr::new(ip, lazarus_proto::AGENT_PORT));
+        let _ = self.tx.send(Event::AgentReady {
+            node: n.name.to_string(),
+            boot_id,
+        });
     }
 }
 

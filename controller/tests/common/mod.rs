@@ -64,9 +64,14 @@ pub fn serve(config: &Path, data: &Path, log: &Path) -> Child {
 #[allow(unused_imports)]
 pub use lazarus_testkit::{is_root, noise, sha, Loop};
 
-/// A lab folder: key, export dir (the "NFS export"), work dir.
+/// A lab folder: the controller's keys, an agent key, export dir (the "NFS export"), work dir.
 pub struct Lab {
     pub dir: tempfile::TempDir,
+    /// The controller's signing key file, and its public key file.
+    pub signing_path: PathBuf,
+    pub public_path: PathBuf,
+    pub signing: ControllerKey,
+    /// The agent key of the lab's agents.
     pub key_path: PathBuf,
     pub key: AgentKey,
     pub export: PathBuf,
@@ -75,17 +80,43 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let key_path = dir.path().join("cluster.key");
+        let (signing_path, public_path) = (
+            dir.path().join("controller.key"),
+            dir.path().join("controller.pub"),
+        );
+        lazarus_node::keyfile::generate_controller(&signing_path, &public_path).unwrap();
+        let key_path = dir.path().join("agent.key");
         lazarus_node::keyfile::generate(&key_path).unwrap();
         let key = lazarus_node::keyfile::load(&key_path).unwrap();
         let export = dir.path().join("export");
         std::fs::create_dir_all(export.join("images")).unwrap();
         Self {
+            signing: lazarus_node::keyfile::load_controller(&signing_path).unwrap(),
             dir,
+            signing_path,
+            public_path,
             key_path,
             key,
             export,
         }
+    }
+
+    /// `[controller]` key lines for a cluster file: the signing key, and an agent-key folder
+    /// holding the lab's agent key for each of `nodes`.
+    pub fn key_config(&self, nodes: &[&str]) -> String {
+        let dir = self.path("agents");
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in nodes {
+            let path = dir.join(format!("{n}.key"));
+            if !path.exists() {
+                std::fs::copy(&self.key_path, path).unwrap();
+            }
+        }
+        format!(
+            "signing_key = \"{}\"\nagent_keys = \"{}\"\n",
+            self.signing_path.display(),
+            dir.display()
+        )
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -97,6 +128,8 @@ impl Lab {
         let mut cmd = Command::new(agent_bin());
         cmd.args(["serve", "--host", "--listen", "127.0.0.1:0", "--key-file"])
             .arg(&self.key_path)
+            .arg("--controller-pub")
+            .arg(&self.public_path)
             .arg("--workdir")
             .arg(self.path("work"))
             .arg("--export-dir")
@@ -131,7 +164,13 @@ impl Lab {
     }
 
     pub fn client(&self, agent: &AgentProc) -> AgentClient {
-        AgentClient::connect(&agent.addr, self.key.clone(), Duration::from_secs(10)).unwrap()
+        AgentClient::connect(
+            &agent.addr,
+            self.signing.clone(),
+            self.key.clone(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
     }
 
     /// A formatted flag file `NAME` in the lab folder.

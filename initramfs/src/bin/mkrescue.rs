@@ -1,4 +1,5 @@
-//! `lazarus-mkrescue --kernel VMLINUZ --initrd BASE [--initrd PART]... [--cmdline TEXT] -o OUT.iso`:
+//! `lazarus-mkrescue --kernel VMLINUZ --initrd BASE [--initrd PART]... [--agent-key FILE]
+//! [--cmdline TEXT] -o OUT.iso`:
 //! rescue media from an already built kernel and initramfs, so a per-node or per-repair medium
 //! (its own command line, an appended cpio) needs no rebuild of the base.
 
@@ -17,6 +18,9 @@ struct Cli {
     /// Initramfs archives in load order: the base image first, then per-node parts.
     #[arg(long, required = true)]
     initrd: Vec<PathBuf>,
+    /// A node's agent key: its part goes after the other archives (a node's medium).
+    #[arg(long)]
+    agent_key: Option<PathBuf>,
     /// The kernel command line.
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
@@ -30,12 +34,24 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    match build_iso(&IsoOptions {
+    let mut initrds = cli.initrd;
+    // The part lives next to the output only while the image is made.
+    let part = cli.output.with_extension("part.tmp");
+    if let Some(key) = &cli.agent_key {
+        if let Err(e) = lazarus_initramfs::write_agent_part(key, &part) {
+            eprintln!("lazarus-mkrescue: {e}");
+            return ExitCode::from(2);
+        }
+        initrds.push(part.clone());
+    }
+    let made = build_iso(&IsoOptions {
         kernel: cli.kernel,
-        initrds: cli.initrd,
+        initrds,
         cmdline: cli.cmdline,
         output: cli.output.clone(),
-    }) {
+    });
+    let _ = std::fs::remove_file(&part);
+    match made {
         Ok(r) => {
             println!("wrote {} ({} bytes)", cli.output.display(), r.bytes);
             ExitCode::SUCCESS
