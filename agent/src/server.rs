@@ -79,7 +79,16 @@ pub fn serve(listener: TcpListener, agent: Arc<Agent>, keys: Keys) -> std::io::R
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
+                // Wait for the next connection (accepted at once), or look at Reboot again.
+                let mut fds = [rustix::event::PollFd::new(
+                    &listener,
+                    rustix::event::PollFlags::IN,
+                )];
+                let wait = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                };
+                let _ = rustix::event::poll(&mut fds, Some(&wait));
             }
             Err(e) => {
                 log::warn!("accept: {e}");
