@@ -6,12 +6,11 @@
 //! - `manual`: the controller alerts a person to do it;
 //! - `redfish`: virtual media and a one-time boot override through the BMC ([`crate::redfish`]).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::{BootProvider, Node};
 use crate::command::CommandError;
-use crate::redfish::RedfishError;
+use crate::redfish::{Bmc, BmcOptions, PasswordFileError, RedfishError, Trust};
 
 /// Why a provider could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +19,8 @@ pub enum ProviderError {
     NoPowerOff,
     #[error(transparent)]
     Command(#[from] CommandError),
-    #[error("reading the BMC password {0}: {1}")]
-    Password(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Password(#[from] PasswordFileError),
     #[error("Redfish {0}: {1}")]
     Redfish(String, Box<RedfishError>),
 }
@@ -64,36 +63,43 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
             username,
             password_file,
             image_url,
+            ca_file,
             insecure,
+            insecure_http,
             cold_boot_after_detach,
         } => {
             let password = match password_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| ProviderError::Password(f.clone(), e))?
-                        .trim_end()
-                        .to_string(),
-                ),
+                Some(f) => Some(crate::redfish::read_password_file(f)?),
                 None => None,
             };
-            let bmc = crate::redfish::Bmc {
-                endpoint: endpoint.trim_end_matches('/').to_string(),
+            let trust = match (ca_file, insecure) {
+                (_, true) => Trust::Insecure,
+                (Some(f), false) => Trust::CaFile(f.clone()),
+                (None, false) => Trust::PublicRoots,
+            };
+            let redfish_error = |e| ProviderError::Redfish(endpoint.clone(), Box::new(e));
+            let bmc = Bmc::new(&BmcOptions {
+                endpoint: endpoint.clone(),
                 system: system.clone(),
                 auth: username.clone().map(|u| (u, password.unwrap_or_default())),
-                insecure: *insecure,
-            };
+                trust,
+                insecure_http: *insecure_http,
+            })
+            .map_err(redfish_error)?;
+            // One deadline for the whole operation: a cold boot after detach included.
+            let bmc = bmc.within(timeout);
             match op {
-                Op::PowerOff => bmc.power_off(timeout),
+                Op::PowerOff => bmc.power_off(),
                 Op::Attach => bmc.attach(image_url),
                 Op::Detach => bmc.detach().and_then(|()| {
                     if *cold_boot_after_detach {
-                        bmc.power_off(timeout)?;
+                        bmc.power_off()?;
                         bmc.power_on()?;
                     }
                     Ok(())
                 }),
             }
-            .map_err(|e| ProviderError::Redfish(bmc.endpoint.clone(), Box::new(e)))?;
+            .map_err(redfish_error)?;
             Ok(None)
         }
     }
