@@ -340,10 +340,20 @@ impl Operation<'_> {
             }
             let state = answer.body["TaskState"].as_str().unwrap_or("");
             if matches!(state, "Exception" | "Killed" | "Cancelled") {
+                let messages: Vec<&str> = answer.body["Messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["Message"].as_str())
+                    .collect();
                 return Err(RequestError::Task {
                     url,
                     state: state.into(),
-                    message: message(&answer.body),
+                    message: if messages.is_empty() {
+                        message(&answer.body)
+                    } else {
+                        messages.join("; ")
+                    },
                 });
             }
             return Ok(answer);
@@ -373,7 +383,11 @@ impl Operation<'_> {
         };
         for attempt in 0..ATTEMPTS {
             if attempt > 0 && !self.pause(Duration::from_millis(500 << attempt.min(4))) {
-                return Err(self.deadline_error(method, &url, &format!("; last try: {last}")));
+                let cause = match &last {
+                    RequestError::Transport { source, .. } => source.to_string(),
+                    _ => "503 (BMC busy)".into(),
+                };
+                return Err(self.deadline_error(method, &url, &format!("; last try: {cause}")));
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

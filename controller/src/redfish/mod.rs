@@ -63,7 +63,7 @@ pub enum RedfishError {
     Insert {
         image: String,
         device: String,
-        source: RequestError,
+        source: Box<RequestError>,
     },
     #[error("setting the boot override: {0}")]
     BootOverride(#[source] RequestError),
@@ -194,7 +194,7 @@ impl Operation<'_> {
         .map_err(|source| RedfishError::Insert {
             image: image_url.to_string(),
             device: cd.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let boot = json!({ "Boot": { "BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once" } });
         self.ok(Method::Patch, &self.bmc.system, Some(&boot))
