@@ -438,7 +438,7 @@ impl Cluster {
             } = &n.boot
             {
                 crate::redfish::Origin::parse(endpoint.trim_end_matches('/'), *insecure_http)
-                    .map_err(|e| (key("boot.endpoint"), format!("{}: {e}", n.name)))?;
+                    .map_err(|e| (key("boot.endpoint"), format!("node {}: {e}", n.name)))?;
                 if ca_file.is_some() && *insecure {
                     return Err((
                         key("boot.ca_file"),

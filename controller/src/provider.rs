@@ -17,6 +17,8 @@ use crate::redfish::{Bmc, BmcOptions, PasswordFileError, RedfishError, Trust};
 pub enum ProviderError {
     #[error("no power_off command")]
     NoPowerOff,
+    #[error("not a redfish provider")]
+    NotRedfish,
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]
@@ -59,34 +61,12 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
         })),
         BootProvider::Redfish {
             endpoint,
-            system,
-            username,
-            password_file,
             image_url,
-            ca_file,
-            insecure,
-            insecure_http,
             cold_boot_after_detach,
+            ..
         } => {
-            let password = match password_file {
-                Some(f) => Some(crate::redfish::read_password_file(f)?),
-                None => None,
-            };
-            let trust = match (ca_file, insecure) {
-                (_, true) => Trust::Insecure,
-                (Some(f), false) => Trust::CaFile(f.clone()),
-                (None, false) => Trust::PublicRoots,
-            };
-            let redfish_error = |e| ProviderError::Redfish(endpoint.clone(), Box::new(e));
-            let bmc = Bmc::new(&BmcOptions {
-                endpoint: endpoint.clone(),
-                system: system.clone(),
-                auth: username.clone().map(|u| (u, password.unwrap_or_default())),
-                trust,
-                insecure_http: *insecure_http,
-            })
-            .map_err(redfish_error)?;
             // One deadline for the whole operation: a cold boot after detach included.
+            let bmc = redfish_bmc(&node.boot)?;
             let bmc = bmc.within(timeout);
             match op {
                 Op::PowerOff => bmc.power_off(),
@@ -99,10 +79,54 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
                     Ok(())
                 }),
             }
-            .map_err(redfish_error)?;
+            .map_err(|e| ProviderError::Redfish(endpoint.clone(), Box::new(e)))?;
             Ok(None)
         }
     }
+}
+
+/// Checks, without a request, what `node`'s provider will need: a Redfish BMC's password file
+/// (a regular file only its owner can read), CA file and endpoint. The daemon calls it at
+/// start, so a bad file stops it with the file's name instead of failing a repair later.
+pub fn check(node: &Node) -> Result<(), ProviderError> {
+    match &node.boot {
+        BootProvider::Redfish { .. } => redfish_bmc(&node.boot).map(|_| ()),
+        BootProvider::Command { .. } | BootProvider::Manual => Ok(()),
+    }
+}
+
+/// A `redfish` provider's BMC, set up: password read, CA loaded, endpoint checked.
+fn redfish_bmc(boot: &BootProvider) -> Result<Bmc, ProviderError> {
+    let BootProvider::Redfish {
+        endpoint,
+        system,
+        username,
+        password_file,
+        ca_file,
+        insecure,
+        insecure_http,
+        ..
+    } = boot
+    else {
+        return Err(ProviderError::NotRedfish);
+    };
+    let password = match password_file {
+        Some(f) => Some(crate::redfish::read_password_file(f)?),
+        None => None,
+    };
+    let trust = match (ca_file, insecure) {
+        (_, true) => Trust::Insecure,
+        (Some(f), false) => Trust::CaFile(f.clone()),
+        (None, false) => Trust::PublicRoots,
+    };
+    Bmc::new(&BmcOptions {
+        endpoint: endpoint.clone(),
+        system: system.clone(),
+        auth: username.clone().map(|u| (u, password.unwrap_or_default())),
+        trust,
+        insecure_http: *insecure_http,
+    })
+    .map_err(|e| ProviderError::Redfish(endpoint.clone(), Box::new(e)))
 }
 
 fn template(argv: &[String], node: &Node) -> Vec<String> {

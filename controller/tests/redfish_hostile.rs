@@ -446,7 +446,11 @@ fn retries_and_polls_stop_at_the_operation_deadline() {
 
 /// A cluster file with one node whose Redfish BMC is `addr` and password file `password`.
 fn cluster(addr: SocketAddr, password: &std::path::Path) -> Cluster {
-    let text = format!(
+    Cluster::parse(&cluster_text(addr, password), "cluster.toml").unwrap()
+}
+
+fn cluster_text(addr: SocketAddr, password: &std::path::Path) -> String {
+    format!(
         "[controller]\nkey_file = \"/nonexistent\"\n\
          [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\n\
          [images.w]\npath = \"w.img\"\nformat = \"raw\"\nsize = 1\nsha256 = \"{zero}\"\n\
@@ -458,8 +462,7 @@ fn cluster(addr: SocketAddr, password: &std::path::Path) -> Cluster {
          image_url = \"http://127.0.0.1/rescue.iso\"\n",
         password.display(),
         zero = "0".repeat(64),
-    );
-    Cluster::parse(&text, "cluster.toml").unwrap()
+    )
 }
 
 #[test]
@@ -534,4 +537,35 @@ fn a_password_file_others_can_read_is_refused_and_nothing_is_sent() {
         seen.requests(),
         vec![format!("GET {SYSTEM} auth=Basic bGF6YXJ1czpzM2NyZXQ=")]
     );
+}
+
+#[test]
+fn serve_refuses_to_start_with_a_password_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("bmc.pass");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let listener = listen("127.0.0.1", 0);
+    let addr = listener.local_addr().unwrap();
+    let seen = serve(listener, Arc::new(|_: &str, _: &str| json(200, "{}")));
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, cluster_text(addr, &password)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("node n1")
+            && stderr.contains(&password.display().to_string())
+            && stderr.contains("mode 0644"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(seen.connections(), 0);
 }
