@@ -403,6 +403,38 @@ fn a_bmc_that_accepts_and_never_answers_fails_the_operation_at_its_deadline() {
 }
 
 #[test]
+fn a_bmc_that_trickles_its_answer_fails_the_operation_at_its_deadline() {
+    let listener = listen("127.0.0.1", 0);
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+                );
+                // One byte every 200 ms: each read is quick, the whole answer never ends.
+                while stream.write_all(b" ").is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    let budget = Duration::from_secs(2);
+    let err = fails_at_deadline(budget, || {
+        bmc_at(addr)
+            .within(budget)
+            .power_state()
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        err.contains("2s deadline passed; reading the answer"),
+        "{err}"
+    );
+}
+
+#[test]
 fn retries_and_polls_stop_at_the_operation_deadline() {
     let budget = Duration::from_secs(2);
     // Busy forever: five tries with backoff would take 15 s; the deadline stops them.

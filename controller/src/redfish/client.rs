@@ -281,9 +281,15 @@ impl Bmc {
 
     /// Starts an operation: every request, retry and poll made through it ends by `budget`.
     pub fn within(&self, budget: Duration) -> Operation<'_> {
+        let now = Instant::now();
+        // A budget past what an Instant can hold (a typo of a timeout) is a year.
+        let deadline = now
+            .checked_add(budget)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+            .unwrap_or(now);
         Operation {
             bmc: self,
-            deadline: Instant::now() + budget,
+            deadline,
             budget,
         }
     }
