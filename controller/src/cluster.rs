@@ -431,6 +431,7 @@ impl Cluster {
             }
             if let BootProvider::Redfish {
                 endpoint,
+                system,
                 ca_file,
                 insecure,
                 insecure_http,
@@ -439,6 +440,12 @@ impl Cluster {
             {
                 crate::redfish::Origin::parse(endpoint.trim_end_matches('/'), *insecure_http)
                     .map_err(|e| (key("boot.endpoint"), format!("node {}: {e}", n.name)))?;
+                if !system.starts_with('/') || system.starts_with("//") {
+                    return Err((
+                        key("boot.system"),
+                        format!("{system:?}: a path on the BMC, like /redfish/v1/Systems/1"),
+                    ));
+                }
                 if ca_file.is_some() && *insecure {
                     return Err((
                         key("boot.ca_file"),
@@ -630,6 +637,15 @@ mod tests {
         ));
         assert!(
             e.contains("nodes[0].boot.ca_file") && e.contains("contradict"),
+            "{e}"
+        );
+        let e = err(&EXAMPLE.replacen(
+            "system = \"/redfish/v1/Systems/1\"",
+            "system = \"https://elsewhere/redfish/v1/Systems/1\"",
+            1,
+        ));
+        assert!(
+            e.contains("nodes[0].boot.system") && e.contains("a path on the BMC"),
             "{e}"
         );
     }

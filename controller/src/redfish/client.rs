@@ -580,6 +580,12 @@ mod tests {
             "https://bmc:8443/redfish/v1/Systems/1"
         );
         assert!(o.join("https://BMC:8443/redfish/v1").is_ok());
+        let v6 = Origin::parse("https://[fd00::11]:8443", false).unwrap();
+        assert_eq!(
+            v6.join("/redfish/v1").unwrap(),
+            "https://[fd00::11]:8443/redfish/v1"
+        );
+        assert!(v6.join("https://[fd00::12]:8443/redfish/v1").is_err());
         for foreign in [
             "https://bmc/redfish/v1",
             "http://bmc:8443/redfish/v1",
