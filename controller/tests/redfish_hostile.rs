@@ -476,25 +476,34 @@ fn retries_and_polls_stop_at_the_operation_deadline() {
     );
 }
 
-/// A cluster file with one node whose Redfish BMC is `addr` and password file `password`.
-fn cluster(addr: SocketAddr, password: &std::path::Path) -> Cluster {
-    Cluster::parse(&cluster_text(addr, password), "cluster.toml").unwrap()
+/// The example cluster file, its node-1's Redfish BMC at `addr` (plain http) with the password
+/// file `password` and no CA file: whatever else the example holds, it stays valid.
+fn cluster_text(addr: SocketAddr, password: &std::path::Path) -> String {
+    let example = include_str!("../../docs/cluster.example.toml");
+    let mut text = example.to_string();
+    for (from, to) in [
+        (
+            "endpoint = \"https://10.71.0.11\"".to_string(),
+            format!("endpoint = \"http://{addr}\"\ninsecure_http = true"),
+        ),
+        (
+            "password_file = \"/etc/lazarus/bmc-node-1.pass\"".to_string(),
+            format!("password_file = \"{}\"", password.display()),
+        ),
+        (
+            "ca_file = \"/etc/lazarus/bmc-ca.pem\"\n".to_string(),
+            String::new(),
+        ),
+    ] {
+        assert!(text.contains(&from), "the example has no {from:?}");
+        text = text.replacen(&from, &to, 1);
+    }
+    text
 }
 
-fn cluster_text(addr: SocketAddr, password: &std::path::Path) -> String {
-    format!(
-        "[controller]\nkey_file = \"/nonexistent\"\n\
-         [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\n\
-         [images.w]\npath = \"w.img\"\nformat = \"raw\"\nsize = 1\nsha256 = \"{zero}\"\n\
-         [[nodes]]\nname = \"n1\"\nrole = \"worker\"\nmacs = [\"52:54:00:00:00:01\"]\nimage = \"w\"\n\
-         health = {{ kind = \"tcp\", target = \"127.0.0.1:1\" }}\n\
-         rescue = {{ address = \"127.0.0.9\", prefix_len = 24 }}\ndisk = {{ serial = \"X\" }}\n\
-         [nodes.boot]\nprovider = \"redfish\"\nendpoint = \"http://{addr}\"\ninsecure_http = true\n\
-         system = \"{SYSTEM}\"\nusername = \"lazarus\"\npassword_file = \"{}\"\n\
-         image_url = \"http://127.0.0.1/rescue.iso\"\n",
-        password.display(),
-        zero = "0".repeat(64),
-    )
+/// [`cluster_text`], parsed.
+fn cluster(addr: SocketAddr, password: &std::path::Path) -> Cluster {
+    Cluster::parse(&cluster_text(addr, password), "cluster.toml").unwrap()
 }
 
 #[test]
@@ -510,7 +519,7 @@ fn a_password_file_others_can_read_is_refused_and_nothing_is_sent() {
     let password = dir.path().join("bmc.pass");
     std::fs::write(&password, "s3cret\n").unwrap();
     let c = cluster(addr, &password);
-    let node = c.node("n1").unwrap();
+    let node = c.node("node-1").unwrap();
 
     for mode in [0o644, 0o640, 0o604, 0o660] {
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -551,7 +560,7 @@ fn a_password_file_others_can_read_is_refused_and_nothing_is_sent() {
         let path = dir.path().join(name);
         make(&path);
         let c = cluster(addr, &path);
-        let err = provider::run(c.node("n1").unwrap(), Op::PowerOff, BUDGET)
+        let err = provider::run(c.node("node-1").unwrap(), Op::PowerOff, BUDGET)
             .unwrap_err()
             .to_string();
         assert!(
@@ -593,7 +602,7 @@ fn serve_refuses_to_start_with_a_password_file_others_can_read() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("node n1")
+        stderr.contains("node node-1")
             && stderr.contains(&password.display().to_string())
             && stderr.contains("mode 0644"),
         "{stderr}"
