@@ -273,8 +273,15 @@ pub enum BootProvider {
         password_file: Option<PathBuf>,
         /// URL of the rescue ISO the BMC fetches.
         image_url: String,
+        /// PEM file of the CA(s) that issued the BMC's certificate: the certificate is checked
+        /// against these alone. Without it, against the public (Mozilla) roots.
+        ca_file: Option<PathBuf>,
+        /// Skip the certificate check (anyone on the path can then read the BMC's password).
         #[serde(default)]
         insecure: bool,
+        /// Accept an `http://` endpoint (the password travels in clear).
+        #[serde(default)]
+        insecure_http: bool,
         /// After ejecting the ISO and clearing the override, power the node off and on: for BMCs
         /// that apply media and boot-order changes only at the next power-on (sushy-tools'
         /// libvirt driver), where the agent's own reboot would boot the ISO again. Safe: the
@@ -426,6 +433,30 @@ impl Cluster {
                     return Err((key("health"), format!("{url}: health URLs must be http://")));
                 }
             }
+            if let BootProvider::Redfish {
+                endpoint,
+                system,
+                ca_file,
+                insecure,
+                insecure_http,
+                ..
+            } = &n.boot
+            {
+                crate::redfish::Origin::parse(endpoint.trim_end_matches('/'), *insecure_http)
+                    .map_err(|e| (key("boot.endpoint"), format!("node {}: {e}", n.name)))?;
+                if !system.starts_with('/') || system.starts_with("//") {
+                    return Err((
+                        key("boot.system"),
+                        format!("{system:?}: a path on the BMC, like /redfish/v1/Systems/1"),
+                    ));
+                }
+                if ca_file.is_some() && *insecure {
+                    return Err((
+                        key("boot.ca_file"),
+                        "ca_file and insecure = true contradict each other".into(),
+                    ));
+                }
+            }
             if let BootProvider::Command { attach, detach, .. } = &n.boot {
                 if attach.is_empty() || detach.is_empty() {
                     return Err((
@@ -464,7 +495,11 @@ fn line_of_key(text: &str, key: &str) -> usize {
             return i + 1;
         }
     }
-    1
+    // A key inside an inline table (`boot = { endpoint = … }`): the table's line.
+    match key.rsplit_once('.') {
+        Some((parent, _)) if parent.contains('.') => line_of_key(text, parent),
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -486,6 +521,13 @@ mod tests {
         assert!(
             script.contains("bootdev pxe") && script.contains("power on"),
             "{script}"
+        );
+        let Some(BootProvider::Redfish { ca_file, .. }) = c.node("node-1").map(|n| &n.boot) else {
+            panic!("node-1 has a redfish provider");
+        };
+        assert_eq!(
+            ca_file.as_deref(),
+            Some(Path::new("/etc/lazarus/bmc-ca.pem"))
         );
         // node-4's fencing arms the seed's rescue entry for one boot, then shuts the node down.
         let Some(BootProvider::Command { power_off, .. }) = c.node("node-4").map(|n| &n.boot)
@@ -542,6 +584,74 @@ mod tests {
         assert!(e.contains("controler"), "{e}");
         let e = err("this is not toml");
         assert!(e.starts_with("cluster.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn a_redfish_bmc_needs_https_unless_insecure_http() {
+        let plain = EXAMPLE.replacen(
+            "endpoint = \"https://10.71.0.11\"",
+            "endpoint = \"http://10.71.0.11\"",
+            1,
+        );
+        let e = err(&plain);
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.starts_with("cluster.toml:")
+                && e.contains("nodes[0].boot.endpoint")
+                && e.contains("node-1")
+                && e.contains("insecure_http = true"),
+            "{e}"
+        );
+        let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        assert!(
+            plain
+                .lines()
+                .nth(line - 1)
+                .unwrap()
+                .contains("http://10.71"),
+            "{e}"
+        );
+        let allowed = plain.replacen(
+            "provider = \"redfish\"",
+            "provider = \"redfish\"\ninsecure_http = true",
+            1,
+        );
+        let c = Cluster::parse(&allowed, "cluster.toml").unwrap();
+        assert!(matches!(
+            c.nodes[0].boot,
+            BootProvider::Redfish {
+                insecure_http: true,
+                ..
+            }
+        ));
+
+        let e = err(&EXAMPLE.replacen(
+            "endpoint = \"https://10.71.0.11\"",
+            "endpoint = \"https://10.71.0.11/redfish/v1\"",
+            1,
+        ));
+        assert!(
+            e.contains("nodes[0].boot.endpoint") && e.contains("no user, path"),
+            "{e}"
+        );
+        let e = err(&EXAMPLE.replacen(
+            "provider = \"redfish\"",
+            "provider = \"redfish\"\ninsecure = true",
+            1,
+        ));
+        assert!(
+            e.contains("nodes[0].boot.ca_file") && e.contains("contradict"),
+            "{e}"
+        );
+        let e = err(&EXAMPLE.replacen(
+            "system = \"/redfish/v1/Systems/1\"",
+            "system = \"https://elsewhere/redfish/v1/Systems/1\"",
+            1,
+        ));
+        assert!(
+            e.contains("nodes[0].boot.system") && e.contains("a path on the BMC"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,22 +6,23 @@
 //! - `manual`: the controller alerts a person to do it;
 //! - `redfish`: virtual media and a one-time boot override through the BMC ([`crate::redfish`]).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::{BootProvider, Node};
 use crate::command::CommandError;
-use crate::redfish::RedfishError;
+use crate::redfish::{Bmc, BmcOptions, PasswordFileError, RedfishError, Trust};
 
 /// Why a provider could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("no power_off command")]
     NoPowerOff,
+    #[error("not a redfish provider")]
+    NotRedfish,
     #[error(transparent)]
     Command(#[from] CommandError),
-    #[error("reading the BMC password {0}: {1}")]
-    Password(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Password(#[from] PasswordFileError),
     #[error("Redfish {0}: {1}")]
     Redfish(String, Box<RedfishError>),
 }
@@ -60,43 +61,72 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
         })),
         BootProvider::Redfish {
             endpoint,
-            system,
-            username,
-            password_file,
             image_url,
-            insecure,
             cold_boot_after_detach,
+            ..
         } => {
-            let password = match password_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| ProviderError::Password(f.clone(), e))?
-                        .trim_end()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let bmc = crate::redfish::Bmc {
-                endpoint: endpoint.trim_end_matches('/').to_string(),
-                system: system.clone(),
-                auth: username.clone().map(|u| (u, password.unwrap_or_default())),
-                insecure: *insecure,
-            };
+            // One deadline for the whole operation: a cold boot after detach included.
+            let bmc = redfish_bmc(&node.boot)?;
+            let bmc = bmc.within(timeout);
             match op {
-                Op::PowerOff => bmc.power_off(timeout),
+                Op::PowerOff => bmc.power_off(),
                 Op::Attach => bmc.attach(image_url),
                 Op::Detach => bmc.detach().and_then(|()| {
                     if *cold_boot_after_detach {
-                        bmc.power_off(timeout)?;
+                        bmc.power_off()?;
                         bmc.power_on()?;
                     }
                     Ok(())
                 }),
             }
-            .map_err(|e| ProviderError::Redfish(bmc.endpoint.clone(), Box::new(e)))?;
+            .map_err(|e| ProviderError::Redfish(endpoint.clone(), Box::new(e)))?;
             Ok(None)
         }
     }
+}
+
+/// Checks, without a request, what `node`'s provider will need: a Redfish BMC's password file
+/// (a regular file only its owner can read), CA file and endpoint. The daemon calls it at
+/// start, so a bad file stops it with the file's name instead of failing a repair later.
+pub fn check(node: &Node) -> Result<(), ProviderError> {
+    match &node.boot {
+        BootProvider::Redfish { .. } => redfish_bmc(&node.boot).map(|_| ()),
+        BootProvider::Command { .. } | BootProvider::Manual => Ok(()),
+    }
+}
+
+/// A `redfish` provider's BMC, set up: password read, CA loaded, endpoint checked.
+fn redfish_bmc(boot: &BootProvider) -> Result<Bmc, ProviderError> {
+    let BootProvider::Redfish {
+        endpoint,
+        system,
+        username,
+        password_file,
+        ca_file,
+        insecure,
+        insecure_http,
+        ..
+    } = boot
+    else {
+        return Err(ProviderError::NotRedfish);
+    };
+    let password = match password_file {
+        Some(f) => Some(crate::redfish::read_password_file(f)?),
+        None => None,
+    };
+    let trust = match (ca_file, insecure) {
+        (_, true) => Trust::Insecure,
+        (Some(f), false) => Trust::CaFile(f.clone()),
+        (None, false) => Trust::PublicRoots,
+    };
+    Bmc::new(&BmcOptions {
+        endpoint: endpoint.clone(),
+        system: system.clone(),
+        auth: username.clone().map(|u| (u, password.unwrap_or_default())),
+        trust,
+        insecure_http: *insecure_http,
+    })
+    .map_err(|e| ProviderError::Redfish(endpoint.clone(), Box::new(e)))
 }
 
 fn template(argv: &[String], node: &Node) -> Vec<String> {

@@ -62,8 +62,10 @@ LAB_PACKAGES=(qemu-system-x86 nfs-ganesha nfs-ganesha-vfs kmod cpio iproute2 dns
     e2fsprogs bmap-tools ovmf xorriso grub-common grub-pc-bin grub-efi-amd64-bin mtools mmdebstrap
     dosfstools libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt)
 
-# ensure_sushy: the Redfish BMC emulator (sushy-tools, from PyPI).
+# ensure_sushy: the Redfish BMC emulator (sushy-tools, from PyPI), and openssl, with which the
+# Redfish TLS test makes its CA and the emulator's certificate.
 ensure_sushy() {
+    command -v openssl >/dev/null || ensure_apt openssl
     if ! command -v sushy-emulator >/dev/null; then
         python3 -m pip install -q sushy-tools 2>/dev/null \
             || { ensure_apt python3-pip && python3 -m pip install -q --break-system-packages sushy-tools; }

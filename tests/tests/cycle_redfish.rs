@@ -179,8 +179,8 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
             "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nmacs = [\"{mac}\"]\nimage = \"worker\"\n\
              health = {{ kind = \"http\", url = \"http://{ip}:{port}/index.html\" }}\n\
              boot = {{ provider = \"redfish\", endpoint = \"http://{HOST_IP}:{REDFISH_PORT}\", \
-             system = \"{system}\", image_url = \"http://{HOST_IP}:7480/media/rescue.iso\", \
-             cold_boot_after_detach = true }}\n\
+             insecure_http = true, system = \"{system}\", \
+             image_url = \"http://{HOST_IP}:7480/media/rescue.iso\", cold_boot_after_detach = true }}\n\
              rescue = {{ address = \"{rip}\", prefix_len = 24 }}\ndisk = {{ serial = \"{serial}\" }}\n\
              restore = {{ partition = 2, fstype = \"ext4\", paths = [\"srv/www\", \"etc/lazarus\"] }}\n",
             port = debian::SERVICE_PORT,

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lazarus_controller::redfish::Bmc;
+use lazarus_controller::redfish::{Bmc, BmcOptions};
 use lazarus_e2e::libvirt::{DomainSpec, VirtLab, REDFISH_PORT};
 use lazarus_e2e::*;
 use lazarus_testkit::require;
@@ -98,12 +98,15 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
         serial_log: &serial,
     })
     .unwrap();
-    let bmc = Bmc {
+    // The lab's emulator speaks plain http inside the test's own namespace.
+    let bmc = Bmc::new(&BmcOptions {
         endpoint: format!("http://{HOST_IP}:{REDFISH_PORT}"),
         system: lab.system("w1").unwrap(),
-        auth: None,
-        insecure: false,
-    };
+        insecure_http: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let budget = Duration::from_secs(120);
     let in_ns = |f: Box<dyn FnOnce() + Send>| ns.enter(f).unwrap();
     let service = format!("{IP}:{}", debian::SERVICE_PORT);
 
@@ -111,8 +114,9 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
     {
         let b = bmc.clone();
         in_ns(Box::new(move || {
-            b.detach().unwrap();
-            b.power_on().unwrap();
+            let op = b.within(budget);
+            op.detach().unwrap();
+            op.power_on().unwrap();
         }));
     }
     wait_for("Debian's business service", &serial, || {
@@ -124,9 +128,10 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
     {
         let b = bmc.clone();
         in_ns(Box::new(move || {
-            b.power_off(Duration::from_secs(60)).unwrap();
-            assert_eq!(b.power_state().unwrap(), "Off");
-            b.attach(&format!("http://{HOST_IP}:8081/rescue.iso"))
+            b.within(budget).power_off().unwrap();
+            assert_eq!(b.within(budget).power_state().unwrap(), "Off");
+            b.within(budget)
+                .attach(&format!("http://{HOST_IP}:8081/rescue.iso"))
                 .unwrap();
         }));
     }
@@ -142,9 +147,10 @@ fn redfish_fences_boots_the_rescue_iso_once_and_a_power_cycle_returns_the_node_t
     {
         let b = bmc.clone();
         in_ns(Box::new(move || {
-            b.detach().unwrap();
-            b.power_off(Duration::from_secs(60)).unwrap();
-            b.power_on().unwrap();
+            let op = b.within(budget);
+            op.detach().unwrap();
+            op.power_off().unwrap();
+            op.power_on().unwrap();
         }));
     }
     wait_for(

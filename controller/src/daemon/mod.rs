@@ -50,11 +50,16 @@ pub enum DaemonError {
     Media(#[from] crate::media::MediaError),
     #[error("media folder {0}: {1}")]
     MediaDir(std::path::PathBuf, std::io::Error),
+    #[error("node {0}: {1}")]
+    Provider(lazarus_proto::NodeName, crate::provider::ProviderError),
 }
 
 /// Runs the daemon until the process is stopped.
 pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     let cluster = Arc::new(Cluster::load(config)?);
+    for node in &cluster.nodes {
+        crate::provider::check(node).map_err(|e| DaemonError::Provider(node.name.clone(), e))?;
+    }
     let keys = crate::keys::Keys::load(&cluster)?;
     let store = Arc::new(Store::open(data_dir)?);
     let policy = RepairPolicy::from_cluster(&cluster);

@@ -1,71 +1,46 @@
 //! The Redfish boot provider: a BMC powers the node, serves the rescue ISO as virtual media and
 //! boots it once.
 //!
+//! Trust: the BMC is reached over https, its certificate checked against `ca_file` (or the
+//! public roots; `insecure` skips the check); plain http only with `insecure_http`. Links and
+//! task monitors are followed only on the endpoint's own origin (scheme, host, port) and
+//! redirects never, so the BMC's credentials go nowhere else (`client.rs`). The password file is
+//! read only if it is a regular file no one but its owner can read (`password.rs`). Every
+//! operation ([`Bmc::within`]) has one deadline: its requests, retries and polls all end by it,
+//! whatever the BMC does (a BMC that accepts and never answers included).
+//!
 //! Works with the common BMC quirks: ejecting when nothing is inserted is not an error; a 503 (a
 //! busy BMC) or a dropped connection is retried with backoff; power changes are not immediate, so
-//! power-off waits until the BMC reports `Off`. Virtual media is found under the system (newer
-//! BMCs, sushy-tools) or under its manager (older BMCs). Tested against the sushy-tools emulator.
+//! power-off waits until the BMC reports `Off`; a 202 with a task monitor is polled until the
+//! task ends. Virtual media is found under the system (newer BMCs, sushy-tools) or under its
+//! manager (older BMCs). Tested against the sushy-tools emulator, over TLS too, and against
+//! hostile fake BMCs (`controller/tests/redfish_hostile.rs`).
 
-use std::time::{Duration, Instant};
+mod client;
+mod password;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// A BMC endpoint and one system behind it.
-#[derive(Debug, Clone)]
-pub struct Bmc {
-    /// `https://10.71.0.11` (no trailing slash).
-    pub endpoint: String,
-    /// `/redfish/v1/Systems/1`.
-    pub system: String,
-    pub auth: Option<(String, String)>,
-    pub insecure: bool,
-}
+use serde_json::json;
 
-const ATTEMPTS: u32 = 5;
+pub use client::{Bmc, BmcOptions, EndpointError, Method, Operation, Origin, RequestError, Trust};
+pub use password::{read_password_file, PasswordFileError};
 
-/// The HTTP methods the provider uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
-    Patch,
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Get => "GET",
-            Self::Post => "POST",
-            Self::Patch => "PATCH",
-        })
-    }
-}
-
-/// One Redfish request that failed, after its retries.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error("{method} {url}: {source}")]
-    Transport {
-        method: Method,
-        url: String,
-        source: Box<ureq::Error>,
-    },
-    #[error("{method} {url}: 503 (BMC busy)")]
-    Busy { method: Method, url: String },
-    #[error("{method} {path}: HTTP {status}: {message}")]
-    Status {
-        method: Method,
-        path: String,
-        status: u16,
-        message: String,
-    },
-}
+use client::message;
 
 /// Errors of the Redfish provider, one per step, each with the request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RedfishError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("reading the CA file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA file {}: {message}", path.display())]
+    CaPem { path: PathBuf, message: String },
     #[error("reading the power state: {0}")]
     PowerState(#[source] RequestError),
     #[error("{kind} reset: {source}")]
@@ -73,8 +48,8 @@ pub enum RedfishError {
         kind: &'static str,
         source: RequestError,
     },
-    #[error("{system} still not off after {}s", timeout.as_secs())]
-    StillOn { system: String, timeout: Duration },
+    #[error("{system} still not off when the operation's {} deadline passed", humantime::format_duration(*budget))]
+    StillOn { system: String, budget: Duration },
     #[error("finding the virtual media: {0}")]
     System(#[source] RequestError),
     #[error("{0}: no CD/DVD virtual media")]
@@ -88,147 +63,41 @@ pub enum RedfishError {
     Insert {
         image: String,
         device: String,
-        source: RequestError,
+        source: Box<RequestError>,
     },
     #[error("setting the boot override: {0}")]
     BootOverride(#[source] RequestError),
 }
 
-impl Bmc {
-    fn agent(&self) -> ureq::Agent {
-        let mut cfg = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .http_status_as_error(false);
-        if self.insecure {
-            cfg = cfg.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .disable_verification(true)
-                    .build(),
-            );
-        }
-        cfg.build().into()
-    }
-
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.endpoint)
-        }
-    }
-
-    /// One request with retries on 503 and connection errors; returns status and body.
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), RequestError> {
-        let agent = self.agent();
-        let url = self.url(path);
-        let auth = self
-            .auth
-            .as_ref()
-            .map(|(u, p)| format!("Basic {}", BASE64.encode(format!("{u}:{p}"))));
-        let mut last = RequestError::Busy {
-            method,
-            url: url.clone(),
-        };
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(500 << attempt.min(4)));
-            }
-            let result = match method {
-                Method::Get => {
-                    let mut r = agent.get(&url).header("Accept", "application/json");
-                    if let Some(a) = &auth {
-                        r = r.header("Authorization", a);
-                    }
-                    r.call()
-                }
-                Method::Post | Method::Patch => {
-                    let mut r = match method {
-                        Method::Patch => agent.patch(&url),
-                        _ => agent.post(&url),
-                    }
-                    .header("Content-Type", "application/json");
-                    if let Some(a) = &auth {
-                        r = r.header("Authorization", a);
-                    }
-                    r.send(serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default())
-                }
-            };
-            match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    if status == 503 {
-                        last = RequestError::Busy {
-                            method,
-                            url: url.clone(),
-                        };
-                        continue;
-                    }
-                    let text = resp.body_mut().read_to_string().unwrap_or_default();
-                    let value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    return Ok((status, value));
-                }
-                Err(e) => {
-                    last = RequestError::Transport {
-                        method,
-                        url: url.clone(),
-                        source: Box::new(e),
-                    }
-                }
-            }
-        }
-        Err(last)
-    }
-
-    /// A request that must answer 2xx; returns the body.
-    fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, RequestError> {
-        let (status, value) = self.request(method, path, body)?;
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            Err(RequestError::Status {
-                method,
-                path: path.to_string(),
-                status,
-                message: message(&value),
-            })
-        }
-    }
-
+impl Operation<'_> {
     /// The system's power state (`On`, `Off`, …).
     pub fn power_state(&self) -> Result<String, RedfishError> {
         let sys = self
-            .ok(Method::Get, &self.system, None)
+            .ok(Method::Get, &self.bmc.system, None)
             .map_err(RedfishError::PowerState)?;
         Ok(sys["PowerState"].as_str().unwrap_or("Unknown").to_string())
     }
 
     fn reset(&self, kind: &'static str) -> Result<(), RedfishError> {
-        let path = format!("{}/Actions/ComputerSystem.Reset", self.system);
+        let path = format!("{}/Actions/ComputerSystem.Reset", self.bmc.system);
         self.ok(Method::Post, &path, Some(&json!({ "ResetType": kind })))
             .map(|_| ())
             .map_err(|source| RedfishError::Reset { kind, source })
     }
 
     /// Powers the system off and waits until the BMC reports it off.
-    pub fn power_off(&self, timeout: Duration) -> Result<(), RedfishError> {
+    pub fn power_off(&self) -> Result<(), RedfishError> {
         if self.power_state()? == "Off" {
             return Ok(());
         }
         self.reset("ForceOff")?;
-        let deadline = Instant::now() + timeout;
         while self.power_state()? != "Off" {
-            if Instant::now() > deadline {
+            if !self.pause(Duration::from_millis(500)) {
                 return Err(RedfishError::StillOn {
-                    system: self.system.clone(),
-                    timeout,
+                    system: self.bmc.system.clone(),
+                    budget: self.budget,
                 });
             }
-            std::thread::sleep(Duration::from_millis(500));
         }
         Ok(())
     }
@@ -241,10 +110,11 @@ impl Bmc {
         }
     }
 
-    /// The CD/DVD virtual media device's path.
+    /// The CD/DVD virtual media device's path. A link off the BMC's origin is an error, never
+    /// skipped: a BMC that offers one is not to be trusted with the rest.
     pub fn cd_device(&self) -> Result<String, RedfishError> {
         let sys = self
-            .ok(Method::Get, &self.system, None)
+            .ok(Method::Get, &self.bmc.system, None)
             .map_err(RedfishError::System)?;
         let mut collections = Vec::new();
         if let Some(p) = sys["VirtualMedia"]["@odata.id"].as_str() {
@@ -256,15 +126,22 @@ impl Bmc {
             }
         }
         // A collection or device that does not answer is skipped: another may hold the CD.
+        let get = |link: &str| match self.ok(Method::Get, link, None) {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ (RequestError::ForeignLink { .. } | RequestError::Deadline { .. })) => {
+                Err(RedfishError::System(e))
+            }
+            Err(_) => Ok(None),
+        };
         for c in collections {
-            let Ok(list) = self.ok(Method::Get, &c, None) else {
+            let Some(list) = get(&c)? else {
                 continue;
             };
             for member in list["Members"].as_array().into_iter().flatten() {
                 let Some(path) = member["@odata.id"].as_str() else {
                     continue;
                 };
-                let Ok(dev) = self.ok(Method::Get, path, None) else {
+                let Some(dev) = get(path)? else {
                     continue;
                 };
                 let cd = dev["MediaTypes"]
@@ -277,7 +154,7 @@ impl Bmc {
                 }
             }
         }
-        Err(RedfishError::NoCd(self.system.clone()))
+        Err(RedfishError::NoCd(self.bmc.system.clone()))
     }
 
     /// Ejects whatever is inserted; nothing inserted is fine.
@@ -287,18 +164,18 @@ impl Bmc {
             device: device.to_string(),
             source,
         };
-        match self
+        let answer = self
             .request(Method::Post, &path, Some(&json!({})))
-            .map_err(eject_error)?
-        {
-            (s, _) if (200..300).contains(&s) => Ok(()),
+            .map_err(eject_error)?;
+        match answer.status {
+            s if (200..300).contains(&s) => Ok(()),
             // BMCs answer an eject of an empty drive with 400, 404 or 409 (or 500).
-            (400 | 404 | 409 | 500, _) => Ok(()),
-            (status, v) => Err(eject_error(RequestError::Status {
+            400 | 404 | 409 | 500 => Ok(()),
+            status => Err(eject_error(RequestError::Status {
                 method: Method::Post,
                 path,
                 status,
-                message: message(&v),
+                message: message(&answer.body),
             })),
         }
     }
@@ -317,10 +194,10 @@ impl Bmc {
         .map_err(|source| RedfishError::Insert {
             image: image_url.to_string(),
             device: cd.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let boot = json!({ "Boot": { "BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once" } });
-        self.ok(Method::Patch, &self.system, Some(&boot))
+        self.ok(Method::Patch, &self.bmc.system, Some(&boot))
             .map_err(RedfishError::BootOverride)?;
         match self.power_state()?.as_str() {
             "Off" => self.reset("On"),
@@ -335,18 +212,10 @@ impl Bmc {
         // Some BMCs (and the emulator) want a target with every override change, and some keep a
         // "once" override as continuous: point it back at the disk as well as disabling it.
         let boot = json!({ "Boot": { "BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Disabled" } });
-        self.ok(Method::Patch, &self.system, Some(&boot))
+        self.ok(Method::Patch, &self.bmc.system, Some(&boot))
             .map(|_| ())
             .map_err(RedfishError::BootOverride)
     }
-}
-
-/// A Redfish error's message, or the body.
-fn message(v: &Value) -> String {
-    v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
 }
 
 #[cfg(test)]
@@ -377,13 +246,16 @@ mod tests {
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });
-        let bmc = super::Bmc {
+        let bmc = super::Bmc::new(&super::BmcOptions {
             endpoint,
             system: "/redfish/v1/Systems/1".into(),
             auth: Some(("u".into(), "p".into())),
-            insecure: false,
-        };
-        assert_eq!(bmc.power_state().unwrap(), "On");
+            insecure_http: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let op = bmc.within(std::time::Duration::from_secs(30));
+        assert_eq!(op.power_state().unwrap(), "On");
         server.join().unwrap();
     }
 }
