@@ -32,9 +32,9 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerSection {
-    /// The local HTTP API and `/metrics` (the CLI talks to it).
-    #[serde(default = "default_api")]
-    pub api: SocketAddr,
+    /// The HTTP API and `/metrics` (the CLI talks to it): a Unix socket, and TCP with a token.
+    #[serde(default)]
+    pub api: ApiSection,
     /// Where agents announce `Ready`.
     #[serde(default = "default_ready")]
     pub ready: SocketAddr,
@@ -52,8 +52,44 @@ pub struct MediaSection {
     pub dir: PathBuf,
 }
 
-fn default_api() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 7470))
+/// `[controller] api`: where the API answers. The Unix socket always; a TCP listener only with a
+/// bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// The Unix socket (mode 0660), where the CLI looks by default.
+    #[serde(default = "default_api_socket")]
+    pub socket: PathBuf,
+    /// The group owning the socket (a name from `/etc/group`, or a number): its members may use
+    /// the API. None: the daemon's own group.
+    pub group: Option<String>,
+    /// A TCP listener besides the socket (`HOST:PORT`); needs `token_file`.
+    pub listen: Option<SocketAddr>,
+    /// The bearer token every request over TCP presents (a file only its owner can read).
+    pub token_file: Option<PathBuf>,
+    /// More `Host` values clients may use over TCP (`"ctl.example.net:7470"`), besides the
+    /// listen address and `localhost`/`127.0.0.1`/`[::1]` with its port.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Where the API's Unix socket is unless the cluster file says otherwise (and where the CLI looks).
+pub const DEFAULT_API_SOCKET: &str = "/run/lazarus/api.sock";
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_API_SOCKET)
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            socket: default_api_socket(),
+            group: None,
+            listen: None,
+            token_file: None,
+            hosts: Vec::new(),
+        }
+    }
 }
 
 fn default_ready() -> SocketAddr {
@@ -362,6 +398,36 @@ impl Cluster {
 
     /// Checks what serde cannot: names unique, references resolved, MACs parse, brakes sane.
     fn validate(&self) -> Result<(), (String, String)> {
+        let api = &self.controller.api;
+        if !api.socket.is_absolute() {
+            return Err((
+                "controller.api.socket".into(),
+                "must be an absolute path".into(),
+            ));
+        }
+        match (api.listen, &api.token_file) {
+            (Some(_), None) => {
+                return Err((
+                    "controller.api.listen".into(),
+                    "a TCP listener needs token_file (a bearer token file, mode 0600); \
+                     the Unix socket needs none"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "controller.api.token_file".into(),
+                    "a token is only used over TCP: give listen too, or remove it".into(),
+                ))
+            }
+            _ => {}
+        }
+        if !api.hosts.is_empty() && api.listen.is_none() {
+            return Err((
+                "controller.api.hosts".into(),
+                "host names are only checked over TCP: give listen too, or remove them".into(),
+            ));
+        }
         let p = &self.policy;
         if p.failure_threshold == 0 || p.recovery_threshold == 0 {
             return Err((
