@@ -562,6 +562,49 @@ mod tests {
     }
 
     #[test]
+    fn the_api_is_a_socket_and_tcp_only_with_a_token() {
+        let c = Cluster::parse(EXAMPLE, "cluster.example.toml").unwrap();
+        let api = &c.controller.api;
+        assert_eq!(api.socket, Path::new(DEFAULT_API_SOCKET));
+        assert_eq!(api.group.as_deref(), Some("lazarus"));
+        assert_eq!((api.listen, &api.token_file), (None, &None));
+        let tcp = EXAMPLE
+            .replacen("# listen = ", "listen = ", 1)
+            .replacen("# token_file = ", "token_file = ", 1)
+            .replacen("# hosts = ", "hosts = ", 1);
+        let c = Cluster::parse(&tcp, "cluster.toml").unwrap();
+        assert_eq!(
+            c.controller.api.listen,
+            Some("127.0.0.1:7470".parse().unwrap())
+        );
+        assert_eq!(c.controller.api.hosts, ["ctl.example.net:7470"]);
+
+        let e = err(&EXAMPLE.replacen("# listen = ", "listen = ", 1));
+        assert!(
+            e.contains("controller.api.listen") && e.contains("token_file") && !e.contains('\n'),
+            "{e}"
+        );
+        let e = err(&EXAMPLE.replacen("# token_file = ", "token_file = ", 1));
+        assert!(e.contains("controller.api.token_file"), "{e}");
+        let e = err(&EXAMPLE.replacen("socket = \"/run/", "socket = \"run/", 1));
+        assert!(
+            e.contains("controller.api.socket") && e.contains("absolute"),
+            "{e}"
+        );
+        // The old form, a TCP address without a token, is refused by name.
+        let old = EXAMPLE.replacen(
+            "[controller.api]\nsocket = \"/run/lazarus/api.sock\"\ngroup",
+            "api = \"127.0.0.1:7470\"\n# group",
+            1,
+        );
+        let e = err(&old);
+        assert!(
+            e.contains("controller.api") && e.contains("127.0.0.1:7470"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_command_provider_has_no_reset_key() {
         let bad = EXAMPLE.replacen(
             "provider = \"command\"",

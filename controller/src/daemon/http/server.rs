@@ -65,8 +65,8 @@ pub const LOGS_DEADLINE: Duration = Duration::from_secs(30);
 /// Binds the listeners of `section` (errors here stop the daemon from starting) and serves
 /// `api` on them from a thread of its own until the process ends.
 pub fn start(api: Api, section: &ApiSection) -> Result<(), HttpError> {
+    // Everything that can be refused is checked before the socket is made.
     let gid = section.group.as_deref().map(socket::group_id).transpose()?;
-    let unix = socket::bind(&section.socket, gid)?;
     let tcp = match section.listen {
         None => None,
         Some(addr) => {
@@ -85,6 +85,7 @@ pub fn start(api: Api, section: &ApiSection) -> Result<(), HttpError> {
             Some((l, Listener::tcp(token, addr, &section.hosts)))
         }
     };
+    let unix = socket::bind(&section.socket, gid)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
