@@ -115,6 +115,9 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
+    /// Method, headers, the code wanted (200: passed).
+    type Case<'a> = (Method, &'a [(HeaderName, &'a str)], u16);
+
     fn tcp() -> Listener {
         Listener::tcp(
             ApiToken::parse(TOKEN).unwrap(),
@@ -141,7 +144,7 @@ mod tests {
         let bearer = format!("Bearer {TOKEN}");
         let auth = (AUTHORIZATION, bearer.as_str());
         let json = (CONTENT_TYPE, "application/json; charset=utf-8");
-        let table: &[(Method, &[(HeaderName, &str)], u16)] = &[
+        let table: &[Case] = &[
             (Method::GET, &[(HOST, "10.1.2.3:7470"), auth.clone()], 200),
             (Method::GET, &[(HOST, "LOCALHOST:7470"), auth.clone()], 200),
             (Method::GET, &[(HOST, "[::1]:7470"), auth.clone()], 200),
@@ -167,7 +170,7 @@ mod tests {
                 403,
             ),
             (Method::GET, &[(HOST, "localhost:80"), auth.clone()], 403),
-            (Method::GET, &[auth.clone()], 403),
+            (Method::GET, std::slice::from_ref(&auth), 403),
             (
                 Method::GET,
                 &[

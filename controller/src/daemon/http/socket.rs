@@ -35,8 +35,9 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, HttpError> {
         .create(parent)
         .map_err(io("creating the folder of", path))?;
     remove_stale(path)?;
+    // Short names: a socket's path has at most 107 bytes, and this one is longer than the final.
     let private = parent.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
@@ -52,7 +53,7 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, HttpError> {
 }
 
 fn bind_in(private: &Path, path: &Path, gid: Option<u32>) -> Result<UnixListener, HttpError> {
-    let tmp = private.join("api.sock");
+    let tmp = private.join("s");
     let err = |what: &'static str| {
         let p = path.to_owned();
         move |e| HttpError::Socket(what, p, e)
