@@ -17,7 +17,8 @@
 //! for POSTs.
 //!
 //! The server is hyper on a tokio runtime of its own thread, confined to this module: at most
-//! [`server::MAX_CONNECTIONS`] connections (the oldest idle one is closed for a new one), request
+//! [`server::MAX_CONNECTIONS`] connections per listener (the oldest idle one is closed for a new
+//! one), request
 //! heads of at most [`server::MAX_HEAD`] bytes read within [`server::HEAD_TIMEOUT`], bodies of at
 //! most [`server::MAX_BODY`], a read or write stalled for [`server::STALL_TIMEOUT`] closes the
 //! connection ([`stall`]). Routes run on blocking threads, at most [`server::MAX_WORKING`] at

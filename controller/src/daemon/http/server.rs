@@ -34,7 +34,8 @@ use crate::api_token::ApiToken;
 use crate::cluster::ApiSection;
 use crate::daemon::shared::lock;
 
-/// Connections held open at once (both listeners); past it the oldest idle one is closed.
+/// Connections held open at once on each listener; past it the oldest idle one is closed. Each
+/// listener counts its own, so a flood on TCP never closes a connection on the socket.
 pub const MAX_CONNECTIONS: usize = 256;
 /// The largest request head (request line and headers); a larger one is answered 431 and the
 /// connection closed.
@@ -111,7 +112,6 @@ pub fn start(api: Api, section: &ApiSection) -> Result<(), HttpError> {
         api: Arc::new(api),
         working: Arc::new(Semaphore::new(MAX_WORKING)),
         logs: Arc::new(Semaphore::new(MAX_LOGS)),
-        conns: Arc::new(Connections::default()),
     });
     std::thread::Builder::new()
         .name("lazarus-api".into())
@@ -132,27 +132,28 @@ struct Ctx {
     api: Arc<Api>,
     working: Arc<Semaphore>,
     logs: Arc<Semaphore>,
-    conns: Arc<Connections>,
 }
 
 async fn accept_unix(l: tokio::net::UnixListener, ctx: Arc<Ctx>) {
     let guard = Arc::new(Listener::Unix);
+    let conns = Arc::new(Connections::default());
     let mut warned = None;
     loop {
         match l.accept().await {
-            Ok((s, _)) => Connections::open(&ctx, s, guard.clone()),
+            Ok((s, _)) => Connections::open(&conns, &ctx, s, guard.clone()),
             Err(e) => accept_failed(&e, &mut warned).await,
         }
     }
 }
 
 async fn accept_tcp(l: tokio::net::TcpListener, guard: Arc<Listener>, ctx: Arc<Ctx>) {
+    let conns = Arc::new(Connections::default());
     let mut warned = None;
     loop {
         match l.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                Connections::open(&ctx, s, guard.clone());
+                Connections::open(&conns, &ctx, s, guard.clone());
             }
             Err(e) => accept_failed(&e, &mut warned).await,
         }
@@ -169,7 +170,7 @@ async fn accept_failed(e: &std::io::Error, warned: &mut Option<Instant>) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// The open connections, oldest first, and whether each is running a request.
+/// The open connections of one listener, oldest first, and whether each is running a request.
 #[derive(Default)]
 struct Connections {
     inner: Mutex<Registry>,
@@ -206,11 +207,10 @@ impl Drop for Idle {
 
 impl Connections {
     /// Serves `io` as a new connection, closing the oldest idle one if there are too many.
-    fn open<T>(ctx: &Arc<Ctx>, io: T, listener: Arc<Listener>)
+    fn open<T>(conns: &Arc<Self>, ctx: &Arc<Ctx>, io: T, listener: Arc<Listener>)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let conns = &ctx.conns;
         let mut evicted = None;
         let mut reg = lock(&conns.inner);
         if reg.open.len() >= MAX_CONNECTIONS {
