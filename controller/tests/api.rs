@@ -49,8 +49,10 @@ impl Daemon {
         let config = cluster_file(
             &lab,
             &format!(
-                "api = {{ socket = \"{}\", listen = \"{tcp}\", token_file = \"{}\" }}",
+                "api = {{ socket = \"{}\", group = \"{}\", listen = \"{tcp}\", \
+                 token_file = \"{}\" }}",
                 socket.display(),
+                socket_gid(),
                 token_file.display()
             ),
         );
@@ -121,6 +123,16 @@ impl Daemon {
     fn state(&self, node: &str) -> String {
         let s = ApiClient::unix(&self.socket).status().unwrap();
         s.nodes.into_iter().find(|n| n.name == node).unwrap().state
+    }
+}
+
+/// The group the tests give the socket: one this process does not belong to when it can (root
+/// may give any), else its own.
+fn socket_gid() -> u32 {
+    if is_root() {
+        4242
+    } else {
+        rustix::process::getegid().as_raw()
     }
 }
 
@@ -231,8 +243,9 @@ fn ok(out: &Output) -> String {
 #[test]
 fn the_socket_is_0660_and_tcp_answers_nothing_without_the_token() {
     let d = Daemon::start();
-    let mode = std::fs::metadata(&d.socket).unwrap().mode();
-    assert_eq!(mode & 0o7777, 0o660, "socket mode {mode:o}");
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o660, "socket mode {:o}", meta.mode());
+    assert_eq!(meta.gid(), socket_gid(), "the socket's group");
     assert!(ok(&d.cli_unix(&["status"])).contains("w1"));
     assert!(ok(&d.cli_tcp(&["status"])).contains("w1"));
 
@@ -468,23 +481,35 @@ fn five_thousand_idle_connections_leave_the_operator_served() {
         assert!(start.elapsed() < FEW_SECONDS, "{:?}", start.elapsed());
     }
     let (held, failed) = flood.join().unwrap();
-    let fds = d.fds();
+    // Connections closed for newer ones end on the server's next turns: let it settle a moment.
+    let settle = Instant::now() + Duration::from_secs(5);
+    let mut fds = d.fds();
+    while fds >= 300 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(100));
+        fds = d.fds();
+    }
     eprintln!(
         "{} idle connections opened ({failed} failed); the daemon holds {fds} descriptors",
         held.len()
     );
     assert!(held.len() + failed == IDLE);
-    // The daemon keeps a bounded number, not one per attacker socket.
-    assert!(fds < 400, "daemon holds {fds} descriptors");
+    // The daemon keeps a bounded number (256 connections per listener), not one per socket.
+    assert!(fds < 512, "daemon holds {fds} descriptors");
     let start = Instant::now();
     assert!(ok(&d.cli_tcp(&["status"])).contains("w1"));
-    assert!(start.elapsed() < FEW_SECONDS, "{:?}", start.elapsed());
+    let took = start.elapsed();
+    eprintln!(
+        "lazarus status over TCP with {} connections held: {took:?}",
+        held.len()
+    );
+    assert!(took < FEW_SECONDS, "{took:?}");
     drop(held);
 }
 
 #[test]
 fn a_client_that_never_reads_is_dropped_while_others_are_served() {
     let d = Daemon::start();
+    let before = d.rss_kib();
     let mut s = TcpStream::connect(&d.tcp).unwrap();
     let one = format!(
         "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
@@ -507,8 +532,16 @@ fn a_client_that_never_reads_is_dropped_while_others_are_served() {
     assert!(ok(&d.cli_tcp(&["status"])).contains("w1"));
     assert!(ok(&d.cli_unix(&["status"])).contains("w1"));
     assert!(start.elapsed() < FEW_SECONDS, "{:?}", start.elapsed());
+    let during = d.rss_kib();
     let (sent, error, took) = sender.join().unwrap();
-    eprintln!("the stalled client sent {sent} requests before {error:?}, after {took:?}");
+    eprintln!(
+        "the stalled client sent {sent} requests before {error:?}, after {took:?}; daemon RSS \
+         {before} KiB before, {during} KiB while it stalled"
+    );
+    assert!(
+        during < before + 32 * 1024,
+        "daemon RSS grew from {before} KiB to {during} KiB"
+    );
     assert!(
         error.is_some() && sent < REQUESTS,
         "the server kept a client that reads nothing ({sent} requests)"
@@ -671,4 +704,32 @@ fn tcp_without_a_private_token_file_is_refused_at_start() {
             "{api}: something listens on {tcp}"
         );
     }
+}
+
+#[test]
+fn a_request_head_trickled_a_byte_at_a_time_is_cut_off() {
+    let d = Daemon::start();
+    let mut s = TcpStream::connect(&d.tcp).unwrap();
+    s.write_all(format!("GET /api/status HTTP/1.1\r\nHost: {}\r\nX-Slow: ", d.tcp).as_bytes())
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    // A byte every half second, for up to two minutes: far past the server's head deadline.
+    let closed = (0..240).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut buf = [0; 512];
+        match s.read(&mut buf) {
+            Ok(0) => return Some("closed"),
+            Ok(_) => return Some("answered and closed"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Some("reset"),
+        }
+        s.write_all(b"a").err().map(|_| "reset")
+    });
+    eprintln!("trickled head: {closed:?} after {:?}", start.elapsed());
+    assert!(
+        closed.is_some(),
+        "a head trickled for two minutes was still being read"
+    );
+    assert!(ok(&d.cli_tcp(&["status"])).contains("w1"));
 }

@@ -60,8 +60,9 @@ pub const MAX_WORKING: usize = 16;
 pub const MAX_LOGS: usize = 4;
 /// How long a route may take, and waiting for a free worker.
 const DEADLINE: Duration = Duration::from_secs(10);
-/// How long `/api/logs` may wait on its agent.
-pub const LOGS_DEADLINE: Duration = Duration::from_secs(30);
+/// How long `/api/logs` may wait on its agent: within the CLI's own 30 s, so the CLI shows the
+/// server's reason.
+pub const LOGS_DEADLINE: Duration = Duration::from_secs(25);
 
 /// Binds the listeners of `section` (errors here stop the daemon from starting) and serves
 /// `api` on them from a thread of its own until the process ends.
