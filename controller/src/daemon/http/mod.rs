@@ -54,8 +54,10 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4";
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("API socket {1}: {0} it: {2}")]
+    #[error("API socket {1}: {0}: {2}")]
     Socket(&'static str, PathBuf, std::io::Error),
+    #[error("API socket group: reading /etc/group: {0}")]
+    GroupFile(std::io::Error),
     #[error("API socket {0}: another controller is serving on it")]
     Live(PathBuf),
     #[error("API socket {0}: exists and is not a socket (not replaced)")]

@@ -212,22 +212,24 @@ impl Connections {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut evicted = None;
-        let mut reg = lock(&conns.inner);
-        if reg.open.len() >= MAX_CONNECTIONS {
-            let oldest_idle = reg
-                .open
-                .iter()
-                .find(|(_, c)| !c.busy.load(Ordering::SeqCst))
-                .map(|(id, _)| *id);
-            match oldest_idle.and_then(|id| reg.open.remove(&id)) {
-                Some(c) => evicted = Some(c.abort),
-                // Every connection is running a request: the new one waits its turn outside.
-                None => return,
+        let (id, evicted) = {
+            let mut reg = lock(&conns.inner);
+            let mut evicted = None;
+            if reg.open.len() >= MAX_CONNECTIONS {
+                let oldest_idle = reg
+                    .open
+                    .iter()
+                    .find(|(_, c)| !c.busy.load(Ordering::SeqCst))
+                    .map(|(id, _)| *id);
+                match oldest_idle.and_then(|id| reg.open.remove(&id)) {
+                    Some(c) => evicted = Some(c.abort),
+                    // Every connection is running a request: the new one is closed.
+                    None => return,
+                }
             }
-        }
-        let id = reg.next;
-        reg.next += 1;
+            reg.next += 1;
+            (reg.next, evicted)
+        };
         let busy = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
             let (leave, ctx, busy) = (Leave(conns.clone(), id), ctx.clone(), busy.clone());
@@ -236,16 +238,15 @@ impl Connections {
                 connection(io, listener, ctx, busy).await;
             }
         });
-        // The task cannot have run yet (this runtime has one thread, busy here), so its `Leave`
-        // comes after this insert.
-        reg.open.insert(
+        // The task cannot have run yet (this runtime has one thread, busy here until it awaits),
+        // so its `Leave` comes after this insert.
+        lock(&conns.inner).open.insert(
             id,
             Open {
                 abort: task.abort_handle(),
                 busy,
             },
         );
-        drop(reg);
         if let Some(abort) = evicted {
             abort.abort();
         }

@@ -9,7 +9,7 @@
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::HttpError;
 
@@ -26,14 +26,18 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, HttpError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .ok_or_else(|| {
-            HttpError::Socket("naming", path.to_owned(), ErrorKind::InvalidInput.into())
+            HttpError::Socket(
+                "naming its folder",
+                path.to_owned(),
+                ErrorKind::InvalidInput.into(),
+            )
         })?;
     // The folder is traversable by all (0755); the socket's own mode decides who connects.
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(parent)
-        .map_err(io("creating the folder of", path))?;
+        .map_err(io("creating its folder", path))?;
     remove_stale(path)?;
     // Short names: a socket's path has at most 107 bytes, and this one is longer than the final.
     let private = parent.join(format!(
@@ -46,7 +50,7 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, HttpError> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&private)
-        .map_err(io("creating a private folder for", path))?;
+        .map_err(io("creating a private folder", path))?;
     let result = bind_in(&private, path, gid);
     let _ = std::fs::remove_dir_all(&private);
     result
@@ -60,12 +64,12 @@ fn bind_in(private: &Path, path: &Path, gid: Option<u32>) -> Result<UnixListener
     };
     let listener = UnixListener::bind(&tmp).map_err(err("binding"))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(err("setting the mode of"))?;
+        .map_err(err("setting its mode"))?;
     if let Some(gid) = gid {
         rustix::fs::chown(&tmp, None, Some(rustix::fs::Gid::from_raw(gid)))
-            .map_err(|e| HttpError::Socket("setting the group of", path.to_owned(), e.into()))?;
+            .map_err(|e| HttpError::Socket("setting its group", path.to_owned(), e.into()))?;
     }
-    std::fs::rename(&tmp, path).map_err(err("moving into place"))?;
+    std::fs::rename(&tmp, path).map_err(err("moving it into place"))?;
     Ok(listener)
 }
 
@@ -74,7 +78,7 @@ fn remove_stale(path: &Path) -> Result<(), HttpError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(HttpError::Socket("looking at", path.to_owned(), e)),
+        Err(e) => return Err(HttpError::Socket("looking at it", path.to_owned(), e)),
     };
     if !meta.file_type().is_socket() {
         return Err(HttpError::NotSocket(path.to_owned()));
@@ -84,9 +88,9 @@ fn remove_stale(path: &Path) -> Result<(), HttpError> {
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
             log::info!("API: replacing the stale socket {}", path.display());
             std::fs::remove_file(path)
-                .map_err(|e| HttpError::Socket("removing the stale", path.to_owned(), e))
+                .map_err(|e| HttpError::Socket("removing the stale socket", path.to_owned(), e))
         }
-        Err(e) => Err(HttpError::Socket("probing", path.to_owned(), e)),
+        Err(e) => Err(HttpError::Socket("probing it", path.to_owned(), e)),
     }
 }
 
@@ -95,8 +99,7 @@ pub fn group_id(spec: &str) -> Result<u32, HttpError> {
     if let Ok(gid) = spec.parse() {
         return Ok(gid);
     }
-    let etc = PathBuf::from("/etc/group");
-    let text = std::fs::read_to_string(&etc).map_err(|e| HttpError::Socket("reading", etc, e))?;
+    let text = std::fs::read_to_string("/etc/group").map_err(HttpError::GroupFile)?;
     gid_in(&text, spec).ok_or_else(|| HttpError::Group(spec.to_string()))
 }
 
