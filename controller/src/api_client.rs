@@ -1,85 +1,230 @@
-//! The CLI's side of the controller API: HTTP (ureq) to the daemon's local API, one deadline
-//! per request, no proxy (the API is local).
+//! The CLI's side of the controller API: HTTP/1.1 (hyper's client) over the daemon's Unix socket,
+//! or over TCP with a bearer token; one connection and one deadline per request, no proxy.
+//!
+//! An endpoint is `unix:/PATH` (the default, [`DEFAULT_API_SOCKET`]), or `http://HOST:PORT`
+//! (`HOST:PORT` alone means the same), which needs a token.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+
 use crate::api::{ErrorBody, EventView, StatusView};
+use crate::api_token::{ApiToken, TokenError};
+pub use crate::cluster::DEFAULT_API_SOCKET;
+
+/// The CLI's `--api` unless given: the daemon's default socket.
+pub const DEFAULT_API: &str = "unix:/run/lazarus/api.sock";
 
 /// How long one request to the API may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest answer read (the event log of a long-lived cluster is the largest).
+const MAX_ANSWER: usize = 64 << 20;
+
 /// Errors reaching the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("controller API {0}: {1} (is `lazarus serve` running?)")]
-    Request(String, Box<ureq::Error>),
-    #[error("controller API {0}: HTTP {1}: {2}")]
-    Status(String, u16, String),
-    #[error("controller API {0}: reading the answer: {1}")]
-    Body(String, Box<ureq::Error>),
+    #[error("controller API {0:?}: give unix:/PATH or http://HOST:PORT")]
+    Endpoint(String),
+    #[error("controller API {0}: over TCP the API needs a token (--token-file FILE)")]
+    NoToken(Endpoint),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("controller API {0}: connecting: {1} (is `lazarus serve` running?)")]
+    Connect(Endpoint, std::io::Error),
     #[error("controller API {0}: {1}")]
-    Decode(String, serde_json::Error),
+    Http(Endpoint, String),
+    #[error("controller API {0}: no answer within {secs} s", secs = TIMEOUT.as_secs())]
+    Timeout(Endpoint),
+    #[error("controller API {0}: HTTP {1}: {2}")]
+    Status(Endpoint, u16, String),
+    #[error("controller API {0}: {1}")]
+    Decode(Endpoint, serde_json::Error),
+    #[error("starting the API client: {0}")]
+    Runtime(std::io::Error),
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .build()
-        .into()
+/// Where the API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `HOST:PORT`.
+    Tcp(String),
 }
 
-/// `GET path`; returns the body of a 2xx answer.
-pub fn get(api: &str, path: &str) -> Result<String, ApiError> {
-    answer(api, agent().get(format!("http://{api}{path}")).call())
-}
-
-/// `POST path` with an empty body; returns the body of a 2xx answer.
-pub fn post(api: &str, path: &str) -> Result<String, ApiError> {
-    answer(
-        api,
-        agent().post(format!("http://{api}{path}")).send_empty(),
-    )
-}
-
-fn answer(
-    api: &str,
-    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<String, ApiError> {
-    let mut response = response.map_err(|e| ApiError::Request(api.into(), Box::new(e)))?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| ApiError::Body(api.into(), Box::new(e)))?;
-    if !(200..300).contains(&status) {
-        // The API's errors are `{"error": "…"}`; anything else is shown as it came.
-        let message = serde_json::from_str::<ErrorBody>(&body)
-            .map_or_else(|_| body.trim().to_string(), |b| b.error);
-        return Err(ApiError::Status(api.into(), status, message));
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => write!(f, "http://{a}"),
+        }
     }
-    Ok(body)
 }
 
-pub fn status(api: &str) -> Result<StatusView, ApiError> {
-    let body = get(api, "/api/status")?;
-    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e))
+impl std::str::FromStr for Endpoint {
+    type Err = ApiError;
+
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        let bad = || ApiError::Endpoint(s.to_string());
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Path::new(path)
+                .is_absolute()
+                .then(|| Self::Unix(path.into()))
+                .ok_or_else(bad);
+        }
+        let authority = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+        // HOST:PORT and nothing else: no path, no user, no scheme but http.
+        let valid = authority
+            .parse::<hyper::http::uri::Authority>()
+            .is_ok_and(|a| a.port().is_some() && !authority.contains('@'));
+        valid.then(|| Self::Tcp(authority.into())).ok_or_else(bad)
+    }
 }
 
-pub fn events(api: &str, node: Option<&str>) -> Result<Vec<EventView>, ApiError> {
-    let path = node.map_or("/api/events".to_string(), |n| {
-        format!("/api/events?node={n}")
-    });
-    let body = get(api, &path)?;
-    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e))
+/// A client of one controller API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    endpoint: Endpoint,
+    token: Option<ApiToken>,
 }
 
-/// `lazarus logs NODE`: the agent's recent log lines.
-pub fn logs(api: &str, node: &str) -> Result<Vec<String>, ApiError> {
-    let body = get(api, &format!("/api/logs/{node}"))?;
-    serde_json::from_str(&body).map_err(|e| ApiError::Decode(api.into(), e))
+impl ApiClient {
+    /// The API at `endpoint`; over TCP `token` is required.
+    pub fn new(endpoint: Endpoint, token: Option<ApiToken>) -> Result<Self, ApiError> {
+        if matches!(endpoint, Endpoint::Tcp(_)) && token.is_none() {
+            return Err(ApiError::NoToken(endpoint));
+        }
+        Ok(Self { endpoint, token })
+    }
+
+    /// The API on the Unix socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        Self {
+            endpoint: Endpoint::Unix(path.into()),
+            token: None,
+        }
+    }
+
+    /// The API at `endpoint` (`unix:/PATH` or `http://HOST:PORT`), with the token of
+    /// `token_file` if one is given.
+    pub fn from_args(endpoint: &str, token_file: Option<&Path>) -> Result<Self, ApiError> {
+        let token = token_file.map(ApiToken::load).transpose()?;
+        Self::new(endpoint.parse()?, token)
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// `GET path`; returns the body of a 2xx answer.
+    pub fn get(&self, path: &str) -> Result<String, ApiError> {
+        self.request(Method::GET, path)
+    }
+
+    /// `POST path` with an empty JSON document; returns the body of a 2xx answer.
+    pub fn post(&self, path: &str) -> Result<String, ApiError> {
+        self.request(Method::POST, path)
+    }
+
+    pub fn status(&self) -> Result<StatusView, ApiError> {
+        let body = self.get("/api/status")?;
+        serde_json::from_str(&body).map_err(|e| ApiError::Decode(self.endpoint.clone(), e))
+    }
+
+    pub fn events(&self, node: Option<&str>) -> Result<Vec<EventView>, ApiError> {
+        let path = node.map_or("/api/events".to_string(), |n| {
+            format!("/api/events?node={n}")
+        });
+        let body = self.get(&path)?;
+        serde_json::from_str(&body).map_err(|e| ApiError::Decode(self.endpoint.clone(), e))
+    }
+
+    /// `lazarus logs NODE`: the agent's recent log lines.
+    pub fn logs(&self, node: &str) -> Result<Vec<String>, ApiError> {
+        let body = self.get(&format!("/api/logs/{node}"))?;
+        serde_json::from_str(&body).map_err(|e| ApiError::Decode(self.endpoint.clone(), e))
+    }
+
+    /// One request on a connection of its own, within [`TIMEOUT`].
+    fn request(&self, method: Method, path: &str) -> Result<String, ApiError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(ApiError::Runtime)?;
+        let (status, body) = rt
+            .block_on(async { tokio::time::timeout(TIMEOUT, self.exchange(method, path)).await })
+            .map_err(|_| ApiError::Timeout(self.endpoint.clone()))??;
+        if !(200..300).contains(&status) {
+            // The API's errors are `{"error": "…"}`; anything else is shown as it came.
+            let message = serde_json::from_str::<ErrorBody>(&body)
+                .map_or_else(|_| body.trim().to_string(), |b| b.error);
+            return Err(ApiError::Status(self.endpoint.clone(), status, message));
+        }
+        Ok(body)
+    }
+
+    async fn exchange(&self, method: Method, path: &str) -> Result<(u16, String), ApiError> {
+        let connect = |e| ApiError::Connect(self.endpoint.clone(), e);
+        let host = match &self.endpoint {
+            Endpoint::Unix(_) => "localhost",
+            Endpoint::Tcp(a) => a.as_str(),
+        };
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(HOST, host);
+        if method == Method::POST {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, t.bearer());
+        }
+        let body = if method == Method::POST { "{}" } else { "" };
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| self.http(e))?;
+        match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
+                self.send(TokioIo::new(s), req).await
+            }
+            Endpoint::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a.as_str())
+                    .await
+                    .map_err(connect)?;
+                self.send(TokioIo::new(s), req).await
+            }
+        }
+    }
+
+    async fn send<T>(&self, io: T, req: Request<Full<Bytes>>) -> Result<(u16, String), ApiError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| self.http(e))?;
+        let conn = tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(|e| self.http(e))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| self.http(e))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    fn http(&self, e: impl std::fmt::Display) -> ApiError {
+        ApiError::Http(self.endpoint.clone(), e.to_string())
+    }
 }
 
 /// `lazarus status` as a table.
@@ -135,4 +280,49 @@ pub fn render_progress(s: &StatusView) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_a_socket_path_or_an_http_host_and_port() {
+        let e = |s: &str| s.parse::<Endpoint>().ok();
+        assert_eq!(
+            e("unix:/run/lazarus/api.sock"),
+            Some(Endpoint::Unix("/run/lazarus/api.sock".into()))
+        );
+        assert_eq!(
+            e("http://127.0.0.1:7470"),
+            Some(Endpoint::Tcp("127.0.0.1:7470".into()))
+        );
+        assert_eq!(
+            e("http://ctl:7470/"),
+            Some(Endpoint::Tcp("ctl:7470".into()))
+        );
+        assert_eq!(e("[::1]:7470"), Some(Endpoint::Tcp("[::1]:7470".into())));
+        for bad in [
+            "unix:relative.sock",
+            "https://ctl:7470",
+            "http://ctl",
+            "http://u:p@ctl:7470",
+            "http://ctl:7470/api",
+            "",
+        ] {
+            assert_eq!(e(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cli_default_is_the_daemon_default_socket() {
+        assert_eq!(DEFAULT_API, format!("unix:{DEFAULT_API_SOCKET}"));
+    }
+
+    #[test]
+    fn tcp_needs_a_token_the_socket_does_not() {
+        let e = ApiClient::new(Endpoint::Tcp("127.0.0.1:7470".into()), None).unwrap_err();
+        assert!(e.to_string().contains("--token-file"), "{e}");
+        assert!(ApiClient::new(Endpoint::Unix("/x".into()), None).is_ok());
+    }
 }

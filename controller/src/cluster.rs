@@ -32,9 +32,9 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerSection {
-    /// The local HTTP API and `/metrics` (the CLI talks to it).
-    #[serde(default = "default_api")]
-    pub api: SocketAddr,
+    /// The HTTP API and `/metrics` (the CLI talks to it): a Unix socket, and TCP with a token.
+    #[serde(default)]
+    pub api: ApiSection,
     /// Where agents announce `Ready`.
     #[serde(default = "default_ready")]
     pub ready: SocketAddr,
@@ -56,8 +56,44 @@ pub struct MediaSection {
     pub dir: PathBuf,
 }
 
-fn default_api() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 7470))
+/// `[controller] api`: where the API answers. The Unix socket always; a TCP listener only with a
+/// bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// The Unix socket (mode 0660), where the CLI looks by default.
+    #[serde(default = "default_api_socket")]
+    pub socket: PathBuf,
+    /// The group owning the socket (a name from `/etc/group`, or a number): its members may use
+    /// the API. None: the daemon's own group.
+    pub group: Option<String>,
+    /// A TCP listener besides the socket (`HOST:PORT`); needs `token_file`.
+    pub listen: Option<SocketAddr>,
+    /// The bearer token every request over TCP presents (a file only its owner can read).
+    pub token_file: Option<PathBuf>,
+    /// More `Host` values clients may use over TCP (`"ctl.example.net:7470"`), besides the
+    /// listen address and `localhost`/`127.0.0.1`/`[::1]` with its port.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Where the API's Unix socket is unless the cluster file says otherwise (and where the CLI looks).
+pub const DEFAULT_API_SOCKET: &str = "/run/lazarus/api.sock";
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_API_SOCKET)
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            socket: default_api_socket(),
+            group: None,
+            listen: None,
+            token_file: None,
+            hosts: Vec::new(),
+        }
+    }
 }
 
 fn default_ready() -> SocketAddr {
@@ -373,6 +409,36 @@ impl Cluster {
 
     /// Checks what serde cannot: names unique, references resolved, MACs parse, brakes sane.
     fn validate(&self) -> Result<(), (String, String)> {
+        let api = &self.controller.api;
+        if !api.socket.is_absolute() {
+            return Err((
+                "controller.api.socket".into(),
+                "must be an absolute path".into(),
+            ));
+        }
+        match (api.listen, &api.token_file) {
+            (Some(_), None) => {
+                return Err((
+                    "controller.api.listen".into(),
+                    "a TCP listener needs token_file (a bearer token file, mode 0600); \
+                     the Unix socket needs none"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "controller.api.token_file".into(),
+                    "a token is only used over TCP: give listen too, or remove it".into(),
+                ))
+            }
+            _ => {}
+        }
+        if !api.hosts.is_empty() && api.listen.is_none() {
+            return Err((
+                "controller.api.hosts".into(),
+                "host names are only checked over TCP: give listen too, or remove them".into(),
+            ));
+        }
         let p = &self.policy;
         if p.failure_threshold == 0 || p.recovery_threshold == 0 {
             return Err((
@@ -538,6 +604,49 @@ mod tests {
         assert!(
             script.contains("lazarus rescue once") && script.contains("power off"),
             "{script}"
+        );
+    }
+
+    #[test]
+    fn the_api_is_a_socket_and_tcp_only_with_a_token() {
+        let c = Cluster::parse(EXAMPLE, "cluster.example.toml").unwrap();
+        let api = &c.controller.api;
+        assert_eq!(api.socket, Path::new(DEFAULT_API_SOCKET));
+        assert_eq!(api.group.as_deref(), Some("lazarus"));
+        assert_eq!((api.listen, &api.token_file), (None, &None));
+        let tcp = EXAMPLE
+            .replacen("# listen = ", "listen = ", 1)
+            .replacen("# token_file = ", "token_file = ", 1)
+            .replacen("# hosts = ", "hosts = ", 1);
+        let c = Cluster::parse(&tcp, "cluster.toml").unwrap();
+        assert_eq!(
+            c.controller.api.listen,
+            Some("127.0.0.1:7470".parse().unwrap())
+        );
+        assert_eq!(c.controller.api.hosts, ["ctl.example.net:7470"]);
+
+        let e = err(&EXAMPLE.replacen("# listen = ", "listen = ", 1));
+        assert!(
+            e.contains("controller.api.listen") && e.contains("token_file") && !e.contains('\n'),
+            "{e}"
+        );
+        let e = err(&EXAMPLE.replacen("# token_file = ", "token_file = ", 1));
+        assert!(e.contains("controller.api.token_file"), "{e}");
+        let e = err(&EXAMPLE.replacen("socket = \"/run/", "socket = \"run/", 1));
+        assert!(
+            e.contains("controller.api.socket") && e.contains("absolute"),
+            "{e}"
+        );
+        // The old form, a TCP address without a token, is refused by name.
+        let old = EXAMPLE.replacen(
+            "[controller.api]\nsocket = \"/run/lazarus/api.sock\"\ngroup",
+            "api = \"127.0.0.1:7470\"\n# group",
+            1,
+        );
+        let e = err(&old);
+        assert!(
+            e.contains("controller.api") && e.contains("127.0.0.1:7470"),
+            "{e}"
         );
     }
 

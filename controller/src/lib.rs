@@ -3,8 +3,8 @@
 //! - The daemon, `lazarus serve` ([`daemon`]): health checks, the repair state machine
 //!   ([`repair`], pure) with its persisted state ([`store`]), boot providers ([`provider`],
 //!   [`redfish`], [`command`]), the agents driven over the wire protocol ([`agent_client`]), the
-//!   local HTTP API and `/metrics` ([`daemon::http`], documents in [`api`]), and the rescue-media
-//!   server ([`media`]).
+//!   HTTP API and `/metrics` ([`daemon::http`], documents in [`api`], token in [`api_token`]),
+//!   and the rescue-media server ([`media`]).
 //! - The cluster file ([`cluster`]) and the keys it names ([`keys`]), validated once at start.
 //! - The operator CLI's pieces: the API client ([`api_client`]), direct agent commands
 //!   ([`agent_cmd`]), flag commands ([`flag_cmd`]).
@@ -17,6 +17,7 @@ pub mod agent_client;
 pub mod agent_cmd;
 pub mod api;
 pub mod api_client;
+pub mod api_token;
 pub mod cluster;
 pub mod command;
 pub mod daemon;

@@ -11,6 +11,7 @@ use lazarus_node::flag_store::FlagUpdate;
 use std::time::Duration;
 
 use lazarus_controller::agent_client::AgentClient;
+use lazarus_controller::api_client::ApiClient;
 use lazarus_controller::{agent_cmd, api_client, daemon, flag_cmd};
 use lazarus_node::{backup, keyfile, rescue_entry};
 use lazarus_proto::flag::{validate_plan_id, FlagState};
@@ -37,13 +38,13 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Redraw the status every second while repairs run.
     Watch {
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
         /// Stop after N redraws (default: until interrupted or the reader goes away).
         #[arg(long)]
         count: Option<u64>,
@@ -55,8 +56,8 @@ enum Command {
         /// Times as seconds since the first event shown.
         #[arg(long)]
         relative: bool,
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Repair NODE now (also takes a node out of quarantine).
     Repair {
@@ -64,26 +65,26 @@ enum Command {
         /// Repair it even though it passes its health checks.
         #[arg(long)]
         force: bool,
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Confirm NODE is powered off (fencing = "required", a provider that cannot power it off).
     Fenced {
         node: String,
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Return NODE to service as a standby without repairing it.
     Release {
         node: String,
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// The recent log of NODE's rescue agent.
     Logs {
         node: String,
-        #[arg(long, default_value = "127.0.0.1:7470")]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Make a key: the controller's signing key (and its public key beside it, FILE with the
     /// extension .pub), or a node's agent key. An existing file is never replaced.
@@ -134,6 +135,23 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+}
+
+/// Where the controller's API is.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The API: unix:/PATH (the daemon's socket) or http://HOST:PORT (with --token-file).
+    #[arg(long, default_value = api_client::DEFAULT_API)]
+    api: String,
+    /// The API's bearer token (a file only you can read), for an http:// API.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::from_args(&self.api, self.token_file.as_deref())?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -239,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             return Ok(None);
         }
         Command::Status { json, api } => {
-            let s = api_client::status(&api)?;
+            let s = api.client()?.status()?;
             if json {
                 serde_json::to_string(&s)?
             } else {
@@ -247,7 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             }
         }
         Command::Watch { api, count } => {
-            watch(&api, count)?;
+            watch(&api.client()?, count)?;
             return Ok(None);
         }
         Command::Events {
@@ -255,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             relative,
             api,
         } => {
-            let events = api_client::events(&api, node.as_deref())?;
+            let events = api.client()?.events(node.as_deref())?;
             let start = events.first().map_or(0, |e| e.time);
             events
                 .iter()
@@ -275,18 +293,18 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
         }
         Command::Repair { node, force, api } => {
             let query = if force { "?force=true" } else { "" };
-            api_client::post(&api, &format!("/api/repair/{node}{query}"))?;
+            api.client()?.post(&format!("/api/repair/{node}{query}"))?;
             format!("repair of {node} requested")
         }
         Command::Fenced { node, api } => {
-            api_client::post(&api, &format!("/api/fenced/{node}"))?;
+            api.client()?.post(&format!("/api/fenced/{node}"))?;
             format!("{node} confirmed off; its repair goes on")
         }
         Command::Release { node, api } => {
-            api_client::post(&api, &format!("/api/release/{node}"))?;
+            api.client()?.post(&format!("/api/release/{node}"))?;
             format!("{node} released")
         }
-        Command::Logs { node, api } => api_client::logs(&api, &node)?.join("\n"),
+        Command::Logs { node, api } => api.client()?.logs(&node)?.join("\n"),
         Command::Agent {
             command,
             addr,
@@ -410,7 +428,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
 
 /// `lazarus watch`: the status table and progress bars, redrawn every second (the screen cleared
 /// first on a terminal), `count` times or until the reader goes away.
-fn watch(api: &str, count: Option<u64>) -> anyhow::Result<()> {
+fn watch(api: &ApiClient, count: Option<u64>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let clear = if stdout.is_terminal() {
         "\x1b[2J\x1b[H"
@@ -418,7 +436,7 @@ fn watch(api: &str, count: Option<u64>) -> anyhow::Result<()> {
         ""
     };
     for shown in 1.. {
-        let s = api_client::status(api)?;
+        let s = api.status()?;
         let frame = format!(
             "{clear}{}\n{}",
             api_client::render_status(&s),

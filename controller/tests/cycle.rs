@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lazarus_controller::api::StatusView;
-use lazarus_controller::api_client;
+use lazarus_controller::api_client::ApiClient;
 
 const MIB: usize = 1 << 20;
 
@@ -41,7 +41,7 @@ fn wait_for(
 ) -> StatusView {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(s) = api_client::status(api) {
+        if let Ok(s) = ApiClient::unix(api).status() {
             if pred(&s) {
                 return s;
             }
@@ -148,7 +148,7 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let api = lab.path("api.sock").display().to_string();
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // The "rescue boot" of w1: start a host-mode agent at 127.0.0.41, announcing w1's MAC.
     let agent_log = lab.path("w1-agent.log");
@@ -172,7 +172,7 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
         format!(
             r#"
 [controller]
-api = "{api}"
+api = {{ socket = "{api}" }}
 ready = "{ready}"
 {keys}
 [policy]
@@ -265,7 +265,7 @@ allow_weak_selector = true
     // The restored node comes up (its health check passes) once the agent has been told to reboot.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = api_client::status(&api).ok();
+        let s = ApiClient::unix(&api).status().ok();
         let st = s.as_ref().map(|s| state_of(s, "w1")).unwrap_or_default();
         if st == "verifying" || st == "rebooting" {
             std::fs::write(lab.path("w1-up"), "").unwrap();
@@ -280,7 +280,7 @@ allow_weak_selector = true
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let s = api_client::status(&api).unwrap();
+    let s = ApiClient::unix(&api).status().unwrap();
     let w1 = s.nodes.iter().find(|n| n.name == "w1").unwrap();
     assert_eq!(w1.role, lazarus_controller::cluster::Role::Standby);
     assert!(
@@ -307,7 +307,7 @@ allow_weak_selector = true
         "w1\n",
         "the [standby] hook did not run once for the rejoined node"
     );
-    let events = api_client::events(&api, Some("w1")).unwrap();
+    let events = ApiClient::unix(&api).events(Some("w1")).unwrap();
     let path: Vec<&str> = events.iter().map(|e| e.to.as_str()).collect();
     // waiting_ready may be skipped: a fast agent announces Ready before the attach command returns.
     for step in [
@@ -324,12 +324,12 @@ allow_weak_selector = true
     ] {
         assert!(path.contains(&step), "{step} missing from {path:?}");
     }
-    let metrics = api_client::get(&api, "/metrics").unwrap();
+    let metrics = ApiClient::unix(&api).get("/metrics").unwrap();
     assert!(
         metrics.contains("lazarus_repairs_succeeded_total 1"),
         "{metrics}"
     );
-    let out = lazarus(&["status", "--api", &api]);
+    let out = lazarus(&["status", "--api", &format!("unix:{api}")]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("w1"),
         "{out:?}"
@@ -376,7 +376,7 @@ impl Cluster {
         if !image_digest_ok {
             digest.0[0] ^= 0xff;
         }
-        let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let api = lab.path("api.sock").display().to_string();
         let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let agents = Agents {
             file: lab.path("agents.pids"),
@@ -424,7 +424,7 @@ flag = {{ path = "{flag}" }}
             format!(
                 r#"
 [controller]
-api = "{api}"
+api = {{ socket = "{api}" }}
 ready = "{ready}"
 {keys}
 [policy]
@@ -521,7 +521,8 @@ fn an_agent_reporting_failed_is_retried_then_quarantined_until_an_operator_acts(
         "{:?}",
         s.alerts
     );
-    let plans: Vec<String> = api_client::events(&c.api, Some("w1"))
+    let plans: Vec<String> = ApiClient::unix(&c.api)
+        .events(Some("w1"))
         .unwrap()
         .into_iter()
         .filter(|e| e.to == "recovering")
@@ -543,10 +544,10 @@ fn an_agent_reporting_failed_is_retried_then_quarantined_until_an_operator_acts(
     // Quarantine holds; an operator releases the node.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        state_of(&api_client::status(&c.api).unwrap(), "w1"),
+        state_of(&ApiClient::unix(&c.api).status().unwrap(), "w1"),
         "quarantined"
     );
-    let out = lazarus(&["release", "w1", "--api", &c.api]);
+    let out = lazarus(&["release", "w1", "--api", &format!("unix:{}", c.api)]);
     assert!(out.status.success(), "{out:?}");
     wait_for(
         &c.api,
@@ -555,7 +556,7 @@ fn an_agent_reporting_failed_is_retried_then_quarantined_until_an_operator_acts(
         &c.log,
         |s| state_of(s, "w1") != "quarantined",
     );
-    let out = lazarus(&["repair", "nope", "--api", &c.api]);
+    let out = lazarus(&["repair", "nope", "--api", &format!("unix:{}", c.api)]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
@@ -577,14 +578,14 @@ fn too_many_failures_at_once_pause_automatic_repair() {
         s.alerts
     );
     std::thread::sleep(Duration::from_secs(2));
-    let s = api_client::status(&c.api).unwrap();
+    let s = ApiClient::unix(&c.api).status().unwrap();
     let started = s
         .nodes
         .iter()
         .filter(|n| !matches!(n.state.as_str(), "healthy" | "failing" | "queued"))
         .count();
     assert!(started <= 1, "repairs ran while paused: {s:?}");
-    let metrics = api_client::get(&c.api, "/metrics").unwrap();
+    let metrics = ApiClient::unix(&c.api).get("/metrics").unwrap();
     assert!(
         metrics.contains("lazarus_nodes{state=\"queued\"}"),
         "{metrics}"
@@ -634,7 +635,8 @@ fn an_agent_unreachable_mid_recovery_is_waited_for_and_the_repair_completes() {
     drop(feed);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = api_client::status(&c.api)
+        let st = ApiClient::unix(&c.api)
+            .status()
             .map(|s| state_of(&s, "w1"))
             .unwrap_or_default();
         if st == "rebooting" || st == "verifying" {

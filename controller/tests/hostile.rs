@@ -147,11 +147,11 @@ fn controller(lab: &Lab, ready: SocketAddr, data: &str, log: &str) -> std::proce
              disk = {{ path = \"/nonexistent\" }}\nallow_weak_selector = true\n"
         ));
     }
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let api = lab.path(&format!("{data}-api.sock")).display().to_string();
     std::fs::write(
         &config,
         format!(
-            "[controller]\napi = \"{api}\"\nready = \"{ready}\"\n{keys}\n[policy]\n\
+            "[controller]\nready = \"{ready}\"\napi = {{ socket = \"{api}\" }}\n{keys}\n[policy]\n\
              health_interval = \"500ms\"\nhealth_timeout = \"300ms\"\n\n\
              [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\n\n\
              [images.worker]\npath = \"images/worker.img\"\nformat = \"raw\"\nsize = 1048576\n\

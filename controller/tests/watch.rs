@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lazarus_controller::api_client;
+use lazarus_controller::api_client::ApiClient;
 
 /// `lazarus serve`, killed by its pid when the test ends.
 struct Controller(Child);
@@ -21,7 +21,7 @@ impl Drop for Controller {
 
 /// A controller over two nodes that stay healthy; returns its API address.
 fn controller(lab: &Lab) -> (Controller, String) {
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let api = lab.path("api.sock").display().to_string();
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let config = lab.path("cluster.toml");
     let mut nodes = String::new();
@@ -46,7 +46,7 @@ allow_weak_selector = true
         format!(
             r#"
 [controller]
-api = "{api}"
+api = {{ socket = "{api}" }}
 ready = "{ready}"
 {keys}
 [policy]
@@ -71,7 +71,7 @@ sha256 = "{sha}"
     let log = lab.path("controller.log");
     let c = Controller(serve(&config, &lab.path("data"), &log));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while api_client::status(&api).is_err() {
+    while ApiClient::unix(&api).status().is_err() {
         assert!(
             Instant::now() < deadline,
             "no API: {}",
@@ -79,7 +79,7 @@ sha256 = "{sha}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    (c, api)
+    (c, format!("unix:{api}"))
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lazarus_controller::api_client;
+use lazarus_controller::api_client::ApiClient;
 use lazarus_e2e::libvirt::{DomainSpec, VirtLab, REDFISH_PORT};
 use lazarus_e2e::*;
 use lazarus_testkit::require;
@@ -171,7 +171,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let api = format!("{HOST_IP}:7470");
+    let api = dir.join("api.sock");
     let mut nodes = String::new();
     for (name, role, _, mac, serial, ip, rip) in NODES {
         let system = lab.system(name).unwrap();
@@ -190,9 +190,10 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     std::fs::write(
         &config,
         format!(
-            "[controller]\napi = \"{api}\"\nready = \"{HOST_IP}:7461\"\nsigning_key = \"{signing}\"\n\
+            "[controller]\nready = \"{HOST_IP}:7461\"\nsigning_key = \"{signing}\"\n\
              agent_keys = \"{agents}\"\n\
-             media = {{ listen = \"{HOST_IP}:7480\", dir = \"{media}\" }}\n\n\
+             media = {{ listen = \"{HOST_IP}:7480\", dir = \"{media}\" }}\n\
+             api = {{ socket = \"{api}\" }}\n\n\
              [policy]\nhealth_interval = \"2s\"\nhealth_timeout = \"1500ms\"\nfailure_threshold = 2\n\
              recovery_threshold = 1\npoll_interval = \"2s\"\n\n\
              [promotion]\ncommand = [\"{hook}\"]\n\n\
@@ -203,6 +204,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
             agents = art.agent_keys(dir, &["w1", "s1"]).unwrap().display(),
             media = media.display(),
             hook = hook.display(),
+            api = api.display(),
         ),
     )
     .unwrap();
@@ -221,7 +223,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     );
     let status = |ns: &Netns| {
         let api = api.clone();
-        ns.enter(move || api_client::status(&api).ok())
+        ns.enter(move || ApiClient::unix(&api).status().ok())
             .ok()
             .flatten()
     };
@@ -244,7 +246,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
 
     let events = |ns: &Netns| {
         let api = api.clone();
-        ns.enter(move || api_client::events(&api, Some("w1")).unwrap_or_default())
+        ns.enter(move || ApiClient::unix(&api).events(Some("w1")).unwrap_or_default())
             .unwrap()
     };
     wait_for(
@@ -289,7 +291,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     assert!(head == want, "w1's first MiB is not the image's");
     let timeline = {
         let api = api.clone();
-        ns.enter(move || api_client::events(&api, None).unwrap_or_default())
+        ns.enter(move || ApiClient::unix(&api).events(None).unwrap_or_default())
             .unwrap()
     };
     let t0 = timeline.first().map_or(0, |e| e.time);

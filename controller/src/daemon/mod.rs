@@ -44,8 +44,8 @@ pub enum DaemonError {
     Keys(#[from] crate::keys::KeysError),
     #[error("listening on {0} for Ready: {1}")]
     ListenReady(SocketAddr, std::io::Error),
-    #[error("listening on {0} for the API: {1}")]
-    ListenApi(SocketAddr, Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Api(#[from] http::HttpError),
     #[error(transparent)]
     Media(#[from] crate::media::MediaError),
     #[error("media folder {0}: {1}")]
@@ -77,13 +77,29 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
 
     let ready = TcpListener::bind(cluster.controller.ready)
         .map_err(|e| DaemonError::ListenReady(cluster.controller.ready, e))?;
-    let api = tiny_http::Server::http(cluster.controller.api)
-        .map_err(|e| DaemonError::ListenApi(cluster.controller.api, e))?;
-    log::info!(
-        "controller: API on {}, Ready on {}",
-        cluster.controller.api,
-        cluster.controller.ready
-    );
+    let api = &cluster.controller.api;
+    http::server::start(
+        http::Api {
+            cluster: cluster.clone(),
+            pool: pool.clone(),
+            shared: shared.clone(),
+            tx: tx.clone(),
+            store: store.clone(),
+        },
+        api,
+    )?;
+    match api.listen {
+        Some(tcp) => log::info!(
+            "controller: API on {} and {tcp} (token), Ready on {}",
+            api.socket.display(),
+            cluster.controller.ready
+        ),
+        None => log::info!(
+            "controller: API on {}, Ready on {}",
+            api.socket.display(),
+            cluster.controller.ready
+        ),
+    }
     if let Some(media) = &cluster.controller.media {
         crate::media::check_dir(&media.dir)
             .map_err(|e| DaemonError::MediaDir(media.dir.clone(), e))?;
@@ -113,25 +129,6 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
             if tx.send(Event::Tick).is_err() {
                 return;
             }
-        });
-    }
-    {
-        let (cluster, pool, shared, tx, store) = (
-            cluster.clone(),
-            pool.clone(),
-            shared.clone(),
-            tx.clone(),
-            store.clone(),
-        );
-        std::thread::spawn(move || {
-            http::Api {
-                cluster: &cluster,
-                pool: &pool,
-                shared: &shared,
-                tx: &tx,
-                store: &store,
-            }
-            .serve(&api)
         });
     }
     let _ = tx.send(Event::Resume);

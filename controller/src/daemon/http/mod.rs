@@ -1,0 +1,279 @@
+//! The controller's HTTP API (JSON) and Prometheus `/metrics`. The `lazarus` CLI's `status`,
+//! `watch`, `events`, `repair`, `fenced`, `release` and `logs` use it. Every error answer is
+//! [`ErrorBody`] (`{"error": "…"}`), one line.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /api/status` | nodes with role, state, step, progress, since, last error; alerts |
+//! | `GET /api/events[?node=N]` | the event log |
+//! | `POST /api/repair/N[?force=true]`, `POST /api/release/N`, `POST /api/fenced/N` | operator decisions |
+//! | `GET /api/logs/N` | the agent's recent log, fetched over the protocol |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Where it listens ([`socket`], [`server`]): always a Unix socket (`[controller.api] socket`,
+//! `/run/lazarus/api.sock` by default, mode 0660, group `group`), and over TCP only when
+//! `listen` comes with a `token_file`. Who may ask what is decided by [`guard`] before any route:
+//! a bearer token over TCP, `Host` and `Origin` checks against web pages, a JSON content type
+//! for POSTs.
+//!
+//! The server is hyper on a tokio runtime of its own thread, confined to this module: at most
+//! [`server::MAX_CONNECTIONS`] connections per listener (the oldest idle one is closed for a new
+//! one), request
+//! heads of at most [`server::MAX_HEAD`] bytes read within [`server::HEAD_TIMEOUT`], bodies of at
+//! most [`server::MAX_BODY`], a read or write stalled for [`server::STALL_TIMEOUT`] closes the
+//! connection ([`stall`]). Routes run on blocking threads, at most [`server::MAX_WORKING`] at
+//! once, each within a deadline; `/api/logs` (which waits on an agent) has its own smaller
+//! budget, so it never holds up the other routes.
+//!
+//! This module answers from what the event loop publishes and sends operator decisions as
+//! events; it never changes the state itself.
+
+pub mod guard;
+pub mod server;
+pub mod socket;
+pub mod stall;
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use lazarus_proto::{Request, Response};
+use serde::Serialize;
+
+use super::pool::AgentPool;
+use super::shared::{lock, Shared};
+use crate::api::{status_view, Accepted, ErrorBody, EventView};
+use crate::cluster::Cluster;
+use crate::repair::brakes::{operator_refusal, OperatorOp};
+use crate::repair::Event;
+use crate::store::Store;
+
+const JSON: &str = "application/json";
+const PROMETHEUS: &str = "text/plain; version=0.0.4";
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("API socket {1}: {0}: {2}")]
+    Socket(&'static str, PathBuf, std::io::Error),
+    #[error("API socket group: reading /etc/group: {0}")]
+    GroupFile(std::io::Error),
+    #[error("API socket {0}: another controller is serving on it")]
+    Live(PathBuf),
+    #[error("API socket {0}: exists and is not a socket (not replaced)")]
+    NotSocket(PathBuf),
+    #[error("API socket group {0:?}: no such group in /etc/group")]
+    Group(String),
+    #[error("the API on {0} needs token_file: TCP is served only with a bearer token")]
+    NoToken(std::net::SocketAddr),
+    #[error(transparent)]
+    Token(#[from] crate::api_token::TokenError),
+    #[error("listening on {0} for the API: {1}")]
+    Tcp(std::net::SocketAddr, std::io::Error),
+    #[error("starting the API server: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// One answer: status code, body, content type.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    pub body: String,
+    pub kind: &'static str,
+}
+
+impl Reply {
+    fn json(code: u16, value: &impl Serialize) -> Self {
+        match serde_json::to_string(value) {
+            Ok(body) => Self {
+                code,
+                body,
+                kind: JSON,
+            },
+            Err(e) => Self::error(500, format!("encoding the answer: {e}")),
+        }
+    }
+
+    /// `{"error": message}` with `code`.
+    pub fn error(code: u16, message: impl Into<String>) -> Self {
+        let body = ErrorBody {
+            error: message.into(),
+        };
+        Self {
+            code,
+            // A struct of one string always serializes.
+            body: serde_json::to_string(&body).unwrap_or_default(),
+            kind: JSON,
+        }
+    }
+}
+
+/// What a request asks, once its method and path are understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Status,
+    Metrics,
+    Events(Option<String>),
+    Operator(String, OperatorOp),
+    Logs(String),
+}
+
+impl Route {
+    /// The route of `method` and `path_and_query`, or the answer to a request for none.
+    pub fn parse(method: &hyper::Method, path_and_query: &str) -> Result<Self, Reply> {
+        use hyper::Method;
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let path = path.trim_end_matches('/');
+        let node = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .filter(|n| !n.is_empty() && !n.contains('/'))
+                .map(str::to_string)
+        };
+        let route = if *method == Method::GET {
+            match path {
+                "/api/status" => Some(Self::Status),
+                "/metrics" => Some(Self::Metrics),
+                "/api/events" => Some(Self::Events(
+                    query.strip_prefix("node=").map(str::to_string),
+                )),
+                _ => node("/api/logs/").map(Self::Logs),
+            }
+        } else if *method == Method::POST {
+            let force = query.split('&').any(|q| q == "force=true");
+            node("/api/repair/")
+                .map(|n| Self::Operator(n, OperatorOp::Repair { force }))
+                .or_else(|| node("/api/release/").map(|n| Self::Operator(n, OperatorOp::Release)))
+                .or_else(|| node("/api/fenced/").map(|n| Self::Operator(n, OperatorOp::Fenced)))
+        } else {
+            None
+        };
+        route.ok_or_else(|| Reply::error(404, "no such route"))
+    }
+}
+
+/// What the API answers from.
+pub struct Api {
+    pub cluster: Arc<Cluster>,
+    pub pool: Arc<AgentPool>,
+    pub shared: Arc<Mutex<Shared>>,
+    pub tx: Sender<Event>,
+    pub store: Arc<Store>,
+}
+
+impl Api {
+    /// Answers `route`; may block (the store, an agent), so it runs on a blocking thread.
+    pub fn answer(&self, route: &Route) -> Reply {
+        match route {
+            Route::Status => {
+                let sh = lock(&self.shared);
+                Reply::json(200, &status_view(&sh.state, &sh.alerts))
+            }
+            Route::Metrics => {
+                let sh = lock(&self.shared);
+                Reply {
+                    code: 200,
+                    body: sh.metrics.render(&sh.state),
+                    kind: PROMETHEUS,
+                }
+            }
+            Route::Events(node) => match self.store.events(node.as_deref()) {
+                Ok(events) => {
+                    let events: Vec<EventView> = events.into_iter().map(EventView::from).collect();
+                    Reply::json(200, &events)
+                }
+                Err(e) => Reply::error(500, e.to_string()),
+            },
+            Route::Operator(node, op) => self.operator(node, *op),
+            Route::Logs(node) => self.logs(node),
+        }
+    }
+
+    /// Hands an operator's decision about `node` to the event loop, or says at once why it is
+    /// refused (the state machine refuses it too, should the state change in between).
+    fn operator(&self, node: &str, op: OperatorOp) -> Reply {
+        if self.cluster.node(node).is_none() {
+            return Reply::error(404, format!("no node {node}"));
+        }
+        if let Some(why) = operator_refusal(&lock(&self.shared).state, node, op) {
+            return Reply::error(409, why.to_string());
+        }
+        let event = match op {
+            OperatorOp::Repair { force } => Event::OperatorRepair {
+                node: node.into(),
+                force,
+            },
+            OperatorOp::Release => Event::OperatorRelease { node: node.into() },
+            OperatorOp::Fenced => Event::OperatorFenced { node: node.into() },
+        };
+        let _ = self.tx.send(event);
+        Reply::json(202, &Accepted { accepted: true })
+    }
+
+    /// The recent log of `node`'s agent.
+    fn logs(&self, node: &str) -> Reply {
+        let Some(n) = self.cluster.node(node) else {
+            return Reply::error(404, format!("no node {node}"));
+        };
+        match self.pool.call(n, &Request::GetLogs { since: 0 }) {
+            Ok(Response::Logs(l)) => {
+                let lines: Vec<&str> = l.lines.iter().map(|l| l.message.as_str()).collect();
+                Reply::json(200, &lines)
+            }
+            Ok(other) => Reply::error(502, format!("unexpected reply from the agent: {other:?}")),
+            Err(e) => Reply::error(502, e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    #[test]
+    fn error_bodies_are_json_with_the_message_as_is() {
+        let r = Reply::error(404, "no node \"x\\y\"\n");
+        assert_eq!((r.code, r.kind), (404, JSON));
+        let back: ErrorBody = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(back.error, "no node \"x\\y\"\n");
+    }
+
+    #[test]
+    fn routes_are_parsed_by_method_and_path() {
+        let ok = |m: Method, p: &str| Route::parse(&m, p).ok();
+        assert_eq!(ok(Method::GET, "/api/status/"), Some(Route::Status));
+        assert_eq!(ok(Method::GET, "/metrics"), Some(Route::Metrics));
+        assert_eq!(
+            ok(Method::GET, "/api/events?node=w1"),
+            Some(Route::Events(Some("w1".into())))
+        );
+        assert_eq!(
+            ok(Method::GET, "/api/logs/w1"),
+            Some(Route::Logs("w1".into()))
+        );
+        assert_eq!(
+            ok(Method::POST, "/api/repair/w1?force=true"),
+            Some(Route::Operator(
+                "w1".into(),
+                OperatorOp::Repair { force: true }
+            ))
+        );
+        assert_eq!(
+            ok(Method::POST, "/api/fenced/w1"),
+            Some(Route::Operator("w1".into(), OperatorOp::Fenced))
+        );
+        for (m, p) in [
+            (Method::POST, "/api/status"),
+            (Method::GET, "/api/repair/w1"),
+            (Method::DELETE, "/api/release/w1"),
+            (Method::GET, "/api/logs/"),
+            (Method::GET, "/api/logs/a/b"),
+            (Method::GET, "/"),
+        ] {
+            let r = Route::parse(&m, p).unwrap_err();
+            assert_eq!(r.code, 404, "{m} {p}");
+        }
+    }
+}
