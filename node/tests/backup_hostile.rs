@@ -436,7 +436,7 @@ fn devices_and_fifos_are_listed_or_fatal_as_the_plan_says() {
     fs::write(root.join("srv/data"), "data").unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("srv/pipe"),
+        root.join("srv/pipe"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,

@@ -207,7 +207,7 @@ impl Fake {
         fs::set_permissions(etc.join("suid"), fs::Permissions::from_mode(0o4755)).expect("chmod");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &etc.join("pipe"),
+            etc.join("pipe"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
