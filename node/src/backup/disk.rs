@@ -110,8 +110,8 @@ enum OnDisk {
     Other,
 }
 
-/// The disk as it is before the restore, looked up (and remembered) path by path; nothing is
-/// ever written through it.
+/// The disk as it is before the restore, looked up path by path (its directories remembered);
+/// nothing is ever written through it.
 pub(super) struct DiskView<'r> {
     root: &'r OwnedFd,
     seen: HashMap<Components, OnDisk>,
@@ -190,7 +190,11 @@ impl<'r> DiskView<'r> {
                 },
             },
         };
-        self.seen.insert(comps.to_vec(), kind);
+        // Only directories are remembered: they are bounded by what the disk already holds,
+        // whereas an archive can name any number of missing paths.
+        if kind == OnDisk::Dir {
+            self.seen.insert(comps.to_vec(), kind);
+        }
         Ok(kind)
     }
 }

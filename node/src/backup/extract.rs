@@ -37,6 +37,12 @@ use super::BackupError;
 
 /// How many unrestored entries a report names (the rest are counted).
 pub const MAX_LISTED: usize = 16;
+const PATH_MAX: usize = 4096;
+const NAME_MAX: usize = 255;
+/// The most path bytes the checks remember (every restored path, once): 128 MiB, about a
+/// million paths of a hundred bytes. An archive naming more is refused rather than letting a
+/// small, well-compressed archive of many long names exhaust PID 1's memory.
+const MAX_REMEMBERED: usize = 128 << 20;
 
 /// What a restore may do beyond the safe default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +100,24 @@ impl ExtractReport {
 }
 
 /// Splits an entry path into plain components, refusing absolute paths and `..`.
+/// Also refuses what no Linux filesystem can hold: a path over `PATH_MAX` (4096 bytes) or a
+/// component over `NAME_MAX` (255), which bounds the depth of a path and what the checks keep.
 pub(super) fn clean(path: &Path, entry: &str) -> Result<Components, BackupError> {
+    if path.as_os_str().len() > PATH_MAX {
+        return Err(BackupError::UnsafeEntry {
+            entry: entry.chars().take(64).collect::<String>() + "...",
+            reason: "path longer than PATH_MAX (4096 bytes)",
+        });
+    }
     let mut out = Vec::new();
     for c in path.components() {
         match c {
+            Component::Normal(n) if n.len() > NAME_MAX => {
+                return Err(BackupError::UnsafeEntry {
+                    entry: entry.into(),
+                    reason: "name longer than NAME_MAX (255 bytes)",
+                })
+            }
             Component::Normal(n) => out.push(n.to_owned()),
             Component::CurDir => {}
             Component::ParentDir => {
@@ -169,6 +189,8 @@ struct Checker {
     /// Every symlink of the archive so far, selected or not.
     symlinks: HashSet<Components>,
     made: HashMap<Components, Made>,
+    /// Path bytes held in `symlinks` and `made` (see [`MAX_REMEMBERED`]).
+    remembered: usize,
 }
 
 fn unsafe_entry(entry: &str, reason: &'static str) -> BackupError {
@@ -190,6 +212,7 @@ impl Checker {
             allow_setid: opts.allow_setid,
             symlinks: HashSet::new(),
             made: HashMap::new(),
+            remembered: 0,
         })
     }
 
@@ -230,8 +253,8 @@ impl Checker {
                 });
             }
         };
-        if matches!(what, What::Symlink(_)) {
-            self.symlinks.insert(comps.clone());
+        if matches!(what, What::Symlink(_)) && self.symlinks.insert(comps.clone()) {
+            self.remember(&comps)?;
         }
         if !self.selected(&comps) {
             return Ok(Decision::Unselected);
@@ -249,7 +272,7 @@ impl Checker {
             ));
         }
         if let What::HardLink(t) = &what {
-            if self.made.get(t) != Some(&Made::File) {
+            if *t == comps || self.made.get(t) != Some(&Made::File) {
                 return Err(unsafe_entry(
                     &name,
                     "hard link target is not a file this restore writes before it",
@@ -277,16 +300,35 @@ impl Checker {
     }
 
     /// Records what `op` makes (its missing parents become directories).
-    fn commit(&mut self, op: &Op) {
+    fn commit(&mut self, op: &Op) -> Result<(), BackupError> {
         for n in 1..op.comps.len() {
-            self.made.entry(op.comps[..n].to_vec()).or_insert(Made::Dir);
+            if !self.made.contains_key(&op.comps[..n]) {
+                self.made.insert(op.comps[..n].to_vec(), Made::Dir);
+                self.remember(&op.comps[..n])?;
+            }
         }
         let made = match op.what {
             What::Dir => Made::Dir,
             What::File | What::HardLink(_) => Made::File,
             What::Symlink(_) => Made::Other,
         };
-        self.made.insert(op.comps.clone(), made);
+        if self.made.insert(op.comps.clone(), made).is_none() {
+            self.remember(&op.comps)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a path the checks now hold against [`MAX_REMEMBERED`].
+    fn remember(&mut self, comps: &[std::ffi::OsString]) -> Result<(), BackupError> {
+        // Each component also costs its allocation; 32 bytes is a fair floor.
+        self.remembered += comps.iter().map(|c| c.len() + 32).sum::<usize>();
+        if self.remembered > MAX_REMEMBERED {
+            return Err(BackupError::Corrupt(format!(
+                "the archive names more paths than a restore keeps track of ({} MiB of names)",
+                MAX_REMEMBERED >> 20
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -322,7 +364,7 @@ pub fn check_archive(
                     made.get(p) == Some(&Made::Dir)
                 })?;
                 report.setid_stripped += u64::from(setid_stripped);
-                checker.commit(&op);
+                checker.commit(&op)?;
             }
         }
         Ok(())
@@ -362,7 +404,7 @@ pub fn extract_archive(
             }
             Decision::Restore { op, setid_stripped } => (op, setid_stripped),
         };
-        checker.commit(&op);
+        checker.commit(&op)?;
         if setid_stripped && report.setid_stripped < MAX_LISTED as u64 {
             log::warn!(
                 "restore: {}: setuid/setgid dropped (mode {:o} restored as {:o})",
@@ -491,4 +533,82 @@ fn uid_of(uid: u32) -> rustix::fs::Uid {
 
 fn gid_of(gid: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(path: &str, kind: EntryType, link: Option<&str>) -> Member {
+        Member {
+            path: PathBuf::from(path),
+            link: link.map(PathBuf::from),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+        }
+    }
+
+    fn checker() -> Checker {
+        Checker::new(&ExtractOptions {
+            paths: &[],
+            allow_setid: false,
+            unrestorable: Unrestorable::Warn,
+        })
+        .unwrap()
+    }
+
+    /// Decides and commits, as both passes do.
+    fn decide(c: &mut Checker, m: &Member) -> Result<(), BackupError> {
+        if let Decision::Restore { op, .. } = c.decide(m)? {
+            c.commit(&op)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn names_no_filesystem_can_hold_are_refused() {
+        let mut c = checker();
+        let deep = "a/".repeat(2049) + "f";
+        let long = "n".repeat(256);
+        for path in [deep.as_str(), long.as_str()] {
+            let err = decide(&mut c, &member(path, EntryType::Regular, None)).unwrap_err();
+            assert!(matches!(err, BackupError::UnsafeEntry { .. }), "{err}");
+        }
+        decide(&mut c, &member(&"n".repeat(255), EntryType::Regular, None)).unwrap();
+    }
+
+    #[test]
+    fn a_hard_link_to_itself_or_through_a_file_of_the_archive_is_refused() {
+        let mut c = checker();
+        decide(&mut c, &member("a", EntryType::Regular, None)).unwrap();
+        let err = decide(&mut c, &member("a", EntryType::Link, Some("a"))).unwrap_err();
+        assert!(matches!(err, BackupError::UnsafeEntry { .. }), "{err}");
+        let err = decide(&mut c, &member("a/b", EntryType::Regular, None)).unwrap_err();
+        assert!(matches!(err, BackupError::UnsafeEntry { .. }), "{err}");
+        decide(&mut c, &member("d", EntryType::Directory, None)).unwrap();
+        let err = decide(&mut c, &member("d", EntryType::Regular, None)).unwrap_err();
+        assert!(matches!(err, BackupError::UnsafeEntry { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_archive_naming_too_many_paths_is_refused_not_remembered() {
+        let mut c = checker();
+        let name = "x".repeat(200);
+        let mut refused = None;
+        for i in 0..1_000_000u32 {
+            let path = format!("{name}/{name}/{name}/{i}");
+            if let Err(e) = decide(&mut c, &member(&path, EntryType::Regular, None)) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, err) = refused.expect("never refused");
+        assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
+        assert!(i > 100_000, "refused early, at {i}");
+        assert!(c.remembered <= MAX_REMEMBERED + 4 * (PATH_MAX + 32));
+    }
 }
