@@ -447,7 +447,7 @@ fn devices_and_fifos_are_listed_or_fatal_as_the_plan_says() {
     assert_eq!(report.unrestored, ["srv/pipe (fifo)"]);
     assert_eq!(
         report.unrestored_line().unwrap(),
-        "1 entries not restored: srv/pipe (fifo)"
+        "1 entry not restored: srv/pipe (fifo)"
     );
     assert_eq!(fs::read(dest.join("srv/data")).unwrap(), b"data");
     assert!(!dest.join("srv/pipe").exists());

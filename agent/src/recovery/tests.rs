@@ -392,7 +392,7 @@ fn unrestored_entries_are_listed_in_the_flag_or_fail_the_plan_as_it_says() {
     fake.add_backup_with_specials(BACKUP_TIME + 60);
     let record = run(&fake, &plan_for(&fake)).expect("recovers");
     assert_eq!(record.state, FlagState::Recovered);
-    assert_eq!(record.message, "1 entries not restored: etc/pipe (fifo)");
+    assert_eq!(record.message, "1 entry not restored: etc/pipe (fifo)");
     assert!(fake
         .trace()
         .contains(&What::Unrestored(vec!["etc/pipe (fifo)".into()])));

@@ -74,15 +74,21 @@ pub struct ExtractReport {
 }
 
 impl ExtractReport {
-    /// The unrestored entries in one line: `3 entries not restored: dev/sda (block device), ...`.
+    /// The unrestored entries in one line: `3 entries not restored: dev/sda (block device), ...`
+    /// (`1 entry` for one).
     pub fn unrestored_line(&self) -> Option<String> {
         if self.unrestored_count == 0 {
             return None;
         }
         let more = self.unrestored_count - self.unrestored.len() as u64;
         let mut line = format!(
-            "{} entries not restored: {}",
+            "{} {} not restored: {}",
             self.unrestored_count,
+            if self.unrestored_count == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
             self.unrestored.join(", ")
         );
         if more > 0 {
