@@ -106,6 +106,10 @@ pub enum BackupError {
     NothingToBackUp(String),
 }
 
+/// The largest zstd window a backup may use: 8 MiB (what `zstd -19` uses; `lazarus backup`
+/// writes 128 KiB windows), so decompressing never reserves more than that in PID 1.
+pub const MAX_WINDOW: u64 = 8 << 20;
+
 /// A complete backup found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundBackup {
@@ -193,9 +197,10 @@ pub struct VerifiedArchive {
 }
 
 impl VerifiedArchive {
-    /// The decompressed tar stream of the verified copy.
+    /// The decompressed tar stream of the verified copy; frames with a window over
+    /// [`MAX_WINDOW`] are refused.
     pub fn tar_stream(&self) -> impl Read + '_ {
-        crate::zstd::ZstdFrames::new(&self.bytes[..])
+        crate::zstd::ZstdFrames::with_max_window(&self.bytes[..], MAX_WINDOW)
     }
 }
 
