@@ -213,6 +213,18 @@ fn an_archive_that_is_a_symlink_or_too_large_is_refused_before_it_is_read() {
     std::os::unix::fs::symlink(&elsewhere, found.archive_path()).unwrap();
     let err = restore(&backups, &dest).unwrap_err();
     assert!(matches!(err, BackupError::Read(..)), "{err}");
+    // A fifo in its place neither hangs the restore nor is read.
+    fs::remove_file(found.archive_path()).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        found.archive_path(),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let err = restore(&backups, &dest).unwrap_err();
+    assert!(matches!(err, BackupError::NotAFile { .. }), "{err}");
     assert!(tree(&dest).is_empty());
 }
 

@@ -94,7 +94,7 @@ pub enum BackupError {
         size: u64,
         max: u64,
     },
-    #[error("restore root {path:?} refused: {reason}; nothing was written")]
+    #[error("{path:?} on the restored filesystem refused: {reason}; nothing was written")]
     UnsafeTarget { path: String, reason: &'static str },
     #[error("{0}, and the plan makes them fatal (unrestorable = \"fatal\"); nothing was written")]
     Unrestorable(String),
@@ -219,6 +219,8 @@ pub fn read_archive(found: &FoundBackup, max: u64) -> Result<ArchiveCopy, Backup
             max,
         });
     }
+    // O_NONBLOCK: a fifo planted in the archive's place must not hang the open (it is then
+    // refused as not a regular file).
     let fd = rustix::fs::open(
         &path,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
