@@ -226,7 +226,8 @@ impl Checker {
         self.only.is_empty() || self.only.iter().any(|o| comps.starts_with(o))
     }
 
-    /// Decides what `m` does, then records what it makes.
+    /// Decides what `m` does. Only the archive's symlinks are recorded here; what a restored
+    /// entry makes is recorded by [`Checker::commit`], after the disk check of the first pass.
     fn decide(&mut self, m: &Member) -> Result<Decision, BackupError> {
         let name = m.path.to_string_lossy().into_owned();
         let comps = clean(&m.path, &name)?;
