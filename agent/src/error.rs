@@ -118,6 +118,11 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (712, "Restore::NothingToBackUp", "a backup names no paths (only when backing up)"),
     (713, "MountTarget::MountPoint", "the restored filesystem's mount point could not be created"),
     (714, "MountTarget::Unmount", "the restored filesystem could not be unmounted"),
+    (715, "Restore::TooLarge", "the backup archive is larger than the plan's max_backup_bytes; nothing was read"),
+    (716, "Restore::NotAFile", "the backup archive is not a regular file"),
+    (717, "Restore::HeaderTooLarge", "the archive holds a GNU long-name or PAX header over 64 KiB; refused before it was read, nothing written"),
+    (718, "Restore::UnsafeTarget", "a symlink or file on the restored disk is on an entry's path, or the restore root is reached through one; nothing was written"),
+    (719, "Restore::Unrestorable", "the archive holds devices, fifos or other entries that are not restored, and the plan makes them fatal; nothing was written"),
     (800, "Flag", "reading or writing the flag record failed"),
     (801, "NoFlag::NotFound", "no flag partition with the plan's label"),
     (802, "NoFlag::Ambiguous", "several flag partitions with the plan's label; none was written"),
@@ -205,6 +210,11 @@ impl AgentError {
                 BackupError::Corrupt(_) => 710,
                 BackupError::Restore { .. } => 711,
                 BackupError::NothingToBackUp(_) => 712,
+                BackupError::TooLarge { .. } => 715,
+                BackupError::NotAFile { .. } => 716,
+                BackupError::HeaderTooLarge { .. } => 717,
+                BackupError::UnsafeTarget { .. } => 718,
+                BackupError::Unrestorable(_) => 719,
             },
             Self::Flag(e) => match e {
                 StoreError::Open(..)

@@ -32,13 +32,16 @@ use crate::error::FlagLookupError;
 use crate::error::{AgentError, BmapCheckError, PlanError};
 use crate::image::{write_image, Bmap, CopySpec, ImageError, Kept, Progress, Target, Verification};
 use crate::platform::{FlagSite, Platform};
-use lazarus_node::backup::restore_backup;
+use lazarus_node::backup::{restore_backup, ExtractOptions, ExtractReport, RestoreRequest};
 use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 
 /// Callbacks from a running recovery to whoever reports its status.
 pub trait Observer: Sync {
     fn step(&self, step: Step);
     fn flag(&self, record: &FlagRecord);
+    /// The restore left these backup entries out (devices, fifos, ...): at most
+    /// [`lazarus_node::backup::MAX_LISTED`] as `path (kind)`, then `and N more`.
+    fn unrestored(&self, entries: &[String]);
 }
 
 /// Checks a plan before anything happens.
@@ -279,6 +282,8 @@ fn run_steps(
         *flag = Some(FlagSite::device(flag_path.clone()));
     }
 
+    // What RECOVERED says besides: the backup entries that were not restored.
+    let mut notes = String::new();
     if let Some(restore) = &plan.restore {
         observer.step(Step::MountTarget);
         let fs_dev = match (restore.filesystem.partition, plan.image.layout) {
@@ -288,17 +293,28 @@ fn run_steps(
         let mounted = platform.mount_target(&fs_dev, restore.filesystem.fstype)?;
         observer.step(Step::RestoreFiles);
         // Flushed while still mounted, so a write-back error is seen; unmounted whatever happened.
-        let restored =
-            restore_into(&source_root, restore, &mounted).and_then(|()| platform.sync(&mounted));
+        let restored = restore_into(&source_root, plan, restore, &mounted)
+            .and_then(|report| platform.sync(&mounted).map(|()| report));
         let unmounted = platform.unmount_target(&mounted);
-        restored?;
+        let report = restored?;
         unmounted?;
+        if let Some(line) = report.unrestored_line() {
+            log::warn!("restore: {line}");
+            let mut listed = report.unrestored.clone();
+            let more = report.unrestored_count - listed.len() as u64;
+            if more > 0 {
+                listed.push(format!("and {more} more"));
+            }
+            observer.unrestored(&listed);
+            notes = line;
+        }
     }
 
     observer.step(Step::Sync);
     platform.sync(&target_path)?;
     let done = FlagUpdate {
         state: FlagState::Recovered,
+        message: notes,
         ..recovering(plan.image.size)
     };
     let record = FlagStore::open(&flag_path)?.write_guarded(&done)?;
@@ -414,30 +430,44 @@ fn verification(
 
 fn restore_into(
     source_root: &Path,
+    plan: &Plan,
     restore: &lazarus_proto::RestoreSpec,
     mounted: &Path,
-) -> Result<(), AgentError> {
+) -> Result<ExtractReport, AgentError> {
     let backups = source_root.join(relative(&restore.backups_dir)?);
-    let dest = match restore.filesystem.root.trim_matches('/') {
-        "" => mounted.to_owned(),
-        sub => mounted.join(relative(sub)?),
+    let root = match restore.filesystem.root.trim_matches('/') {
+        "" => String::new(),
+        sub => relative(sub)?.to_string_lossy().into_owned(),
     };
-    let (found, report) = restore_backup(
-        &backups,
-        &restore.node,
-        restore.failure_time,
-        &dest,
-        &restore.paths,
-    )?;
+    let (found, report) = restore_backup(&RestoreRequest {
+        backups: &backups,
+        node: &restore.node,
+        failure_time: restore.failure_time,
+        mount: mounted,
+        root: &root,
+        max_archive_bytes: plan.max_backup_bytes,
+        options: ExtractOptions {
+            paths: &restore.paths,
+            allow_setid: plan.restore_setid,
+            unrestorable: plan.unrestorable,
+        },
+    })?;
     log::info!(
-        "restored backup {}: {} files, {} dirs, {} symlinks, {} bytes",
+        "restored backup {}: {} files, {} dirs, {} symlinks, {} hard links, {} bytes",
         found.dir.display(),
         report.files,
         report.dirs,
         report.symlinks,
+        report.hardlinks,
         report.bytes
     );
-    Ok(())
+    if report.setid_stripped > 0 {
+        log::warn!(
+            "restore: setuid/setgid dropped from {} files (the plan's restore_setid is false)",
+            report.setid_stripped
+        );
+    }
+    Ok(report)
 }
 
 /// Runs a closure when dropped (unmounting the source on every exit path).

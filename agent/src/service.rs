@@ -25,6 +25,8 @@ struct Live {
     flag: FlagSummary,
     progress: Arc<Progress>,
     reboot_requested: bool,
+    /// Backup entries the running or last plan did not restore.
+    unrestored: Vec<String>,
 }
 
 impl Live {
@@ -36,6 +38,7 @@ impl Live {
             Action::Start => {
                 self.step = None;
                 self.error = None;
+                self.unrestored = Vec::new();
                 self.progress = Arc::new(Progress::default());
             }
             Action::Reboot => self.reboot_requested = true,
@@ -96,6 +99,7 @@ impl Agent {
             flag,
             progress: Arc::new(Progress::default()),
             reboot_requested: false,
+            unrestored: Vec::new(),
         };
         if let Err(refused) = live.apply(&Event::Booted) {
             log::error!("booting: {}", refused.message);
@@ -129,6 +133,7 @@ impl Agent {
             plan_id: live.state.plan_id.clone(),
             error: live.error.clone(),
             found_at_boot: self.boot_flag.clone(),
+            unrestored: live.unrestored.clone(),
         }
     }
 
@@ -219,6 +224,10 @@ impl Observer for Agent {
     fn flag(&self, record: &FlagRecord) {
         log::info!("flag: {} (seq {})", record.state.name(), record.seq);
         self.live().flag = record.summary();
+    }
+
+    fn unrestored(&self, entries: &[String]) {
+        self.live().unrestored = entries.to_vec();
     }
 }
 
@@ -359,6 +368,24 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_status_lists_backup_entries_that_were_not_restored() {
+        let fake = Arc::new(fake());
+        fake.add_backup_with_specials(BACKUP_TIME + 1);
+        let agent = Agent::start(BootId([11; 16]), fake.clone(), None);
+        recover(&agent, &fake.plan(BACKUP_TIME + 2));
+        let status = finished(&agent);
+        assert_eq!(status.phase, Phase::Recovered);
+        assert_eq!(status.unrestored, ["etc/pipe (fifo)"]);
+        // A new plan starts with an empty list.
+        let mut plan = fake.plan(BACKUP_TIME + 1);
+        plan.plan_id = "fake-2".into();
+        recover(&agent, &plan);
+        let status = finished(&agent);
+        assert_eq!(status.phase, Phase::Recovered);
+        assert!(status.unrestored.is_empty(), "{:?}", status.unrestored);
     }
 
     #[test]

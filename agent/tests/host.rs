@@ -104,6 +104,7 @@ struct Quiet;
 impl Observer for Quiet {
     fn step(&self, _step: Step) {}
     fn flag(&self, _record: &FlagRecord) {}
+    fn unrestored(&self, _entries: &[String]) {}
 }
 
 /// A host machine with `image` in its export as `images/os.img`.

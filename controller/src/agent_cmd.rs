@@ -50,8 +50,13 @@ pub fn render_status(s: &Status, json: bool) -> String {
         }
         _ => format!("{:?}", s.phase),
     };
+    let unrestored = if s.unrestored.is_empty() {
+        String::new()
+    } else {
+        format!("\nnot restored: {}", s.unrestored.join(", "))
+    };
     format!(
-        "boot:      {}\nphase:     {}\nplan:      {}\nprogress:  {} / {} bytes ({pct}%)\nflag:      {} (seq {}, plan {:?}, code {})\nerror:     {}",
+        "boot:      {}\nphase:     {}\nplan:      {}\nprogress:  {} / {} bytes ({pct}%)\nflag:      {} (seq {}, plan {:?}, code {})\nerror:     {}{unrestored}",
         s.boot_id,
         phase.to_lowercase(),
         s.plan_id.as_deref().unwrap_or("-"),

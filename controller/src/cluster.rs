@@ -347,6 +347,19 @@ pub struct RestoreTarget {
     pub root: String,
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Keep setuid/setgid bits of restored files (the plan's `restore_setid`); default false.
+    #[serde(default)]
+    pub restore_setid: bool,
+    /// Devices, fifos and other entries that are not restored: `warn` (default) or `fatal`.
+    #[serde(default)]
+    pub unrestorable: lazarus_proto::Unrestorable,
+    /// The largest backup archive the agent reads into memory (the plan's `max_backup_bytes`).
+    #[serde(default = "default_max_backup_bytes")]
+    pub max_backup_bytes: u64,
+}
+
+fn default_max_backup_bytes() -> u64 {
+    lazarus_proto::DEFAULT_MAX_BACKUP_BYTES
 }
 
 fn default_root() -> String {

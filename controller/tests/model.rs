@@ -171,6 +171,7 @@ fn status(boot: BootId, phase: Phase, flag: FlagState, plan: &str) -> Status {
             message: "digest mismatch".into(),
         }),
         found_at_boot: None,
+        unrestored: Vec::new(),
     }
 }
 

@@ -133,6 +133,7 @@ fn status(boot: BootId, phase: Phase, plan: &str, flag: FlagState) -> Status {
             message: "digest mismatch".into(),
         }),
         found_at_boot: None,
+        unrestored: Vec::new(),
     }
 }
 

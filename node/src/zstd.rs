@@ -22,6 +22,14 @@ impl<R: BufRead> ZstdFrames<R> {
         }
     }
 
+    /// Like [`ZstdFrames::new`], refusing frames whose window (the memory the decoder reserves)
+    /// is over `max` bytes (ruzstd's own default is 128 MiB).
+    pub fn with_max_window(source: R, max: u64) -> Self {
+        let mut frames = Self::new(source);
+        frames.decoder.set_max_window_size(max);
+        frames
+    }
+
     /// Starts the next frame; `false` at the clean end of the stream.
     fn next_frame(&mut self) -> io::Result<bool> {
         loop {
@@ -104,6 +112,19 @@ mod tests {
         let mut out = Vec::new();
         ZstdFrames::new(&stream[..]).read_to_end(&mut out).unwrap();
         assert_eq!(out, [a, b].concat());
+    }
+
+    #[test]
+    fn a_window_over_the_limit_is_refused() {
+        // A frame header declaring a 64 MiB window (descriptor exponent 16), then one empty raw
+        // last block.
+        let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 16 << 3, 0x01, 0x00, 0x00];
+        let mut out = Vec::new();
+        ZstdFrames::new(&frame[..]).read_to_end(&mut out).unwrap();
+        let err = ZstdFrames::with_max_window(&frame[..], 8 << 20)
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert!(err.to_string().contains("zstd"), "{err}");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use lazarus_proto::NodeName;
 
 use lazarus_node::backup::{
-    choose_backup, create_backup, restore_backup, time, BackupError, BackupRequest, ARCHIVE,
-    MANIFEST,
+    choose_backup, create_backup, restore_backup, time, BackupError, BackupRequest, ExtractOptions,
+    ExtractReport, FoundBackup, RestoreRequest, ARCHIVE, MANIFEST,
 };
 
 const T0: u64 = 1_795_600_000;
@@ -62,6 +62,27 @@ fn business_tree(base: &Path) -> PathBuf {
     root
 }
 
+/// Restores the newest backup of n3 before `T0 + 1` into `dest` with the plan's defaults.
+fn restore(
+    backups: &Path,
+    dest: &Path,
+    paths: &[String],
+) -> Result<(FoundBackup, ExtractReport), BackupError> {
+    restore_backup(&RestoreRequest {
+        backups,
+        node: &n3(),
+        failure_time: T0 + 1,
+        mount: dest,
+        root: "/",
+        max_archive_bytes: lazarus_proto::DEFAULT_MAX_BACKUP_BYTES,
+        options: ExtractOptions {
+            paths,
+            allow_setid: false,
+            unrestorable: lazarus_proto::Unrestorable::Warn,
+        },
+    })
+}
+
 fn backup(to: &Path, root: &Path, now: u64) {
     create_backup(&BackupRequest {
         node: &n3(),
@@ -81,7 +102,7 @@ fn restore_keeps_content_modes_links_and_mtimes() {
     backup(&backups, &root, T0);
     let dest = dir.path().join("restored");
     fs::create_dir(&dest).unwrap();
-    let (found, report) = restore_backup(&backups, &n3(), T0 + 1, &dest, &[]).unwrap();
+    let (found, report) = restore(&backups, &dest, &[]).unwrap();
     assert_eq!(found.manifest.created, T0);
     assert_eq!(report.hardlinks, 1);
     assert_eq!(report.symlinks, 2);
@@ -174,7 +195,7 @@ fn a_corrupted_archive_is_refused_before_anything_is_written() {
     fs::write(&archive, &bytes).unwrap();
     let dest = dir.path().join("restored");
     fs::create_dir(&dest).unwrap();
-    let err = restore_backup(&backups, &n3(), T0 + 1, &dest, &[]).unwrap_err();
+    let err = restore(&backups, &dest, &[]).unwrap_err();
     assert!(matches!(err, BackupError::Digest { .. }), "{err}");
     assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
 }
@@ -228,7 +249,7 @@ fn assert_refused(build: impl FnOnce(&mut tar::Builder<Vec<u8>>), outside_name: 
     hostile_backup(&backups, build);
     let dest = dir.path().join("restored");
     fs::create_dir(&dest).unwrap();
-    let err = restore_backup(&backups, &n3(), T0 + 1, &dest, &[]).unwrap_err();
+    let err = restore(&backups, &dest, &[]).unwrap_err();
     assert!(matches!(err, BackupError::UnsafeEntry { .. }), "{err}");
     assert_eq!(
         fs::read_dir(&dest).unwrap().count(),
@@ -273,6 +294,9 @@ fn writes_through_an_archive_symlink_are_refused() {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
             h.set_mode(0o777);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(T0);
             b.append_link(&mut h, "escape", "..").unwrap();
             let mut h = file_header(4);
             raw_name(&mut h, "escape/outside-file");
@@ -296,8 +320,8 @@ fn a_symlink_already_on_the_disk_is_never_followed() {
     fs::create_dir_all(&outside).unwrap();
     fs::create_dir(&dest).unwrap();
     std::os::unix::fs::symlink(&outside, dest.join("etc")).unwrap();
-    let err = restore_backup(&backups, &n3(), T0 + 1, &dest, &[]).unwrap_err();
-    assert!(matches!(err, BackupError::Restore { .. }), "{err}");
+    let err = restore(&backups, &dest, &[]).unwrap_err();
+    assert!(matches!(err, BackupError::UnsafeTarget { .. }), "{err}");
     assert!(
         !outside.join("passwd").exists(),
         "wrote through a symlink on the disk"
@@ -312,7 +336,7 @@ fn only_the_selected_paths_are_restored() {
     backup(&backups, &root, T0);
     let dest = dir.path().join("restored");
     fs::create_dir(&dest).unwrap();
-    restore_backup(&backups, &n3(), T0 + 1, &dest, &["/srv/app/data".into()]).unwrap();
+    restore(&backups, &dest, &["/srv/app/data".into()]).unwrap();
     assert!(dest.join("srv/app/data/deep/big.bin").exists());
     assert!(!dest.join("srv/app/config.ini").exists());
 }

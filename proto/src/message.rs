@@ -89,6 +89,39 @@ pub struct Plan {
     /// (postcard encodes fields in order); absent from a TOML plan it is `false`.
     #[serde(default)]
     pub allow_weak_selector: bool,
+    /// Keep the setuid and setgid bits of restored files. Without it they are dropped (and
+    /// counted in the log): a backup on a share that every node writes must not hand out root.
+    /// Added after `allow_weak_selector`; absent from a TOML plan it is `false`.
+    #[serde(default)]
+    pub restore_setid: bool,
+    /// What a backup entry that is not restored (a device, fifo or other special file) does to
+    /// the restore: `warn` lists it in the status and the flag's message, `fatal` fails the
+    /// restore before anything is written. Absent from a TOML plan it is `warn`.
+    #[serde(default)]
+    pub unrestorable: Unrestorable,
+    /// The largest backup archive the agent accepts, in bytes. The agent reads the archive once
+    /// into memory, checks its digest there and extracts from that copy, so this must fit in
+    /// the rescue system's RAM. Absent from a TOML plan it is [`DEFAULT_MAX_BACKUP_BYTES`].
+    #[serde(default = "default_max_backup_bytes")]
+    pub max_backup_bytes: u64,
+}
+
+/// The default [`Plan::max_backup_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_BACKUP_BYTES: u64 = 256 << 20;
+
+fn default_max_backup_bytes() -> u64 {
+    DEFAULT_MAX_BACKUP_BYTES
+}
+
+/// What a backup entry that is not restored does to the restore. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrestorable {
+    /// Restore the rest; list the entries in the status and the flag's message.
+    #[default]
+    Warn,
+    /// Fail the restore (nothing written).
+    Fatal,
 }
 
 /// The node's address during the repair.
@@ -249,6 +282,10 @@ pub struct Status {
     pub error: Option<ErrorInfo>,
     /// What the flag held when the agent started, before a stale record was cleared.
     pub found_at_boot: Option<FlagSummary>,
+    /// Entries of the restored backup that were not restored (devices, fifos, ...), at most 16
+    /// as `path (kind)`, then `and N more`; empty when there were none. Added last.
+    #[serde(default)]
+    pub unrestored: Vec<String>,
 }
 
 /// The agent's lifecycle. `// WIRE: append only`.

@@ -50,6 +50,7 @@ fn status() -> Response {
         plan_id: None,
         error: None,
         found_at_boot: None,
+        unrestored: Vec::new(),
     })
 }
 

@@ -50,6 +50,9 @@ fn sample_plan() -> Plan {
             paths: vec!["srv".into()],
         }),
         allow_weak_selector: false,
+        restore_setid: true,
+        unrestorable: Unrestorable::Fatal,
+        max_backup_bytes: 1 << 30,
     }
 }
 
@@ -78,6 +81,7 @@ fn sample_status() -> Status {
             message: "bad".into(),
         }),
         found_at_boot: None,
+        unrestored: vec!["a (fifo)".into()],
     }
 }
 
@@ -90,7 +94,7 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
             "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d670180\
              20111111111111111111111111111111111111111111111111111111111111111100000001025331000180\
              80808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f010373\
-             727600",
+             72760001018080808004",
         ),
         (Request::Abort, "03"),
         (Request::Reboot, "04"),
@@ -113,7 +117,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
         (
             Response::Status(sample_status()),
             "0102020202020202020202020202020202040103800880200204046e332d31008020808292c906\
-             01046e332d3101150362616400",
+             01046e332d310115036261640001086120286669666f29",
         ),
         (
             Response::Logs(Logs {
@@ -204,13 +208,63 @@ fn allow_weak_selector_is_the_last_field_and_false_when_a_plan_file_omits_it() {
         allow_weak_selector: true,
         ..plan.clone()
     };
-    // Trailing: the encoding is the old plan's bytes plus one byte.
+    // The flag's byte sits just before the restore fields (3 bytes for the sample's values:
+    // true, fatal, and 1 GiB as a 5-byte varint).
     let old = postcard::to_allocvec(&plan).unwrap();
     let new = postcard::to_allocvec(&weak).unwrap();
-    assert_eq!(new[..old.len() - 1], old[..old.len() - 1]);
-    assert_eq!((old.last(), new.last()), (Some(&0), Some(&1)));
+    let at = old.len() - 8;
+    assert_eq!(new[..at], old[..at]);
+    assert_eq!(new[at + 1..], old[at + 1..]);
+    assert_eq!((old[at], new[at]), (0, 1));
     let example = include_str!("../../docs/plan.example.toml");
     assert!(!toml::from_str::<Plan>(example).unwrap().allow_weak_selector);
+}
+
+#[test]
+fn the_restore_fields_are_last_and_safe_when_a_plan_file_omits_them() {
+    let plan = sample_plan();
+    let text = toml::to_string(&plan).unwrap();
+    for key in ["restore_setid", "unrestorable", "max_backup_bytes"] {
+        assert!(text.lines().any(|l| l.starts_with(key)), "{key}: {text}");
+    }
+    let without: String = text
+        .lines()
+        .filter(|l| {
+            !["restore_setid", "unrestorable", "max_backup_bytes"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let read = toml::from_str::<Plan>(&without).unwrap();
+    assert_eq!(
+        (read.restore_setid, read.unrestorable, read.max_backup_bytes),
+        (false, Unrestorable::Warn, DEFAULT_MAX_BACKUP_BYTES)
+    );
+    let example = toml::from_str::<Plan>(include_str!("../../docs/plan.example.toml")).unwrap();
+    assert_eq!(
+        (
+            example.restore_setid,
+            example.unrestorable,
+            example.max_backup_bytes
+        ),
+        (false, Unrestorable::Warn, DEFAULT_MAX_BACKUP_BYTES)
+    );
+    // Trailing: a plan with the defaults encodes as the plan before them plus these bytes.
+    let defaults = Plan {
+        restore_setid: false,
+        unrestorable: Unrestorable::Warn,
+        max_backup_bytes: DEFAULT_MAX_BACKUP_BYTES,
+        ..plan
+    };
+    let bytes = postcard::to_allocvec(&defaults).unwrap();
+    assert_eq!(hex::encode(&bytes[bytes.len() - 7..]), "00008080808001");
+    // And a status's list of unrestored entries is its last field.
+    let status = Status {
+        unrestored: Vec::new(),
+        ..sample_status()
+    };
+    assert_eq!(postcard::to_allocvec(&status).unwrap().last(), Some(&0));
 }
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -332,12 +386,27 @@ fn plan() -> impl Strategy<Value = Plan> {
         nfs,
         image,
         target,
-        (any::<bool>(), any::<bool>()),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        ),
         ".*",
         restore,
     )
         .prop_map(
-            |(plan_id, network, nfs, image, target, (by_path, weak), flag, restore)| Plan {
+            |(
+                plan_id,
+                network,
+                nfs,
+                image,
+                target,
+                (by_path, weak, setid, fatal, max_backup_bytes),
+                flag,
+                restore,
+            )| Plan {
                 plan_id,
                 network,
                 nfs,
@@ -350,6 +419,13 @@ fn plan() -> impl Strategy<Value = Plan> {
                 },
                 restore,
                 allow_weak_selector: weak,
+                restore_setid: setid,
+                unrestorable: if fatal {
+                    Unrestorable::Fatal
+                } else {
+                    Unrestorable::Warn
+                },
+                max_backup_bytes,
             },
         )
 }
@@ -396,10 +472,20 @@ fn response() -> impl Strategy<Value = Response> {
         (
             proptest::option::of((any::<u32>(), ".*")),
             proptest::option::of(flag_summary()),
+            proptest::collection::vec(".*", 0..3),
         ),
     )
         .prop_map(
-            move |(b, p, s, bytes_done, bytes_total, flag, plan_id, (error, found_at_boot))| {
+            move |(
+                b,
+                p,
+                s,
+                bytes_done,
+                bytes_total,
+                flag,
+                plan_id,
+                (error, found_at_boot, unrestored),
+            )| {
                 Status {
                     boot_id: BootId(b),
                     phase: phases[p],
@@ -410,6 +496,7 @@ fn response() -> impl Strategy<Value = Response> {
                     plan_id,
                     error: error.map(|(code, message)| ErrorInfo { code, message }),
                     found_at_boot,
+                    unrestored,
                 }
             },
         );

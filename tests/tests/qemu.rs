@@ -64,6 +64,9 @@ fn plan(id: &str, image: &[u8], restore: Option<RestoreSpec>) -> Plan {
         flag: FlagLocation::default(),
         restore,
         allow_weak_selector: false,
+        restore_setid: false,
+        unrestorable: lazarus_proto::Unrestorable::Warn,
+        max_backup_bytes: lazarus_proto::DEFAULT_MAX_BACKUP_BYTES,
     }
 }
 

@@ -196,6 +196,25 @@ fn examples() -> Vec<AgentError> {
         }
         .into(),
         BackupError::NothingToBackUp(s()).into(),
+        BackupError::TooLarge {
+            path: p(),
+            size: 2,
+            max: 1,
+        }
+        .into(),
+        BackupError::NotAFile { path: p() }.into(),
+        BackupError::HeaderTooLarge {
+            kind: "PAX",
+            size: 2,
+            max: 1,
+        }
+        .into(),
+        BackupError::UnsafeTarget {
+            path: s(),
+            reason: "symlink",
+        }
+        .into(),
+        BackupError::Unrestorable(s()).into(),
         MountError::MountPoint(p(), io()).into(),
         MountError::Unmount(p(), Errno::BUSY).into(),
         StoreError::Open(p(), io()).into(),

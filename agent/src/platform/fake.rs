@@ -48,6 +48,8 @@ pub enum What {
     Step(Step),
     /// The observer was told of a flag record the recovery wrote.
     Flag(FlagState),
+    /// The observer was told of backup entries that were not restored.
+    Unrestored(Vec<String>),
 }
 
 /// The disk file's contents at an instant.
@@ -190,6 +192,35 @@ impl Fake {
         restore.filesystem.fstype = FsType::Ext4;
         restore.filesystem.root = "/".into();
         plan
+    }
+
+    /// Adds a backup of `node-3` taken at `time` (a newer one than [`Fake::new`]'s wins) whose
+    /// `etc/` also holds a fifo (`etc/pipe`, never restored) and a setuid file (`etc/suid`,
+    /// mode 04755).
+    pub fn add_backup_with_specials(&self, time: u64) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let etc = dir.path().join("etc");
+        fs::create_dir_all(&etc).expect("etc");
+        fs::write(etc.join("business.conf"), b"orders=43\n").expect("business file");
+        fs::write(etc.join("suid"), b"#!/bin/sh\n").expect("suid file");
+        fs::set_permissions(etc.join("suid"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            etc.join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        lazarus_node::backup::create_backup(&lazarus_node::backup::BackupRequest {
+            node: &"node-3".parse().expect("node name"),
+            to: &self.export.join("backups"),
+            root: dir.path(),
+            paths: &[PathBuf::from("etc")],
+            now: time,
+        })
+        .expect("backup");
     }
 
     /// Holds (`true`) or releases (`false`) every plan at `configure_network`.
@@ -415,5 +446,9 @@ impl Observer for Fake {
 
     fn flag(&self, record: &FlagRecord) {
         self.record(What::Flag(record.state));
+    }
+
+    fn unrestored(&self, entries: &[String]) {
+        self.record(What::Unrestored(entries.to_vec()));
     }
 }

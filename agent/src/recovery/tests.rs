@@ -1,6 +1,8 @@
 //! A recovery's order against the fake machine: the write-ahead flag, what RECOVERED waits for,
 //! and the code each failing step leaves in the flag.
 
+use std::fs;
+
 use super::*;
 use crate::platform::fake::{Call, DiskState, Failure, Fake, What};
 use lazarus_proto::FlagLocation;
@@ -379,4 +381,60 @@ fn a_flag_path_holding_foreign_data_is_never_written() {
     );
     assert_eq!(fake.disk_state(), DiskState::Untouched);
     assert!(!fake.trace().contains(&What::Call(Call::ConfigureNetwork)));
+}
+
+#[test]
+fn unrestored_entries_are_listed_in_the_flag_or_fail_the_plan_as_it_says() {
+    use std::os::unix::fs::PermissionsExt;
+    // Warn (the default): RECOVERED, the fifo named in the flag's message and to the observer,
+    // the setuid bit dropped.
+    let fake = fake();
+    fake.add_backup_with_specials(BACKUP_TIME + 60);
+    let record = run(&fake, &plan_for(&fake)).expect("recovers");
+    assert_eq!(record.state, FlagState::Recovered);
+    assert_eq!(record.message, "1 entry not restored: etc/pipe (fifo)");
+    assert!(fake
+        .trace()
+        .contains(&What::Unrestored(vec!["etc/pipe (fifo)".into()])));
+    let etc = fake.restored.join("etc");
+    assert_eq!(fs::read(etc.join("business.conf")).unwrap(), b"orders=43\n");
+    assert!(!etc.join("pipe").exists());
+    let mode = |p: &str| fs::metadata(etc.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755);
+
+    // The plan allows setid bits: kept.
+    let fake = self::fake();
+    fake.add_backup_with_specials(BACKUP_TIME + 60);
+    let mut plan = plan_for(&fake);
+    plan.restore_setid = true;
+    run(&fake, &plan).expect("recovers");
+    let etc = fake.restored.join("etc");
+    assert_eq!(mode_of(&etc.join("suid")), 0o4755);
+
+    // Fatal: FAILED with its own code, and nothing restored.
+    let fake = self::fake();
+    fake.add_backup_with_specials(BACKUP_TIME + 60);
+    let mut plan = plan_for(&fake);
+    plan.unrestorable = lazarus_proto::Unrestorable::Fatal;
+    let err = run(&fake, &plan).unwrap_err();
+    assert_eq!(err.code(), 719, "{err}");
+    assert!(err.to_string().contains("etc/pipe (fifo)"), "{err}");
+    position(&fake, &What::Flag(FlagState::Failed));
+    assert!(!fake.restored.join("etc").exists());
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_backup_over_the_plans_size_cap_fails_the_plan_unread() {
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    plan.max_backup_bytes = 16;
+    let err = run(&fake, &plan).unwrap_err();
+    assert_eq!(err.code(), 715, "{err}");
+    assert!(err.to_string().contains("max_backup_bytes"), "{err}");
+    assert!(!fake.restored.join("etc").exists());
 }

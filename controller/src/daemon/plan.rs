@@ -45,5 +45,48 @@ pub fn plan_for(cluster: &Cluster, n: &Node, plan_id: &str, failure_time: u64) -
             paths: r.paths.clone(),
         }),
         allow_weak_selector: n.allow_weak_selector,
+        restore_setid: n.restore.as_ref().is_some_and(|r| r.restore_setid),
+        unrestorable: n
+            .restore
+            .as_ref()
+            .map(|r| r.unrestorable)
+            .unwrap_or_default(),
+        max_backup_bytes: n
+            .restore
+            .as_ref()
+            .map_or(lazarus_proto::DEFAULT_MAX_BACKUP_BYTES, |r| {
+                r.max_backup_bytes
+            }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../docs/cluster.example.toml");
+    use lazarus_proto::{Unrestorable, DEFAULT_MAX_BACKUP_BYTES};
+
+    #[test]
+    fn the_restore_policy_of_a_node_reaches_its_plan_with_safe_defaults() {
+        let c = Cluster::parse(EXAMPLE, "cluster.toml").unwrap();
+        let plan = plan_for(&c, &c.nodes[0], "p-1", 10).unwrap();
+        assert_eq!(
+            (plan.restore_setid, plan.unrestorable, plan.max_backup_bytes),
+            (false, Unrestorable::Warn, DEFAULT_MAX_BACKUP_BYTES)
+        );
+        let strict = EXAMPLE.replacen(
+            "restore = { partition = 1, fstype = \"ext4\", paths = [\"srv\"] }",
+            "restore = { partition = 1, fstype = \"ext4\", paths = [\"srv\"], restore_setid = true, \
+             unrestorable = \"fatal\", max_backup_bytes = 1073741824 }",
+            1,
+        );
+        assert_ne!(strict, EXAMPLE);
+        let c = Cluster::parse(&strict, "cluster.toml").unwrap();
+        let plan = plan_for(&c, &c.nodes[0], "p-1", 10).unwrap();
+        assert_eq!(
+            (plan.restore_setid, plan.unrestorable, plan.max_backup_bytes),
+            (true, Unrestorable::Fatal, 1 << 30)
+        );
+    }
 }

@@ -364,6 +364,9 @@ impl From<String> for ActionError {
 }
 
 /// Something that happened.
+// An agent's `Status` (about 230 bytes) makes `AgentStatus` the large variant; events are few
+// and short-lived (one per poll), so boxing it would only add an allocation per poll.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A health check's result.

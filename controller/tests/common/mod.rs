@@ -256,6 +256,9 @@ pub fn plan(id: &str, image: &str, data: &[u8], target: DiskSelector, flag: Flag
         restore: None,
         // Host-mode tests name files and loop devices by path.
         allow_weak_selector: true,
+        restore_setid: false,
+        unrestorable: lazarus_proto::Unrestorable::Warn,
+        max_backup_bytes: lazarus_proto::DEFAULT_MAX_BACKUP_BYTES,
     }
 }
 

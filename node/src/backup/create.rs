@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use lazarus_proto::NodeName;
@@ -37,7 +38,8 @@ pub fn create_backup(req: &BackupRequest) -> Result<FoundBackup, BackupError> {
         fs::symlink_metadata(&full).map_err(|e| BackupError::Read(full.clone(), e))?;
     }
     let node_dir = req.to.join(req.node);
-    fs::create_dir_all(&node_dir).map_err(|e| BackupError::Write(node_dir.clone(), e))?;
+    fs::create_dir_all(req.to).map_err(|e| BackupError::Write(req.to.to_owned(), e))?;
+    private_dir(&node_dir)?;
     let name = time::format_utc(req.now);
     let final_dir = node_dir.join(&name);
     if final_dir.exists() {
@@ -66,10 +68,12 @@ pub fn create_backup(req: &BackupRequest) -> Result<FoundBackup, BackupError> {
 }
 
 fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manifest, BackupError> {
-    fs::create_dir(tmp).map_err(|e| BackupError::Write(tmp.to_owned(), e))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(tmp)
+        .map_err(|e| BackupError::Write(tmp.to_owned(), e))?;
     let archive_path = tmp.join(ARCHIVE);
-    let file =
-        File::create(&archive_path).map_err(|e| BackupError::Write(archive_path.clone(), e))?;
+    let file = private_file(&archive_path)?;
     let (pipe_rx, pipe_tx) = io::pipe().map_err(|e| BackupError::Write(archive_path.clone(), e))?;
     let root = req.root.to_owned();
     let tar_rels = rels.to_vec();
@@ -122,8 +126,7 @@ fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manif
     let text = toml::to_string(&manifest)
         .map_err(|e| BackupError::Manifest(tmp.join(MANIFEST), e.to_string()))?;
     let manifest_path = tmp.join(MANIFEST);
-    let mut f =
-        File::create(&manifest_path).map_err(|e| BackupError::Write(manifest_path.clone(), e))?;
+    let mut f = private_file(&manifest_path)?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| BackupError::Write(manifest_path, e))?;
@@ -138,7 +141,7 @@ fn append_tree<W: Write>(
     rel: &Path,
     seen: &mut std::collections::HashMap<(u64, u64), PathBuf>,
 ) -> Result<(), BackupError> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let full = root.join(rel);
     let read_err = |e: io::Error| BackupError::Read(full.clone(), e);
     let meta = fs::symlink_metadata(&full).map_err(read_err)?;
@@ -153,6 +156,34 @@ fn append_tree<W: Write>(
                 .map_err(read_err);
         }
         seen.insert((meta.dev(), meta.ino()), rel.to_owned());
+    }
+    let kind = meta.file_type();
+    if kind.is_socket() {
+        // A socket is made by its server at run time; tar has no type for it (GNU tar skips it).
+        log::warn!("{}: a socket is not backed up", full.display());
+        return Ok(());
+    }
+    if kind.is_fifo() || kind.is_block_device() || kind.is_char_device() {
+        // Not `append_path_with_name`: tar 0.4.46 names special files by their source path,
+        // which is absolute, and refuses them.
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        header.set_entry_type(if kind.is_fifo() {
+            tar::EntryType::Fifo
+        } else if kind.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Char
+        });
+        header.set_size(0);
+        let dev = meta.rdev();
+        let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+        let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+        header.set_device_major(major as u32).map_err(read_err)?;
+        header.set_device_minor(minor as u32).map_err(read_err)?;
+        return builder
+            .append_data(&mut header, rel, io::empty())
+            .map_err(read_err);
     }
     builder
         .append_path_with_name(&full, rel)
@@ -204,6 +235,36 @@ fn relative_to_root(root: &Path, path: &Path) -> Result<PathBuf, BackupError> {
         )));
     }
     Ok(out)
+}
+
+/// Creates `path` as a new file, mode 0600 (never following a symlink or reusing a file).
+fn private_file(path: &Path) -> Result<File, BackupError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| BackupError::Write(path.to_owned(), e))
+}
+
+/// Creates the node's folder mode 0700, or narrows an existing one (made by an older version)
+/// to 0700; it must be a directory, not a symlink.
+fn private_dir(dir: &Path) -> Result<(), BackupError> {
+    let err = |e| BackupError::Write(dir.to_owned(), e);
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(dir).map_err(err)?;
+            if !meta.is_dir() {
+                return Err(err(io::Error::other("exists and is not a directory")));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), BackupError> {

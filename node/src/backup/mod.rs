@@ -3,11 +3,19 @@
 //!
 //! Layout: `<backups>/<node>/<YYYYMMDDTHHMMSSZ>/` holding `manifest.toml` and `files.tar.zst`.
 //! A backup is written under a dot-name, flushed, and renamed into place, so a directory with a
-//! timestamp name is complete; dot-names are never read. The manifest records the archive's size
-//! and SHA-256, which the restore checks before it writes anything.
+//! timestamp name is complete; dot-names are never read. Files are created 0600 and directories
+//! 0700 (the share is writable by every node; nobody else needs to read a node's files).
+//!
+//! A restore reads the archive from the share exactly once, into memory ([`read_archive`], at
+//! most the plan's size cap), hashing it while it reads; the copy is checked against the
+//! manifest's size and SHA-256 ([`ArchiveCopy::verify`]) and only the checked copy
+//! ([`VerifiedArchive`]) is extracted, so a file swapped on the share after the check is never
+//! read. A check of the node's signature slots in between the two, on the same copy.
 
 mod create;
+mod disk;
 mod extract;
+mod members;
 pub mod time;
 
 use std::fs;
@@ -19,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 pub use create::{create_backup, BackupRequest};
-pub use extract::{extract_archive, scan_archive, ExtractReport};
+pub use disk::open_root;
+pub use extract::{check_archive, extract_archive, ExtractOptions, ExtractReport, MAX_LISTED};
+pub use members::MAX_EXTENSION;
 
 /// Name of the manifest file in a backup directory.
 pub const MANIFEST: &str = "manifest.toml";
@@ -70,8 +80,24 @@ pub enum BackupError {
         expected: u64,
         got: u64,
     },
+    #[error(
+        "archive {path} is {size} bytes, over the limit of {max} (the plan's max_backup_bytes)"
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("archive {path} is not a regular file")]
+    NotAFile { path: PathBuf },
     #[error("archive entry {entry:?} refused: {reason}")]
     UnsafeEntry { entry: String, reason: &'static str },
+    #[error("archive holds a {kind} header of {size} bytes (at most {max} are read); refused before reading it")]
+    HeaderTooLarge {
+        kind: &'static str,
+        size: u64,
+        max: u64,
+    },
+    #[error("{path:?} on the restored filesystem refused: {reason}; nothing was written")]
+    UnsafeTarget { path: String, reason: &'static str },
+    #[error("{0}, and the plan makes them fatal (unrestorable = \"fatal\"); nothing was written")]
+    Unrestorable(String),
     #[error("archive is corrupt: {0}")]
     Corrupt(String),
     #[error("restoring {path}: {source}")]
@@ -79,6 +105,10 @@ pub enum BackupError {
     #[error("nothing to back up: {0}")]
     NothingToBackUp(String),
 }
+
+/// The largest zstd window a backup may use: 8 MiB (what `zstd -19` uses; `lazarus backup`
+/// writes 128 KiB windows), so decompressing never reserves more than that in PID 1.
+pub const MAX_WINDOW: u64 = 8 << 20;
 
 /// A complete backup found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,29 +183,99 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
     Ok(m)
 }
 
-/// Hashes the archive and checks size and SHA-256 against the manifest.
-pub fn verify_archive(found: &FoundBackup) -> Result<(), BackupError> {
+/// The archive as read once from the share, with the digest taken while reading; not yet
+/// checked.
+pub struct ArchiveCopy {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    sha256: Sha256,
+}
+
+/// An archive copy whose size and SHA-256 are the manifest's: the only thing ever extracted.
+pub struct VerifiedArchive {
+    bytes: Vec<u8>,
+}
+
+impl VerifiedArchive {
+    /// The decompressed tar stream of the verified copy; frames with a window over
+    /// [`MAX_WINDOW`] are refused.
+    pub fn tar_stream(&self) -> impl Read + '_ {
+        crate::zstd::ZstdFrames::with_max_window(&self.bytes[..], MAX_WINDOW)
+    }
+}
+
+/// Reads the backup's archive once into memory, hashing it as it reads. The manifest's size is
+/// checked against `max` before anything is read, and at most one byte more than the manifest
+/// says is read; the file is opened without following a symlink and must be a regular file.
+/// A failed allocation is an error, never an abort.
+pub fn read_archive(found: &FoundBackup, max: u64) -> Result<ArchiveCopy, BackupError> {
+    use rustix::fs::{Mode, OFlags};
     let path = found.archive_path();
-    let file = fs::File::open(&path).map_err(|e| BackupError::Read(path.clone(), e))?;
-    let mut hashing = HashingReader::new(file);
-    let size =
-        io::copy(&mut hashing, &mut io::sink()).map_err(|e| BackupError::Read(path.clone(), e))?;
-    if size != found.manifest.archive_size {
-        return Err(BackupError::Size {
+    let expected = found.manifest.archive_size;
+    if expected > max {
+        return Err(BackupError::TooLarge {
             path,
-            expected: found.manifest.archive_size,
-            got: size,
+            size: expected,
+            max,
         });
     }
-    let got = hashing.digest();
-    if got != found.manifest.archive_sha256 {
-        return Err(BackupError::Digest {
-            path,
-            expected: found.manifest.archive_sha256,
-            got,
-        });
+    // O_NONBLOCK: a fifo planted in the archive's place must not hang the open (it is then
+    // refused as not a regular file).
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| BackupError::Read(path.clone(), e.into()))?;
+    let file = fs::File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| BackupError::Read(path.clone(), e))?;
+    if !meta.is_file() {
+        return Err(BackupError::NotAFile { path });
     }
-    Ok(())
+    let mut bytes = Vec::new();
+    let size = usize::try_from(expected).map_err(|_| BackupError::TooLarge {
+        path: path.clone(),
+        size: expected,
+        max,
+    })?;
+    bytes
+        .try_reserve_exact(size.saturating_add(1))
+        .map_err(|e| {
+            BackupError::Read(path.clone(), io::Error::new(io::ErrorKind::OutOfMemory, e))
+        })?;
+    let mut hashing = HashingReader::new(file.take(expected.saturating_add(1)));
+    hashing
+        .read_to_end(&mut bytes)
+        .map_err(|e| BackupError::Read(path.clone(), e))?;
+    Ok(ArchiveCopy {
+        path,
+        bytes,
+        sha256: hashing.digest(),
+    })
+}
+
+impl ArchiveCopy {
+    /// Checks the copy's size and SHA-256 against the manifest.
+    pub fn verify(self, manifest: &Manifest) -> Result<VerifiedArchive, BackupError> {
+        let got = self.bytes.len() as u64;
+        if got != manifest.archive_size {
+            return Err(BackupError::Size {
+                path: self.path,
+                expected: manifest.archive_size,
+                got,
+            });
+        }
+        if self.sha256 != manifest.archive_sha256 {
+            return Err(BackupError::Digest {
+                path: self.path,
+                expected: manifest.archive_sha256,
+                got: self.sha256,
+            });
+        }
+        Ok(VerifiedArchive { bytes: self.bytes })
+    }
 }
 
 /// A reader that hashes what passes through it.
@@ -239,26 +339,42 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Restores the newest complete backup of `node` older than `failure_time` into `dest`:
-/// chooses it, checks the archive's size and digest, checks every entry, then extracts.
-pub fn restore_backup(
-    backups: &Path,
-    node: &NodeName,
-    failure_time: u64,
-    dest: &Path,
-    only: &[String],
-) -> Result<(FoundBackup, ExtractReport), BackupError> {
-    let found = choose_backup(backups, node, failure_time)?;
-    verify_archive(&found)?;
-    let open = || -> Result<crate::zstd::ZstdFrames<io::BufReader<fs::File>>, BackupError> {
-        let path = found.archive_path();
-        let file = fs::File::open(&path).map_err(|e| BackupError::Read(path, e))?;
-        Ok(crate::zstd::ZstdFrames::new(io::BufReader::with_capacity(
-            1 << 20,
-            file,
-        )))
-    };
-    scan_archive(open()?)?;
-    let report = extract_archive(open()?, dest, only)?;
+/// A restore: which backup, where to, and what it may do.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRequest<'a> {
+    /// The backups directory (on NFS in production).
+    pub backups: &'a Path,
+    pub node: &'a NodeName,
+    /// Unix seconds: the newest complete backup strictly older than this is restored.
+    pub failure_time: u64,
+    /// The mounted filesystem (the caller's own mount point).
+    pub mount: &'a Path,
+    /// The directory inside it that archive paths are relative to (`/`); opened without
+    /// following symlinks.
+    pub root: &'a str,
+    /// The largest archive read (bytes).
+    pub max_archive_bytes: u64,
+    pub options: ExtractOptions<'a>,
+}
+
+/// Restores the newest complete backup of `node` older than `failure_time`: chooses it, reads
+/// it once into memory and checks its size and digest there, opens the restore root without
+/// following symlinks, checks every entry and the disk's side of every path, and only then
+/// extracts, from the same copy.
+pub fn restore_backup(req: &RestoreRequest) -> Result<(FoundBackup, ExtractReport), BackupError> {
+    let found = choose_backup(req.backups, req.node, req.failure_time)?;
+    let verified = read_archive(&found, req.max_archive_bytes)?.verify(&found.manifest)?;
+    let root = open_root(req.mount, req.root)?;
+    let report = extract_verified(&verified, &root, &req.options)?;
     Ok((found, report))
+}
+
+/// Checks, then extracts, a verified archive under `root`: a refused archive writes nothing.
+pub fn extract_verified(
+    archive: &VerifiedArchive,
+    root: &std::os::fd::OwnedFd,
+    options: &ExtractOptions,
+) -> Result<ExtractReport, BackupError> {
+    check_archive(archive.tar_stream(), root, options)?;
+    extract_archive(archive.tar_stream(), root, options)
 }
