@@ -1,7 +1,8 @@
 //! What runs on a node and touches its files, shared by the rescue agent, the controller's CLI
 //! (run on nodes: `lazarus flag`, `lazarus backup`, `lazarus keygen`) and the initramfs builder:
 //!
-//! - [`keyfile`]: the cluster key file (64 hex characters, mode 0600, never overwritten);
+//! - [`keyfile`]: key files (agent keys, the controller's signing and public keys; secret ones
+//!   mode 0600, none ever overwritten);
 //! - [`flag_store`]: durable, power-safe reads and writes of the flag record on a file or block
 //!   device (the record's bytes are `lazarus_proto::flag`'s);
 //! - [`backup`]: the business-file backup format: create, choose, verify, extract;

@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-/// Length of the cluster key in bytes.
+/// Length of a key (an agent key, a signing seed, a public key) in bytes.
 pub const KEY_LEN: usize = 32;
 
 /// Errors from parsing a key file's contents.

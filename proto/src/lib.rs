@@ -5,9 +5,10 @@
 //! - [`message`]: the `Request` (controller to agent) and `Response` (agent to controller) enums
 //!   and the recovery [`message::Plan`], encoded with postcard. Append only.
 //! - [`frame`]: framing (length prefix, 64 KiB limit, protocol version) and authentication
-//!   (HMAC-SHA256 with the cluster key, requests bound to the agent's boot id and a strictly
+//!   (commands signed with the controller's Ed25519 key, replies and announcements tagged with an
+//!   agent key, requests bound to the agent's boot id, its session and a strictly
 //!   increasing counter, replies bound to their request).
-//! - [`key`]: the cluster key and its 64-hex-character file format.
+//! - [`key`]: the keys (controller signing and public keys, agent keys) and their file formats.
 //! - [`types`]: digests, boot ids, MAC addresses and node names, validated where parsed.
 //! - [`flag`]: the on-disk flag record codec, pure, so the restored OS can read it without the
 //!   agent.
