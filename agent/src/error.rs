@@ -123,6 +123,7 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (717, "Restore::HeaderTooLarge", "the archive holds a GNU long-name or PAX header over 64 KiB; refused before it was read, nothing written"),
     (718, "Restore::UnsafeTarget", "a symlink or file on the restored disk is on an entry's path, or the restore root is reached through one; nothing was written"),
     (719, "Restore::Unrestorable", "the archive holds devices, fifos or other entries that are not restored, and the plan makes them fatal; nothing was written"),
+    (720, "Restore::BadKey", "the plan's backup key is not a valid Ed25519 public key; nothing was read"),
     (800, "Flag", "reading or writing the flag record failed"),
     (801, "NoFlag::NotFound", "no flag partition with the plan's label"),
     (802, "NoFlag::Ambiguous", "several flag partitions with the plan's label; none was written"),
@@ -215,6 +216,7 @@ impl AgentError {
                 BackupError::HeaderTooLarge { .. } => 717,
                 BackupError::UnsafeTarget { .. } => 718,
                 BackupError::Unrestorable(_) => 719,
+                BackupError::BadKey => 720,
             },
             Self::Flag(e) => match e {
                 StoreError::Open(..)

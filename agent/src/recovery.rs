@@ -439,8 +439,17 @@ fn restore_into(
         "" => String::new(),
         sub => relative(sub)?.to_string_lossy().into_owned(),
     };
+    let backup_key = restore
+        .backup_key
+        .map(|k| lazarus_proto::PublicKey::from_bytes(&k.0))
+        .transpose()
+        .map_err(|_| lazarus_node::backup::BackupError::BadKey)?;
+    if backup_key.is_none() {
+        log::warn!("the plan names no backup key: the backup's origin is not checked");
+    }
     let (found, report) = restore_backup(&RestoreRequest {
         backups: &backups,
+        backup_key: backup_key.as_ref(),
         node: &restore.node,
         failure_time: restore.failure_time,
         mount: mounted,

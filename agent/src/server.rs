@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use lazarus_node::admission::{Admission, Ticket};
 use lazarus_proto::frame::{read_frame_before, version_reject, write_frame, CommandOpener};
-use lazarus_proto::{AgentKey, ControllerPub, Request, WireError};
+use lazarus_proto::{AgentKey, PublicKey, Request, WireError};
 
 use crate::service::Agent;
 
@@ -41,7 +41,7 @@ pub const IDLE: Duration = Duration::from_secs(300);
 /// (what it authenticates its replies and `Ready` with).
 #[derive(Debug, Clone)]
 pub struct Keys {
-    pub controller: ControllerPub,
+    pub controller: PublicKey,
     pub agent: AgentKey,
 }
 

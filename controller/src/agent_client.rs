@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use lazarus_proto::frame::{read_frame, seal_hello, write_frame, CommandSealer};
-use lazarus_proto::{AgentKey, ControllerKey, ErrorReply, Request, Response, WireError};
+use lazarus_proto::{AgentKey, ErrorReply, Request, Response, SigningKey, WireError};
 
 /// Errors talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ impl AgentClient {
     /// `agent_key`.
     pub fn connect(
         addr: &str,
-        signing: ControllerKey,
+        signing: SigningKey,
         agent_key: AgentKey,
         timeout: Duration,
     ) -> Result<Self, ClientError> {

@@ -356,6 +356,20 @@ pub struct RestoreTarget {
     /// The largest backup archive the agent reads into memory (the plan's `max_backup_bytes`).
     #[serde(default = "default_max_backup_bytes")]
     pub max_backup_bytes: u64,
+    /// The node's backup public key (`lazarus-public-key:…`, the `.pub` that `lazarus keygen
+    /// --backup` wrote beside the key `lazarus backup` signs with): only a backup this key
+    /// signed is restored. Required: the share is writable by every node.
+    #[serde(deserialize_with = "backup_key")]
+    pub backup_key: lazarus_proto::BackupKey,
+}
+
+fn backup_key<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<lazarus_proto::BackupKey, D::Error> {
+    let text = String::deserialize(d)?;
+    lazarus_proto::PublicKey::from_text(&text)
+        .map(|k| lazarus_proto::BackupKey(*k.as_bytes()))
+        .map_err(serde::de::Error::custom)
 }
 
 fn default_max_backup_bytes() -> u64 {

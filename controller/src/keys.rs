@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use lazarus_node::keyfile::{self, KeyFileError};
-use lazarus_proto::{AgentKey, ControllerKey, NodeName};
+use lazarus_proto::{AgentKey, NodeName, SigningKey};
 
 use crate::cluster::Cluster;
 
@@ -27,7 +27,7 @@ pub enum KeysError {
 /// The keys of a running controller.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    pub signing: ControllerKey,
+    pub signing: SigningKey,
     agents: BTreeMap<NodeName, AgentKey>,
 }
 

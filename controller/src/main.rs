@@ -86,13 +86,18 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Make a key: the controller's signing key (and its public key beside it, FILE with the
-    /// extension .pub), or a node's agent key. An existing file is never replaced.
+    /// Make a key: the controller's signing key or a node's backup key (each with its public key
+    /// beside it, FILE with the extension .pub), or a node's agent key. An existing file is never
+    /// replaced.
     #[command(group(clap::ArgGroup::new("which").required(true)))]
     Keygen {
         /// The controller's signing key file (mode 0600); its public key goes to FILE.pub.
         #[arg(long, group = "which")]
         controller: Option<PathBuf>,
+        /// A node's backup key file (mode 0600; `lazarus backup` signs with it); its public key
+        /// (for the cluster file's `restore.backup_key`) goes to FILE.pub.
+        #[arg(long, group = "which")]
+        backup: Option<PathBuf>,
         /// A node's agent key file (mode 0600), e.g. /etc/lazarus/agents/NODE.key.
         #[arg(long, group = "which")]
         agent: Option<PathBuf>,
@@ -131,6 +136,10 @@ enum Command {
         /// The filesystem root PATHs are relative to.
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// This node's backup key (`lazarus keygen --backup`): it signs the backup, and the
+        /// rescue agent restores only what the node's public key in the cluster file verifies.
+        #[arg(long, default_value = "/etc/lazarus/backup.key")]
+        signing_key: PathBuf,
         /// Directories or files to back up.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -337,8 +346,10 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             node,
             to,
             root,
+            signing_key,
             paths,
         } => {
+            let signing = keyfile::load_controller(&signing_key)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -348,6 +359,8 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 root: &root,
                 paths: &paths,
                 now,
+                signing: Some(&signing),
+                exclude: std::slice::from_ref(&signing_key),
             })?;
             format!(
                 "wrote backup {} ({} bytes, sha256 {})",
@@ -383,8 +396,23 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 }
             }
         },
-        Command::Keygen { controller, agent } => match (controller, agent) {
-            (Some(file), _) => {
+        Command::Keygen {
+            controller,
+            backup,
+            agent,
+        } => match (controller, backup, agent) {
+            (None, Some(file), _) => {
+                let public = file.with_extension("pub");
+                let key = keyfile::generate_controller(&file, &public)?;
+                format!(
+                    "wrote a backup key to {} (mode 0600; keep it on this node) and its public key \
+                     to {}; in the cluster file: backup_key = \"{}\"",
+                    file.display(),
+                    public.display(),
+                    key.to_text().trim_end()
+                )
+            }
+            (Some(file), _, _) => {
                 let public = file.with_extension("pub");
                 keyfile::generate_controller(&file, &public)?;
                 format!(
@@ -394,11 +422,13 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                     public.display()
                 )
             }
-            (None, Some(file)) => {
+            (None, None, Some(file)) => {
                 keyfile::generate(&file)?;
                 format!("wrote a new agent key to {} (mode 0600)", file.display())
             }
-            (None, None) => anyhow::bail!("keygen needs --controller FILE or --agent FILE"),
+            (None, None, None) => {
+                anyhow::bail!("keygen needs --controller FILE, --backup FILE or --agent FILE")
+            }
         },
         Command::Flag(cmd) => match cmd {
             FlagCommand::Init { path, force } => flag_cmd::init(&path, force)?,

@@ -177,7 +177,7 @@ fn commands_signed_by_another_key_are_not_answered() {
     let lab = Lab::new();
     let agent = lab.agent(None, None);
     // Someone holding a node's agent key (its media) but not the controller's signing key.
-    let other = ControllerKey::from_seed([0x33; 32]);
+    let other = SigningKey::from_seed([0x33; 32]);
     let r = lazarus_controller::agent_client::AgentClient::connect(
         &agent.addr,
         other,
@@ -397,6 +397,11 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
     )
     .unwrap();
     std::os::unix::fs::symlink("data/orders.db", business.join("srv/app/current")).unwrap();
+    // node-a's backup key signs its backups; the plan carries the public half.
+    let backup_key = lab.path("backup.key");
+    let out = lazarus(&["keygen", "--backup", backup_key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let public = lazarus_node::keyfile::load_public(&lab.path("backup.pub")).unwrap();
     let out = lazarus(&[
         "backup",
         "--node",
@@ -405,6 +410,8 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
         lab.export.join("backups").to_str().unwrap(),
         "--root",
         business.to_str().unwrap(),
+        "--signing-key",
+        backup_key.to_str().unwrap(),
         "srv/app",
     ]);
     assert!(
@@ -416,7 +423,21 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 5;
+        + 100;
+    // Another node (its own backup key) plants a newer backup of node-a: never restored.
+    let planted = lab.path("planted");
+    std::fs::create_dir_all(planted.join("srv/app/data")).unwrap();
+    std::fs::write(planted.join("srv/app/data/orders.db"), noise(200_000, 99)).unwrap();
+    lazarus_node::backup::create_backup(&lazarus_node::backup::BackupRequest {
+        node: &"node-a".parse().unwrap(),
+        to: &lab.export.join("backups"),
+        root: &planted,
+        paths: &["srv/app".into()],
+        now: failure_time - 50,
+        signing: Some(&SigningKey::from_seed([0x66; 32])),
+        exclude: &[],
+    })
+    .unwrap();
 
     let agent = lab.agent(None, None);
     let mut c = lab.client(&agent);
@@ -437,10 +458,16 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
             root: "/".into(),
         },
         paths: vec![],
+        backup_key: Some(BackupKey(*public.as_bytes())),
     });
     c.status_of(&Request::Recover(Box::new(p))).unwrap();
     let s = wait_done(&mut c);
     assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", agent.log());
+    assert!(
+        agent.log().contains("not signed by the node's backup key"),
+        "the planted backup was not skipped as unsigned:\n{}",
+        agent.log()
+    );
 
     let mut on_disk = vec![0u8; img.len()];
     std::fs::File::open(&dev.0)
@@ -622,6 +649,7 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
             root: "/".into(),
         },
         paths: vec![],
+        backup_key: None,
     });
     c.status_of(&Request::Recover(Box::new(p))).unwrap();
     let s = wait_done(&mut c);

@@ -8,7 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use lazarus_proto::key::KEY_LEN;
-use lazarus_proto::{AgentKey, ControllerKey, ControllerPub, KeyError};
+use lazarus_proto::{AgentKey, KeyError, PublicKey, SigningKey};
 
 /// Errors reading or writing a key file, each naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +37,10 @@ pub fn generate(path: &Path) -> Result<(), KeyFileError> {
 
 /// Writes a fresh controller signing key to `path` (mode 0600) and its public half to `public`
 /// (mode 0644: it goes into every rescue image). Neither existing file is replaced.
-pub fn generate_controller(path: &Path, public: &Path) -> Result<ControllerPub, KeyFileError> {
+pub fn generate_controller(path: &Path, public: &Path) -> Result<PublicKey, KeyFileError> {
     let mut seed = [0u8; KEY_LEN];
     fill_random(&mut seed)?;
-    let key = ControllerKey::from_seed(seed);
+    let key = SigningKey::from_seed(seed);
     if public.exists() {
         return Err(KeyFileError::Exists(public.to_owned()));
     }
@@ -92,15 +92,15 @@ pub fn load(path: &Path) -> Result<AgentKey, KeyFileError> {
 }
 
 /// Reads the controller's signing key file, refusing one that group or others can read.
-pub fn load_controller(path: &Path) -> Result<ControllerKey, KeyFileError> {
+pub fn load_controller(path: &Path) -> Result<SigningKey, KeyFileError> {
     let text = read_secret(path)?;
-    ControllerKey::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+    SigningKey::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
 }
 
 /// Reads the controller's public key file.
-pub fn load_public(path: &Path) -> Result<ControllerPub, KeyFileError> {
+pub fn load_public(path: &Path) -> Result<PublicKey, KeyFileError> {
     let text = fs::read_to_string(path).map_err(|e| KeyFileError::Read(path.to_owned(), e))?;
-    ControllerPub::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+    PublicKey::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
 }
 
 fn read_secret(path: &Path) -> Result<String, KeyFileError> {

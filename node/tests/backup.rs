@@ -69,6 +69,7 @@ fn restore(
     paths: &[String],
 ) -> Result<(FoundBackup, ExtractReport), BackupError> {
     restore_backup(&RestoreRequest {
+        backup_key: None,
         backups,
         node: &n3(),
         failure_time: T0 + 1,
@@ -90,6 +91,8 @@ fn backup(to: &Path, root: &Path, now: u64) {
         root,
         paths: &[PathBuf::from("srv/app")],
         now,
+        signing: None,
+        exclude: &[],
     })
     .unwrap();
 }
@@ -163,7 +166,7 @@ fn the_newest_complete_backup_before_the_failure_is_chosen() {
     let broken = backups.join("n3").join(time::format_utc(T0 + 5000));
     fs::create_dir_all(&broken).unwrap();
     fs::write(broken.join(MANIFEST), "format = [").unwrap();
-    let pick = |t| choose_backup(&backups, &n3(), t).map(|f| f.manifest.created);
+    let pick = |t| choose_backup(&backups, &n3(), t, None).map(|f| f.manifest.created);
     assert_eq!(pick(T0 + 7201).unwrap(), T0 + 7200);
     assert_eq!(
         pick(T0 + 7200).unwrap(),
@@ -353,6 +356,8 @@ fn backup_refuses_paths_outside_its_root() {
             root: &root,
             paths: &[PathBuf::from(path)],
             now: T0,
+            signing: None,
+            exclude: &[],
         });
         assert!(r.is_err(), "{node} {path}");
     }

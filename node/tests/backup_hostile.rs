@@ -34,6 +34,7 @@ fn restore_with(
     options: ExtractOptions,
 ) -> Result<(FoundBackup, ExtractReport), BackupError> {
     restore_backup(&RestoreRequest {
+        backup_key: None,
         backups,
         node: &n3(),
         failure_time: T0 + 1,
@@ -57,6 +58,8 @@ fn backup(to: &Path, root: &Path, paths: &[&str], now: u64) -> FoundBackup {
         root,
         paths: &paths,
         now,
+        signing: None,
+        exclude: &[],
     })
     .unwrap()
 }
@@ -155,7 +158,7 @@ fn the_archive_extracted_is_the_copy_that_was_verified_not_a_later_swap() {
     fs::write(root.join("srv/data"), "swapped!").unwrap();
     let other = backup(&dir.path().join("other"), &root, &["srv"], T0);
 
-    let found = choose_backup(&backups, &n3(), T0 + 1).unwrap();
+    let found = choose_backup(&backups, &n3(), T0 + 1, None).unwrap();
     let copy = read_archive(&found, DEFAULT_MAX_BACKUP_BYTES).unwrap();
     // The share changes after the read: the archive is replaced, then truncated, then removed.
     fs::rename(other.archive_path(), found.archive_path()).unwrap();
@@ -169,7 +172,7 @@ fn the_archive_extracted_is_the_copy_that_was_verified_not_a_later_swap() {
     // Swapped before the read: the copy fails its check and nothing is written.
     let (_dir2, backups2, dest2) = setup();
     backup(&backups2, &root, &["srv"], T0);
-    let found2 = choose_backup(&backups2, &n3(), T0 + 1).unwrap();
+    let found2 = choose_backup(&backups2, &n3(), T0 + 1, None).unwrap();
     let mut bytes = fs::read(found2.archive_path()).unwrap();
     bytes[40] ^= 0x55;
     fs::write(found2.archive_path(), &bytes).unwrap();
@@ -187,6 +190,7 @@ fn an_archive_that_is_a_symlink_or_too_large_is_refused_before_it_is_read() {
     let found = backup(&backups, &root, &["srv"], T0);
     // Over the cap: refused from the manifest, before a byte is read.
     let err = restore_backup(&RestoreRequest {
+        backup_key: None,
         backups: &backups,
         node: &n3(),
         failure_time: T0 + 1,
@@ -417,6 +421,7 @@ fn the_restore_root_is_opened_without_following_symlinks() {
     plant_tar(&backups, |b| add_file(b, "file", b"x"));
     for root in ["data", "/data/", "via/sub", "real/../data"] {
         let err = restore_backup(&RestoreRequest {
+            backup_key: None,
             backups: &backups,
             node: &n3(),
             failure_time: T0 + 1,
@@ -519,4 +524,121 @@ fn backups_are_created_private() {
     assert_eq!(mode(&found.dir), 0o700);
     assert_eq!(mode(&found.archive_path()), 0o600);
     assert_eq!(mode(&found.dir.join(MANIFEST)), 0o600);
+}
+
+/// A backup of n3 at `now` of `root`'s `srv`, signed by `key`.
+fn signed_backup(to: &Path, root: &Path, now: u64, key: &lazarus_proto::SigningKey) -> PathBuf {
+    create_backup(&BackupRequest {
+        node: &n3(),
+        to,
+        root,
+        paths: &[PathBuf::from("srv")],
+        now,
+        signing: Some(key),
+        exclude: &[],
+    })
+    .unwrap()
+    .dir
+}
+
+#[test]
+fn only_backups_signed_by_the_nodes_key_are_chosen_and_none_can_be_relabelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (share, genuine_root, planted_root) = (
+        dir.path().join("share"),
+        dir.path().join("genuine"),
+        dir.path().join("planted"),
+    );
+    for (root, text) in [(&genuine_root, "genuine"), (&planted_root, "planted")] {
+        fs::create_dir_all(root.join("srv")).unwrap();
+        fs::write(root.join("srv/data"), text).unwrap();
+    }
+    let n3_key = lazarus_proto::SigningKey::from_seed([3; 32]);
+    let other_key = lazarus_proto::SigningKey::from_seed([4; 32]);
+    let public = n3_key.public();
+    let pick =
+        |before| choose_backup(&share, &n3(), before, Some(&public)).map(|f| f.manifest.created);
+    let old = signed_backup(&share, &genuine_root, T0 - 100, &n3_key);
+    // Another node's key, a newer time: skipped.
+    signed_backup(&share, &planted_root, T0 - 50, &other_key);
+    assert_eq!(pick(T0).unwrap(), T0 - 100);
+    // Unsigned, newer still: skipped.
+    create_backup(&BackupRequest {
+        node: &n3(),
+        to: &share,
+        root: &planted_root,
+        paths: &[PathBuf::from("srv")],
+        now: T0 - 40,
+        signing: None,
+        exclude: &[],
+    })
+    .unwrap();
+    assert_eq!(pick(T0).unwrap(), T0 - 100);
+    // n3's own signature copied onto a manifest edited to name another archive digest: skipped.
+    let forged = signed_backup(&share, &planted_root, T0 - 30, &other_key);
+    fs::copy(old.join("manifest.sig"), forged.join("manifest.sig")).unwrap();
+    assert_eq!(pick(T0).unwrap(), T0 - 100);
+    // The genuine old backup copied under a newer name: its signed time no longer matches.
+    let relabelled = share.join("n3").join(time::format_utc(T0 - 20));
+    fs::create_dir_all(&relabelled).unwrap();
+    for f in fs::read_dir(&old).unwrap().flatten() {
+        fs::copy(f.path(), relabelled.join(f.file_name())).unwrap();
+    }
+    assert_eq!(pick(T0).unwrap(), T0 - 100);
+    // Without n3's key (a hand-written plan) the newest well-formed one would be taken.
+    assert_eq!(
+        choose_backup(&share, &n3(), T0, None)
+            .unwrap()
+            .manifest
+            .created,
+        T0 - 30
+    );
+    // And the restore given the key puts back the genuine files.
+    let dest = dir.path().join("dest");
+    fs::create_dir_all(&dest).unwrap();
+    restore_backup(&RestoreRequest {
+        backup_key: Some(&public),
+        backups: &share,
+        node: &n3(),
+        failure_time: T0,
+        mount: &dest,
+        root: "/",
+        max_archive_bytes: DEFAULT_MAX_BACKUP_BYTES,
+        options: options(&[]),
+    })
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(dest.join("srv/data")).unwrap(),
+        "genuine"
+    );
+    // The key's own file is never in a backup, however the paths name it.
+    let keyed = dir.path().join("keyed");
+    fs::create_dir_all(keyed.join("etc/lazarus")).unwrap();
+    fs::write(keyed.join("etc/lazarus/backup.key"), n3_key.to_text()).unwrap();
+    fs::write(keyed.join("etc/lazarus/node"), "n3").unwrap();
+    let found = create_backup(&BackupRequest {
+        node: &n3(),
+        to: &dir.path().join("share2"),
+        root: &keyed,
+        paths: &[PathBuf::from("etc")],
+        now: T0 - 10,
+        signing: Some(&n3_key),
+        exclude: &[keyed.join("etc/lazarus/backup.key")],
+    })
+    .unwrap();
+    let archive = read_archive(&found, DEFAULT_MAX_BACKUP_BYTES)
+        .unwrap()
+        .verify(&found.manifest)
+        .unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut archive.tar_stream(), &mut tar).unwrap();
+    let text = String::from_utf8_lossy(&tar);
+    assert!(text.contains("etc/lazarus/node") && !text.contains("backup.key"));
+    assert!(!text.contains(n3_key.to_text().trim_end()));
+    // No signed backup at all: none is restored.
+    let stranger = lazarus_proto::SigningKey::from_seed([9; 32]).public();
+    assert!(matches!(
+        choose_backup(&share, &n3(), T0, Some(&stranger)),
+        Err(BackupError::NoneBefore { .. })
+    ));
 }

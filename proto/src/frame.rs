@@ -12,8 +12,8 @@
 //!
 //! Who can say what (see `docs/protocol.md`, "Trust"):
 //!
-//! - The controller signs what it sends with its [`ControllerKey`]; an agent holds only the
-//!   [`ControllerPub`] and obeys only what verifies: a `Command` is signed over
+//! - The controller signs what it sends with its [`SigningKey`]; an agent holds only the
+//!   [`PublicKey`] and obeys only what verifies: a `Command` is signed over
 //!   `"LZR2C" || frame without signature`, an `AnnounceAck` over
 //!   `"LZR2A" || the announcement's tag || frame without signature`.
 //! - An agent authenticates what it sends with its [`AgentKey`] (per node or per repair): an
@@ -36,7 +36,7 @@ use std::io::{self, Read, Write};
 use hmac::{KeyInit, Mac};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::key::{AgentKey, ControllerKey, ControllerPub, SIGNATURE_LEN};
+use crate::key::{AgentKey, PublicKey, SigningKey, SIGNATURE_LEN};
 use crate::message::{BootId, Hello, Request, Response};
 
 /// The protocol version this build speaks.
@@ -195,7 +195,7 @@ impl RawFrame {
     /// Checks a signed frame (Command, AnnounceAck) against `public`, then decodes it.
     fn open_signed<T: DeserializeOwned>(
         &self,
-        public: &ControllerPub,
+        public: &PublicKey,
         want: FrameKind,
         bound_to: Option<&Binding>,
     ) -> Result<(Envelope<T>, Binding), WireError> {
@@ -264,7 +264,7 @@ fn mac_for(key: &AgentKey, kind: FrameKind, bound_to: Option<&Binding>) -> HmacS
 
 /// How a frame is authenticated when it is sealed.
 enum Sealer<'a> {
-    Sign(&'a ControllerKey),
+    Sign(&'a SigningKey),
     Tag(&'a AgentKey),
 }
 
@@ -420,7 +420,7 @@ impl ReplyTo {
     }
 
     /// Seals the controller's acknowledgement of an announcement (signed).
-    pub fn seal_ack(&self, key: &ControllerKey) -> Result<Vec<u8>, WireError> {
+    pub fn seal_ack(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
         seal(
             Sealer::Sign(key),
             FrameKind::AnnounceAck,
@@ -461,7 +461,7 @@ impl AwaitReply {
     }
 
     /// Opens the controller's acknowledgement of our announcement.
-    pub fn open_ack(&self, public: &ControllerPub, frame: &RawFrame) -> Result<(), WireError> {
+    pub fn open_ack(&self, public: &PublicKey, frame: &RawFrame) -> Result<(), WireError> {
         let (envelope, _) =
             frame.open_signed::<Request>(public, FrameKind::AnnounceAck, Some(&self.bound_to))?;
         match self.check(envelope)? {
@@ -477,7 +477,7 @@ impl AwaitReply {
 /// commands.
 #[derive(Debug, Clone)]
 pub struct CommandSealer {
-    key: ControllerKey,
+    key: SigningKey,
     boot_id: BootId,
     session: u64,
     next_counter: u64,
@@ -485,7 +485,7 @@ pub struct CommandSealer {
 
 impl CommandSealer {
     /// Commands in the session a `Hello` reply opened.
-    pub fn new(key: ControllerKey, hello: &Hello) -> Self {
+    pub fn new(key: SigningKey, hello: &Hello) -> Self {
         Self {
             key,
             boot_id: hello.boot_id,
@@ -516,7 +516,7 @@ impl CommandSealer {
 
 /// Signs a `Hello` with a caller-chosen nonce as its counter: the command that opens a session,
 /// sent before the client knows the agent's boot id.
-pub fn seal_hello(key: &ControllerKey, nonce: u64) -> Result<(Vec<u8>, AwaitReply), WireError> {
+pub fn seal_hello(key: &SigningKey, nonce: u64) -> Result<(Vec<u8>, AwaitReply), WireError> {
     seal_initiator(
         Sealer::Sign(key),
         FrameKind::Command,
@@ -557,14 +557,14 @@ fn seal_initiator<T: Serialize>(
 /// boot, in the session it opened on this connection, with strictly increasing counters.
 #[derive(Debug, Clone)]
 pub struct CommandOpener {
-    public: ControllerPub,
+    public: PublicKey,
     boot_id: BootId,
     session: Option<u64>,
     last_counter: u64,
 }
 
 impl CommandOpener {
-    pub fn new(public: ControllerPub, boot_id: BootId) -> Self {
+    pub fn new(public: PublicKey, boot_id: BootId) -> Self {
         Self {
             public,
             boot_id,

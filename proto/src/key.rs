@@ -1,15 +1,17 @@
 //! The keys of the protocol (see `docs/protocol.md`, "Trust"):
 //!
-//! - [`ControllerKey`]: the controller's Ed25519 signing key. It never leaves the control node;
-//!   every command to an agent and every acknowledgement of a `Ready` is signed with it.
-//! - [`ControllerPub`]: its public half, the only key in the base rescue image: an agent obeys
-//!   only what it verifies.
+//! - [`SigningKey`]: an Ed25519 signing key. The controller's never leaves the control node;
+//!   every command to an agent and every acknowledgement of a `Ready` is signed with it. A
+//!   node's backup key signs the manifests of the backups `lazarus backup` writes on that node.
+//! - [`PublicKey`]: a public half. The controller's is the only key in the base rescue image (an
+//!   agent obeys only what it verifies); a node's backup public key is in the cluster file and
+//!   travels in the plan (the agent restores only a backup it verifies).
 //! - [`AgentKey`]: 32 secret bytes shared by the controller and one node's rescue media (a
 //!   per-node key) or one repair's image (a per-repair key, revoked when the repair ends). The
 //!   agent authenticates its `Ready` and its replies with it (HMAC-SHA256).
 //!
 //! On disk an agent key is 64 hex characters (one optional trailing newline); the controller's
-//! keys carry a label before their 64 hex characters (`lazarus-signing-key:` and
+//! and backup keys carry a label before their 64 hex characters (`lazarus-signing-key:` and
 //! `lazarus-public-key:`), so one can never be taken for another (a signing key handed to the
 //! image builder as the public key is refused, not baked into a public image). Secret keys are
 //! never printed: their `Debug` shows only that they are redacted.
@@ -66,11 +68,11 @@ impl fmt::Debug for AgentKey {
 const SIGNING_LABEL: &str = "lazarus-signing-key";
 const PUBLIC_LABEL: &str = "lazarus-public-key";
 
-/// The controller's Ed25519 signing key (its 32-byte seed).
+/// An Ed25519 signing key (its 32-byte seed).
 #[derive(Clone)]
-pub struct ControllerKey(ed25519_dalek::SigningKey);
+pub struct SigningKey(ed25519_dalek::SigningKey);
 
-impl ControllerKey {
+impl SigningKey {
     /// The key of a 32-byte seed (fresh from the kernel's random generator).
     pub fn from_seed(seed: [u8; KEY_LEN]) -> Self {
         Self(ed25519_dalek::SigningKey::from_bytes(&seed))
@@ -91,30 +93,33 @@ impl ControllerKey {
     }
 
     /// Its public half.
-    pub fn public(&self) -> ControllerPub {
-        ControllerPub(self.0.verifying_key())
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
     }
 
-    pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+    /// Signs `message`. Callers put a domain label of their own first (frames and backup
+    /// manifests use distinct ones), so no signature counts for another purpose.
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         use ed25519_dalek::Signer;
         self.0.sign(message).to_bytes()
     }
 }
 
-impl fmt::Debug for ControllerKey {
+impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ControllerKey(<redacted>)")
+        f.write_str("SigningKey(<redacted>)")
     }
 }
 
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
-/// The controller's public key: what an agent verifies commands with.
+/// An Ed25519 public key: the controller's (what an agent verifies commands with) or a node's
+/// backup key (what an agent verifies a backup's manifest with).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ControllerPub(ed25519_dalek::VerifyingKey);
+pub struct PublicKey(ed25519_dalek::VerifyingKey);
 
-impl ControllerPub {
+impl PublicKey {
     /// Parses `lazarus-public-key:` and 64 hex characters.
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
         let hex = text
@@ -137,17 +142,24 @@ impl ControllerPub {
         self.0.as_bytes()
     }
 
+    /// The key of 32 bytes (from a plan), if they are a valid point.
+    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, KeyError> {
+        ed25519_dalek::VerifyingKey::from_bytes(bytes)
+            .map(Self)
+            .map_err(|_| KeyError::BadPublicKey)
+    }
+
     /// Whether `signature` is this key's over `message` (strict verification: no malleable or
     /// small-order forms).
-    pub(crate) fn verifies(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+    pub fn verifies(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
         let signature = ed25519_dalek::Signature::from_bytes(signature);
         self.0.verify_strict(message, &signature).is_ok()
     }
 }
 
-impl fmt::Debug for ControllerPub {
+impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ControllerPub({})", hex(self.0.as_bytes()))
+        write!(f, "PublicKey({})", hex(self.0.as_bytes()))
     }
 }
 
@@ -221,33 +233,33 @@ mod controller_key_tests {
 
     #[test]
     fn controller_keys_round_trip_and_are_never_taken_for_one_another() {
-        let key = ControllerKey::from_seed([7; KEY_LEN]);
+        let key = SigningKey::from_seed([7; KEY_LEN]);
         let text = key.to_text();
         assert!(text.starts_with("lazarus-signing-key:"), "{text}");
-        let again = ControllerKey::from_text(&text).unwrap();
+        let again = SigningKey::from_text(&text).unwrap();
         assert_eq!(again.public(), key.public());
         let public = key.public().to_text();
-        assert_eq!(ControllerPub::from_text(&public).unwrap(), key.public());
+        assert_eq!(PublicKey::from_text(&public).unwrap(), key.public());
         // A signing key is not a public key, nor is an agent key, and the other way round.
         assert_eq!(
-            ControllerPub::from_text(&text),
+            PublicKey::from_text(&text),
             Err(KeyError::Label("lazarus-public-key"))
         );
         let agent = AgentKey::from_bytes([9; KEY_LEN]).to_hex();
         assert_eq!(
-            ControllerPub::from_text(&agent),
+            PublicKey::from_text(&agent),
             Err(KeyError::Label("lazarus-public-key"))
         );
-        assert!(ControllerKey::from_text(&public).is_err());
+        assert!(SigningKey::from_text(&public).is_err());
         assert!(AgentKey::from_hex(&text).is_err());
         assert!(AgentKey::from_hex(&public).is_err());
-        assert_eq!(format!("{key:?}"), "ControllerKey(<redacted>)");
+        assert_eq!(format!("{key:?}"), "SigningKey(<redacted>)");
     }
 
     #[test]
     fn signatures_verify_only_for_their_message_and_key() {
-        let key = ControllerKey::from_seed([1; KEY_LEN]);
-        let other = ControllerKey::from_seed([2; KEY_LEN]);
+        let key = SigningKey::from_seed([1; KEY_LEN]);
+        let other = SigningKey::from_seed([2; KEY_LEN]);
         let sig = key.sign(b"recover");
         assert!(key.public().verifies(b"recover", &sig));
         assert!(!key.public().verifies(b"recovers", &sig));

@@ -23,7 +23,7 @@ pub mod message;
 pub mod types;
 
 pub use frame::{WireError, MAX_FRAME_LEN, PROTOCOL_VERSION};
-pub use key::{AgentKey, ControllerKey, ControllerPub, KeyError};
+pub use key::{AgentKey, KeyError, PublicKey, SigningKey};
 pub use message::*;
 pub use types::NameError;
 

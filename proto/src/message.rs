@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::flag::FlagSummary;
-pub use crate::types::{BootId, MacAddr, NodeName, Sha256};
+pub use crate::types::{BackupKey, BootId, MacAddr, NodeName, Sha256};
 
 /// Controller to agent. `// WIRE: append only`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +246,11 @@ pub struct RestoreSpec {
     pub filesystem: RestoreFilesystem,
     /// Paths within the backup to restore; empty restores everything.
     pub paths: Vec<String>,
+    /// The node's backup public key: only a backup whose manifest it signed is restored (others
+    /// are skipped, as if absent). `None`: backups are not checked for their origin (a plan
+    /// file written by hand; the controller always sends the key). Added last.
+    #[serde(default)]
+    pub backup_key: Option<BackupKey>,
 }
 
 /// The filesystem business files are restored into.

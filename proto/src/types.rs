@@ -89,6 +89,12 @@ hex_bytes!(
     BootId,
     16
 );
+hex_bytes!(
+    /// The 32 bytes of a node's backup public key (64 hex characters in a plan file): the agent
+    /// restores only a backup whose manifest this key's owner signed.
+    BackupKey,
+    32
+);
 
 /// An Ethernet MAC address: six bytes on the wire, `aa:bb:cc:dd:ee:ff` for humans.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]

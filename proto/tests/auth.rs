@@ -14,11 +14,11 @@ fn key(n: u8) -> AgentKey {
 }
 
 /// A controller's signing key.
-fn signer(n: u8) -> ControllerKey {
-    ControllerKey::from_seed([n; 32])
+fn signer(n: u8) -> SigningKey {
+    SigningKey::from_seed([n; 32])
 }
 
-fn public(n: u8) -> ControllerPub {
+fn public(n: u8) -> PublicKey {
     signer(n).public()
 }
 

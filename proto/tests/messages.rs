@@ -48,6 +48,7 @@ fn sample_plan() -> Plan {
                 root: "/".into(),
             },
             paths: vec!["srv".into()],
+            backup_key: Some(BackupKey([0xb7; 32])),
         }),
         allow_weak_selector: false,
         restore_setid: true,
@@ -94,7 +95,7 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
             "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d670180\
              20111111111111111111111111111111111111111111111111111111111111111100000001025331000180\
              80808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f010373\
-             72760001018080808004",
+             727601b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b70001018080808004",
         ),
         (Request::Abort, "03"),
         (Request::Reboot, "04"),
@@ -365,9 +366,10 @@ fn plan() -> impl Strategy<Value = Plan> {
             any::<bool>(),
             ".*",
             proptest::collection::vec(".*", 0..4),
+            proptest::option::of(any::<[u8; 32]>()),
         )
             .prop_map(
-                |(backups_dir, node, failure_time, partition, xfs, root, paths)| RestoreSpec {
+                |(backups_dir, node, failure_time, partition, xfs, root, paths, key)| RestoreSpec {
                     backups_dir,
                     node: node.parse().unwrap(),
                     failure_time,
@@ -377,6 +379,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                         root,
                     },
                     paths,
+                    backup_key: key.map(BackupKey),
                 },
             ),
     );
@@ -571,7 +574,7 @@ proptest! {
         req in request(), resp in response(), counter in 1u64..u64::MAX
     ) {
         let key = AgentKey::from_bytes([9; 32]);
-        let signer = ControllerKey::from_seed([8; 32]);
+        let signer = SigningKey::from_seed([8; 32]);
         let mut agent = CommandOpener::new(signer.public(), BootId([4; 16]));
         let mut hello = agent.begin(counter ^ 0x5a5a);
         hello.next_counter = counter;
@@ -586,7 +589,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let mut agent = CommandOpener::new(ControllerKey::from_seed([9; 32]).public(), BootId([4; 16]));
+        let mut agent = CommandOpener::new(SigningKey::from_seed([9; 32]).public(), BootId([4; 16]));
         agent.begin(1);
         if let Ok(frame) = read_frame(&mut &bytes[..]) {
             prop_assert!(agent.open(&frame).is_err());

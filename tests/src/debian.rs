@@ -164,7 +164,8 @@ echo "lazarus-role: flag ${state:-unreadable}, role $(cat /srv/www/lazarus-role)
 "#;
     let backup = format!(
         r#"#!/bin/sh
-# lazarus-backup: the node's business files to the share, named for this node.
+# lazarus-backup: the node's business files to the share, named for this node, signed with its
+# backup key (/etc/lazarus/backup.key, itself among the files backed up).
 set -e
 node=$(cat /etc/lazarus/node)
 exec /usr/local/bin/lazarus backup --node "$node" --to {backup_to} --root / srv/www etc/lazarus
@@ -218,7 +219,8 @@ pub struct DiskSpec<'a> {
     pub tree: &'a Path,
     /// The `lazarus` binary the node runs (flag, backup).
     pub lazarus: &'a Path,
-    /// The node's own files (name, business data), relative to the root; `None` for the image.
+    /// The node's own files (name, backup key, business data), relative to the root; empty for
+    /// the image. Files named `*.key` are written 0600.
     pub node_files: &'a [(&'a str, &'a [u8])],
     /// The NFS mount the backup timer writes to (`SERVER:/EXPORT`), as an fstab source.
     pub backups: &'a str,
@@ -268,7 +270,9 @@ pub fn build_disk(spec: &DiskSpec) -> anyhow::Result<()> {
         0o755,
     ));
     for (p, c) in spec.node_files {
-        files.push((p.to_string(), c.to_vec(), 0o644));
+        // Keys are private (lazarus refuses a key file others can read).
+        let mode = if p.ends_with(".key") { 0o600 } else { 0o644 };
+        files.push((p.to_string(), c.to_vec(), mode));
     }
     for (rel, content, mode) in &files {
         let path = stage.join(rel);

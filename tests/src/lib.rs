@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lazarus_proto::{AgentKey, ControllerKey};
+use lazarus_proto::{AgentKey, SigningKey};
 
 /// The host's address on the lab network.
 pub const HOST_IP: &str = "10.77.0.1";
@@ -81,7 +81,7 @@ pub struct Artifacts {
     /// The node's image: the base, then its part (the agent key).
     pub initramfs: PathBuf,
     /// The controller's signing key and its file (`controller.pub` beside it).
-    pub signing: ControllerKey,
+    pub signing: SigningKey,
     pub signing_path: PathBuf,
     pub public_path: PathBuf,
     /// The agent key every lab node's medium holds, and its file.

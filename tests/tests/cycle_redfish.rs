@@ -105,14 +105,18 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     let bmap_sha = hex(&sha2::Sha256::digest(std::fs::read(&bmap).unwrap()));
     let image_len = std::fs::metadata(&image).unwrap().len();
 
-    // Each node's own disk: the same system, its name and its business files.
+    // Each node's own disk: the same system, its name, its backup key and its business files.
     for (name, ..) in NODES {
         let orders = format!("the orders of {name}\n");
+        let key = dir.join(format!("{name}-backup.key"));
+        lazarus_node::keyfile::generate_controller(&key, &key.with_extension("pub")).unwrap();
+        let key_text = std::fs::read(&key).unwrap();
         debian::build_disk(&debian::DiskSpec {
             tree: &tree,
             lazarus: &lazarus,
             node_files: &[
                 ("etc/lazarus/node", format!("{name}\n").as_bytes()),
+                ("etc/lazarus/backup.key", &key_text),
                 ("srv/www/index.html", orders.as_bytes()),
             ],
             backups: &backups_src,
@@ -182,8 +186,12 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
              insecure_http = true, system = \"{system}\", \
              image_url = \"http://{HOST_IP}:7480/media/rescue.iso\", cold_boot_after_detach = true }}\n\
              rescue = {{ address = \"{rip}\", prefix_len = 24 }}\ndisk = {{ serial = \"{serial}\" }}\n\
-             restore = {{ partition = 2, fstype = \"ext4\", paths = [\"srv/www\", \"etc/lazarus\"] }}\n",
+             restore = {{ partition = 2, fstype = \"ext4\", paths = [\"srv/www\", \"etc/lazarus\"], \
+             backup_key = \"{backup_key}\" }}\n",
             port = debian::SERVICE_PORT,
+            backup_key = std::fs::read_to_string(dir.join(format!("{name}-backup.pub")))
+                .unwrap()
+                .trim_end(),
         ));
     }
     let config = dir.join("cluster.toml");

@@ -51,11 +51,15 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
     std::fs::create_dir_all(export.join("backups")).unwrap();
     let disk = dir.join("w9.img");
     let started = Instant::now();
+    let key = dir.join("w9-backup.key");
+    lazarus_node::keyfile::generate_controller(&key, &key.with_extension("pub")).unwrap();
+    let key_text = std::fs::read(&key).unwrap();
     debian::build_disk(&debian::DiskSpec {
         tree: &tree,
         lazarus: &lazarus,
         node_files: &[
             ("etc/lazarus/node", b"w9\n"),
+            ("etc/lazarus/backup.key", &key_text),
             ("srv/www/index.html", b"the orders of w9\n"),
         ],
         backups: &format!("{HOST_IP}:/backups"),

@@ -116,6 +116,8 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
         root: &business,
         paths: &["srv".into()],
         now: 1_795_000_000,
+        signing: Some(&backup_key()),
+        exclude: &[],
     })
     .unwrap();
 
@@ -245,6 +247,7 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
             root: "/".into(),
         },
         paths: vec![],
+        backup_key: Some(lazarus_proto::BackupKey(*backup_key().public().as_bytes())),
     };
     c.status_of(&Request::Recover(Box::new(plan(
         "e2e-repair",
@@ -349,4 +352,9 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// node-1's backup key: `lazarus backup` signs with it; the plan carries its public half.
+fn backup_key() -> lazarus_proto::SigningKey {
+    lazarus_proto::SigningKey::from_seed([0x5b; 32])
 }

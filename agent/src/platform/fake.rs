@@ -127,6 +127,8 @@ impl Fake {
             root: &node_root,
             paths: &[PathBuf::from("etc")],
             now: backup_time,
+            signing: None,
+            exclude: &[],
         })
         .expect("backup");
 
@@ -219,6 +221,8 @@ impl Fake {
             root: dir.path(),
             paths: &[PathBuf::from("etc")],
             now: time,
+            signing: None,
+            exclude: &[],
         })
         .expect("backup");
     }

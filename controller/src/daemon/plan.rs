@@ -43,6 +43,7 @@ pub fn plan_for(cluster: &Cluster, n: &Node, plan_id: &str, failure_time: u64) -
                 root: r.root.clone(),
             },
             paths: r.paths.clone(),
+            backup_key: Some(r.backup_key),
         }),
         allow_weak_selector: n.allow_weak_selector,
         restore_setid: n.restore.as_ref().is_some_and(|r| r.restore_setid),
@@ -75,10 +76,24 @@ mod tests {
             (plan.restore_setid, plan.unrestorable, plan.max_backup_bytes),
             (false, Unrestorable::Warn, DEFAULT_MAX_BACKUP_BYTES)
         );
+        // The node's backup public key travels in the plan.
+        assert!(plan.restore.as_ref().and_then(|r| r.backup_key).is_some());
+        let unsigned = EXAMPLE.replacen(
+            ", backup_key = \"lazarus-public-key:",
+            ", backup_kex = \"lazarus-public-key:",
+            1,
+        );
+        let e = Cluster::parse(&unsigned, "cluster.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backup_key"),
+            "a restore without a backup key: {e}"
+        );
         let strict = EXAMPLE.replacen(
-            "restore = { partition = 1, fstype = \"ext4\", paths = [\"srv\"] }",
-            "restore = { partition = 1, fstype = \"ext4\", paths = [\"srv\"], restore_setid = true, \
-             unrestorable = \"fatal\", max_backup_bytes = 1073741824 }",
+            "paths = [\"srv\"], backup_key",
+            "paths = [\"srv\"], restore_setid = true, unrestorable = \"fatal\", \
+             max_backup_bytes = 1073741824, backup_key",
             1,
         );
         assert_ne!(strict, EXAMPLE);

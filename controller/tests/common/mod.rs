@@ -70,7 +70,7 @@ pub struct Lab {
     /// The controller's signing key file, and its public key file.
     pub signing_path: PathBuf,
     pub public_path: PathBuf,
-    pub signing: ControllerKey,
+    pub signing: SigningKey,
     /// The agent key of the lab's agents.
     pub key_path: PathBuf,
     pub key: AgentKey,

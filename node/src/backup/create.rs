@@ -7,7 +7,9 @@ use std::path::{Component, Path, PathBuf};
 
 use lazarus_proto::NodeName;
 
-use super::{time, BackupError, FoundBackup, HashingWriter, Manifest, ARCHIVE, FORMAT, MANIFEST};
+use super::{
+    time, BackupError, FoundBackup, HashingWriter, Manifest, ARCHIVE, FORMAT, MANIFEST, SIGNATURE,
+};
 
 /// What to back up.
 #[derive(Debug, Clone)]
@@ -20,6 +22,12 @@ pub struct BackupRequest<'a> {
     pub paths: &'a [PathBuf],
     /// Unix seconds; names the backup.
     pub now: u64,
+    /// The node's backup key: signs the manifest (`manifest.sig`). `None` writes an unsigned
+    /// backup, which an agent given the node's backup public key never restores.
+    pub signing: Option<&'a lazarus_proto::SigningKey>,
+    /// Files never put in the archive, however the paths name them: the backup key's file (a
+    /// backup is readable by whoever can read the share; the key must not travel with it).
+    pub exclude: &'a [PathBuf],
 }
 
 /// Writes `<to>/<node>/<UTC now>/` with the archive and manifest, atomically: under a dot-name
@@ -77,11 +85,24 @@ fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manif
     let (pipe_rx, pipe_tx) = io::pipe().map_err(|e| BackupError::Write(archive_path.clone(), e))?;
     let root = req.root.to_owned();
     let tar_rels = rels.to_vec();
+    let excluded: Vec<(u64, u64)> = req
+        .exclude
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        })
+        .collect();
     let tar_thread = std::thread::spawn(move || -> Result<(), BackupError> {
         let mut builder = tar::Builder::new(pipe_tx);
         builder.follow_symlinks(false);
         builder.mode(tar::HeaderMode::Complete);
         let mut seen = std::collections::HashMap::new();
+        // Excluded files count as already seen, under no name: skipped below.
+        for id in excluded {
+            seen.insert(id, PathBuf::new());
+        }
         for rel in &tar_rels {
             append_tree(&mut builder, &root, rel, &mut seen)?;
         }
@@ -130,6 +151,13 @@ fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manif
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| BackupError::Write(manifest_path, e))?;
+    if let Some(key) = req.signing {
+        let sig_path = tmp.join(SIGNATURE);
+        let mut f = private_file(&sig_path)?;
+        f.write_all(super::signature_text(key, text.as_bytes()).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| BackupError::Write(sig_path, e))?;
+    }
     Ok(manifest)
 }
 
@@ -145,6 +173,14 @@ fn append_tree<W: Write>(
     let full = root.join(rel);
     let read_err = |e: io::Error| BackupError::Read(full.clone(), e);
     let meta = fs::symlink_metadata(&full).map_err(read_err)?;
+    if meta.is_file()
+        && seen
+            .get(&(meta.dev(), meta.ino()))
+            .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        log::info!("{}: the backup key is never backed up", full.display());
+        return Ok(());
+    }
     if meta.is_file() && meta.nlink() > 1 {
         if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
             let mut header = tar::Header::new_gnu();

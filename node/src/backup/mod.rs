@@ -1,7 +1,13 @@
 //! Business-file backups: the on-NFS format, writing one (on the running node) and choosing and
 //! restoring one (in the rescue agent).
 //!
-//! Layout: `<backups>/<node>/<YYYYMMDDTHHMMSSZ>/` holding `manifest.toml` and `files.tar.zst`.
+//! Layout: `<backups>/<node>/<YYYYMMDDTHHMMSSZ>/` holding `manifest.toml`, `manifest.sig` and
+//! `files.tar.zst`. The signature is the node's backup key's (Ed25519) over
+//! `"LZRBAK1\n" || the manifest's bytes`; the manifest names the node, the time (which must be the
+//! directory's name) and the archive's size and SHA-256. Given the node's public key, the agent
+//! skips every backup whose signature does not verify, so a backup planted in a node's folder by
+//! another node, or by anyone who can write the share, is never restored; and a genuine old
+//! backup renamed to look newer no longer matches its signed time.
 //! A backup is written under a dot-name, flushed, and renamed into place, so a directory with a
 //! timestamp name is complete; dot-names are never read. Files are created 0600 and directories
 //! 0700 (the share is writable by every node; nobody else needs to read a node's files).
@@ -33,6 +39,37 @@ pub use members::MAX_EXTENSION;
 
 /// Name of the manifest file in a backup directory.
 pub const MANIFEST: &str = "manifest.toml";
+/// Name of the manifest's signature file in a backup directory.
+pub const SIGNATURE: &str = "manifest.sig";
+/// What a backup signature covers, before the manifest's bytes.
+const SIGNATURE_DOMAIN: &[u8] = b"LZRBAK1\n";
+const SIGNATURE_LABEL: &str = "lazarus-backup-signature:";
+
+/// The contents of `manifest.sig` for `manifest` (its exact bytes) signed with `key`.
+pub fn signature_text(key: &lazarus_proto::SigningKey, manifest: &[u8]) -> String {
+    let sig = key.sign(&[SIGNATURE_DOMAIN, manifest].concat());
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SIGNATURE_LABEL}{hex}\n")
+}
+
+/// Whether `text` (a `manifest.sig`) is `key`'s signature over `manifest`.
+pub fn signature_verifies(key: &lazarus_proto::PublicKey, manifest: &[u8], text: &str) -> bool {
+    let Some(hex) = text.trim_end().strip_prefix(SIGNATURE_LABEL) else {
+        return false;
+    };
+    if hex.len() != 128 || !hex.is_ascii() {
+        return false;
+    }
+    let mut sig = [0u8; 64];
+    for (i, b) in sig.iter_mut().enumerate() {
+        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
+            Ok(v) => *b = v,
+            Err(_) => return false,
+        }
+    }
+    key.verifies(&[SIGNATURE_DOMAIN, manifest].concat(), &sig)
+}
+
 /// Name of the archive file in a backup directory.
 pub const ARCHIVE: &str = "files.tar.zst";
 const FORMAT: u32 = 1;
@@ -104,6 +141,8 @@ pub enum BackupError {
     Restore { path: String, source: io::Error },
     #[error("nothing to back up: {0}")]
     NothingToBackUp(String),
+    #[error("the plan's backup key is not a valid Ed25519 public key")]
+    BadKey,
 }
 
 /// The largest zstd window a backup may use: 8 MiB (what `zstd -19` uses; `lazarus backup`
@@ -124,12 +163,14 @@ impl FoundBackup {
 }
 
 /// The newest complete backup of `node` in `backups` taken strictly before `before` (unix
-/// seconds). Directories with other names, and ones whose manifest does not parse or names
-/// another node, are skipped with a warning.
+/// seconds). Directories with other names, and ones whose manifest does not parse, names
+/// another node or time, or (given `key`) is not signed by `key`, are skipped with a warning.
+/// The manifest is read once: the signature is checked over the bytes that are then parsed.
 pub fn choose_backup(
     backups: &Path,
     node: &NodeName,
     before: u64,
+    key: Option<&lazarus_proto::PublicKey>,
 ) -> Result<FoundBackup, BackupError> {
     let dir = backups.join(node);
     let entries = fs::read_dir(&dir).map_err(|e| BackupError::List(dir.clone(), e))?;
@@ -143,7 +184,7 @@ pub fn choose_backup(
         .collect();
     candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (secs, path) in candidates {
-        match read_manifest(&path) {
+        match read_signed_manifest(&path, key) {
             Ok(m) if m.node == *node && m.created == secs && check_archive_name(&m.archive) => {
                 return Ok(FoundBackup {
                     dir: path,
@@ -168,11 +209,55 @@ fn check_archive_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && !name.starts_with('.')
 }
 
-/// Reads and parses `<dir>/manifest.toml`.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
+/// Reads `<dir>/manifest.toml` once and, given `key`, checks `<dir>/manifest.sig` over those
+/// bytes before parsing them.
+pub fn read_signed_manifest(
+    dir: &Path,
+    key: Option<&lazarus_proto::PublicKey>,
+) -> Result<Manifest, BackupError> {
     let path = dir.join(MANIFEST);
-    let text = fs::read_to_string(&path).map_err(|e| BackupError::Read(path.clone(), e))?;
-    let m: Manifest = toml::from_str(&text)
+    let bytes = read_small(&path)?;
+    if let Some(key) = key {
+        let sig_path = dir.join(SIGNATURE);
+        let sig = read_small(&sig_path)?;
+        if !signature_verifies(key, &bytes, &String::from_utf8_lossy(&sig)) {
+            return Err(BackupError::Manifest(
+                path,
+                "not signed by the node's backup key".into(),
+            ));
+        }
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| BackupError::Manifest(path.clone(), "not UTF-8".into()))?;
+    parse_manifest(&path, &text)
+}
+
+/// Reads a small regular file (a manifest or signature, at most 1 MiB), refusing anything else
+/// (a fifo planted there must not hang the agent).
+fn read_small(path: &Path) -> Result<Vec<u8>, BackupError> {
+    const MAX: u64 = 1 << 20;
+    let meta = fs::symlink_metadata(path).map_err(|e| BackupError::Read(path.to_owned(), e))?;
+    if !meta.is_file() || meta.len() > MAX {
+        return Err(BackupError::Manifest(
+            path.to_owned(),
+            "not a regular file of at most 1 MiB".into(),
+        ));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX).read_to_end(&mut bytes))
+        .map_err(|e| BackupError::Read(path.to_owned(), e))?;
+    Ok(bytes)
+}
+
+/// Reads and parses `<dir>/manifest.toml` (not checking a signature).
+pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
+    read_signed_manifest(dir, None)
+}
+
+fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, BackupError> {
+    let path = path.to_owned();
+    let m: Manifest = toml::from_str(text)
         .map_err(|e| BackupError::Manifest(path.clone(), e.message().to_string()))?;
     if m.format != FORMAT {
         return Err(BackupError::Manifest(
@@ -354,6 +439,8 @@ pub struct RestoreRequest<'a> {
     pub root: &'a str,
     /// The largest archive read (bytes).
     pub max_archive_bytes: u64,
+    /// The node's backup public key: only a backup it signed is restored.
+    pub backup_key: Option<&'a lazarus_proto::PublicKey>,
     pub options: ExtractOptions<'a>,
 }
 
@@ -362,7 +449,7 @@ pub struct RestoreRequest<'a> {
 /// following symlinks, checks every entry and the disk's side of every path, and only then
 /// extracts, from the same copy.
 pub fn restore_backup(req: &RestoreRequest) -> Result<(FoundBackup, ExtractReport), BackupError> {
-    let found = choose_backup(req.backups, req.node, req.failure_time)?;
+    let found = choose_backup(req.backups, req.node, req.failure_time, req.backup_key)?;
     let verified = read_archive(&found, req.max_archive_bytes)?.verify(&found.manifest)?;
     let root = open_root(req.mount, req.root)?;
     let report = extract_verified(&verified, &root, &req.options)?;

@@ -4,12 +4,12 @@
 #![no_main]
 
 use lazarus_proto::frame::{read_frame, seal_hello, AnnounceOpener, CommandOpener, CommandSealer};
-use lazarus_proto::{AgentKey, BootId, ControllerKey, Request};
+use lazarus_proto::{AgentKey, BootId, SigningKey, Request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let key = AgentKey::from_bytes([0x42; 32]);
-    let signer = ControllerKey::from_seed([0x43; 32]);
+    let signer = SigningKey::from_seed([0x43; 32]);
     let boot = BootId([1; 16]);
     let mut cursor = data;
     while let Ok(frame) = read_frame(&mut cursor) {
