@@ -215,6 +215,7 @@ fn examples() -> Vec<AgentError> {
         }
         .into(),
         BackupError::Unrestorable(s()).into(),
+        BackupError::BadKey.into(),
         MountError::MountPoint(p(), io()).into(),
         MountError::Unmount(p(), Errno::BUSY).into(),
         StoreError::Open(p(), io()).into(),
