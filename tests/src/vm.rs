@@ -233,6 +233,25 @@ impl Vm {
         Ok(())
     }
 
+    /// Waits until `check` holds, at most `timeout`, then says how long after QEMU started it
+    /// did; past `timeout`, panics with the command line and the serial log.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} not seen within {timeout:?}\n{}\n{}",
+                self.command_line,
+                self.serial_log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!(
+            "lab: {what} {:.1} s after QEMU started",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
     /// Pulls the plug: SIGKILL, then reaps QEMU.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -13,23 +13,6 @@ const IP: &str = "10.77.0.61";
 /// OVMF, systemd-boot, the kernel and systemd under software emulation: about a minute.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 
-fn wait_for(what: &str, vm: &Vm, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not seen within {BOOT_TIMEOUT:?}\n{}\n{}",
-            vm.command_line,
-            vm.serial_log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!(
-        "lab: {what} {:.1} s after QEMU started",
-        vm.started.elapsed().as_secs_f64()
-    );
-}
-
 #[test]
 fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a_standby() {
     let test =
@@ -98,7 +81,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
 
     // 1. As built: a worker that serves its files and backs them up.
     let mut vm = boot("w9-first");
-    wait_for("the business service", &vm, || {
+    vm.wait_for("the business service", BOOT_TIMEOUT, || {
         http_get(&ns, &service, "/index.html").is_some()
     });
     assert_eq!(
@@ -111,7 +94,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
         "a disk with an empty flag is a worker"
     );
     let backups = export.join("backups/w9");
-    wait_for("a backup of w9 on the share", &vm, || {
+    vm.wait_for("a backup of w9 on the share", BOOT_TIMEOUT, || {
         std::fs::read_dir(&backups).is_ok_and(|d| {
             d.flatten()
                 .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -152,7 +135,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
     )
     .unwrap();
     let vm = boot("w9-restored");
-    wait_for("the business service after the flag", &vm, || {
+    vm.wait_for("the business service after the flag", BOOT_TIMEOUT, || {
         http_get(&ns, &service, "/lazarus-role").is_some()
     });
     assert_eq!(

@@ -7,7 +7,7 @@
 //! What the lab cannot show: Redfish `UefiTarget`/`UefiBootNext` (sushy-tools' libvirt driver
 //! implements neither; see docs/controller.md).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lazarus_e2e::*;
 use lazarus_testkit::require;
@@ -16,23 +16,6 @@ const MAC: &str = "52:54:00:4c:5a:62";
 const IP: &str = "10.77.0.62";
 /// OVMF, systemd-boot, the kernel and systemd under software emulation: about a minute.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
-
-fn wait_for(what: &str, vm: &Vm, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not seen within {BOOT_TIMEOUT:?}\n{}\n{}",
-            vm.command_line,
-            vm.serial_log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!(
-        "lab: {what} {:.1} s after QEMU started",
-        vm.started.elapsed().as_secs_f64()
-    );
-}
 
 #[test]
 fn the_rescue_entry_boots_once_when_armed_from_the_running_node_and_never_by_default() {
@@ -89,7 +72,7 @@ fn the_rescue_entry_boots_once_when_armed_from_the_running_node_and_never_by_def
 
     // 1. With the rescue entry on its ESP, the node boots its own system.
     let mut vm = boot("w8-first");
-    wait_for("the business service", &vm, || {
+    vm.wait_for("the business service", BOOT_TIMEOUT, || {
         http_get(&ns, &service, "/index.html").is_some()
     });
     let agent_timeout = Duration::from_secs(120);
@@ -109,7 +92,9 @@ fn the_rescue_entry_boots_once_when_armed_from_the_running_node_and_never_by_def
         vm.serial_log()
     );
     let vm = boot("w8-rescue");
-    wait_for("the rescue agent's Ready", &vm, || ready.is_finished());
+    vm.wait_for("the rescue agent's Ready", BOOT_TIMEOUT, || {
+        ready.is_finished()
+    });
     let (ready, peer) = ready.join().unwrap().unwrap();
     assert_eq!(peer.ip().to_string(), IP, "{ready:?}");
     assert!(
@@ -125,9 +110,11 @@ fn the_rescue_entry_boots_once_when_armed_from_the_running_node_and_never_by_def
 
     // 3. The next boot is the node's own system again.
     let vm = boot("w8-after");
-    wait_for("the business service after the rescue boot", &vm, || {
-        http_get(&ns, &service, "/index.html").is_some()
-    });
+    vm.wait_for(
+        "the business service after the rescue boot",
+        BOOT_TIMEOUT,
+        || http_get(&ns, &service, "/index.html").is_some(),
+    );
     assert_eq!(
         http_get(&ns, &service, "/index.html").as_deref(),
         Some("the orders of w8\n")
