@@ -247,6 +247,16 @@ pub fn agent_part(key: &AgentKey) -> Vec<u8> {
     out
 }
 
+/// One image of the base and a part, as a boot loader that takes a single initrd needs: the
+/// base, zeros up to a multiple of 4 bytes (the kernel looks for the next archive's header only
+/// at 4-byte offsets, and skips the zeros), then the part.
+pub fn with_part(base: &[u8], part: &[u8]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    out.resize(base.len().next_multiple_of(4), 0);
+    out.extend_from_slice(part);
+    out
+}
+
 /// Writes the part of the agent key in `key_file` to `output` (mode 0600: it holds a secret).
 pub fn write_agent_part(key_file: &Path, output: &Path) -> Result<(), BuildError> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -221,6 +221,11 @@ fn the_base_image_holds_no_secret_and_a_part_holds_only_the_agent_key() {
         "a part is the key and its folders: {} bytes",
         bytes.len()
     );
+    // One image of both: the part starts at a 4-byte offset, after zeros.
+    let joined = lazarus_initramfs::with_part(b"12345", &bytes);
+    assert_eq!(&joined[..8], b"12345\0\0\0");
+    assert_eq!(&joined[8..], &bytes[..]);
+    assert_eq!(lazarus_initramfs::with_part(b"1234", b"x"), b"1234x");
     // The signing key is refused where the public key belongs.
     let mut o = opts(&kernel, &agent, dir.path(), "bad.gz");
     o.controller_pub = dir.path().join("controller.key");
