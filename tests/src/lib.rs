@@ -145,10 +145,8 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
     })?;
     // The kernel reads concatenated archives: the node's image is the base, then its part.
     let initramfs = dir.join("initramfs.img");
-    let image = lazarus_initramfs::with_part(
-        &std::fs::read(&base)?,
-        &lazarus_initramfs::agent_part(&key),
-    );
+    let image =
+        lazarus_initramfs::with_part(&std::fs::read(&base)?, &lazarus_initramfs::agent_part(&key));
     std::fs::write(&initramfs, image)?;
     Ok(Artifacts {
         vmlinuz,
