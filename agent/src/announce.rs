@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use lazarus_proto::frame::{read_frame, seal_announce, write_frame};
+use lazarus_proto::frame::{read_frame_before, seal_announce, write_frame};
 use lazarus_proto::{Ready, Response, WireError};
 
 use crate::server::Keys;
@@ -81,7 +81,7 @@ fn announce_once(
         &Response::Ready(ready.clone()),
     )?;
     write_frame(&mut stream, &frame)?;
-    let reply = read_frame(&mut stream)?;
+    let reply = read_frame_before(&mut stream, std::time::Instant::now() + TIMEOUT)?;
     wait.open_ack(&keys.controller, &reply)
 }
 

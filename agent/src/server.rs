@@ -8,9 +8,11 @@
 //!   enough: it may be a recording). Until then, everything it sends must arrive within
 //!   [`FIRST_FRAME`] of its accept, however it spaces the bytes; an authenticated connection may
 //!   stay idle up to [`IDLE`] between commands.
-//! - At most [`MAX_CONNECTIONS`] at once, at most [`MAX_PER_PEER`] from one address
-//!   ([`Admission`]): when a limit is reached, the oldest unauthenticated connection in the way
-//!   is closed to make room; only when every one is authenticated is the newcomer turned away.
+//! - At most [`MAX_CONNECTIONS`] at once, [`MAX_PER_PEER`] from one address and [`MAX_PER_NET`]
+//!   from one network ([`Admission`]): when a limit is reached, the oldest unauthenticated
+//!   connection in the way is closed to make room (never one from an address that has
+//!   authenticated, for a newcomer from one that has not); only when every one in the way is
+//!   authenticated is the newcomer turned away.
 //!
 //! A frame that fails verification or freshness is never answered (the connection is closed); a
 //! frame of another protocol version gets a `VersionReject` naming ours. The server returns after
@@ -32,6 +34,8 @@ use crate::service::Agent;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Connections from one address at once.
 pub const MAX_PER_PEER: usize = 8;
+/// Connections from one network (a /24 or /64) at once.
+pub const MAX_PER_NET: usize = 16;
 /// Time a new connection has for its whole first frame.
 pub const FIRST_FRAME: Duration = Duration::from_secs(5);
 /// Time an authenticated connection may stay idle between commands.
@@ -47,7 +51,7 @@ pub struct Keys {
 
 /// Serves `listener` until a `Reboot` is accepted.
 pub fn serve(listener: TcpListener, agent: Arc<Agent>, keys: Keys) -> std::io::Result<()> {
-    let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_PEER);
+    let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_PEER, MAX_PER_NET);
     let rejected = Arc::new(AtomicUsize::new(0));
     listener.set_nonblocking(true)?;
     log::info!("listening on {}", listener.local_addr()?);

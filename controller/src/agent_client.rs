@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use lazarus_proto::frame::{read_frame, seal_hello, write_frame, CommandSealer};
+use lazarus_proto::frame::{read_frame_before, seal_hello, write_frame, CommandSealer};
 use lazarus_proto::{AgentKey, ErrorReply, Request, Response, SigningKey, WireError};
 
 /// Errors talking to an agent.
@@ -30,6 +30,8 @@ pub struct AgentClient {
     stream: TcpStream,
     sealer: CommandSealer,
     agent_key: AgentKey,
+    /// How long each answer may take, whole.
+    timeout: Duration,
 }
 
 impl AgentClient {
@@ -59,7 +61,9 @@ impl AgentClient {
         let (frame, wait) = seal_hello(&signing, u64::from_le_bytes(nonce))
             .map_err(|e| ClientError::Wire(sock, e))?;
         write_frame(&mut stream, &frame).map_err(|e| ClientError::Wire(sock, e))?;
-        let reply = read_frame(&mut stream).map_err(|e| ClientError::Wire(sock, e))?;
+        // The whole answer within the timeout, however a peer spaces its bytes.
+        let reply = read_frame_before(&mut stream, std::time::Instant::now() + timeout)
+            .map_err(|e| ClientError::Wire(sock, e))?;
         match wait
             .open_reply(&agent_key, &reply)
             .map_err(|e| ClientError::Wire(sock, e))?
@@ -69,6 +73,7 @@ impl AgentClient {
                 stream,
                 sealer: CommandSealer::new(signing, &h),
                 agent_key,
+                timeout,
             }),
             other => Err(ClientError::Unexpected(sock, format!("{other:?}"))),
         }
@@ -86,7 +91,8 @@ impl AgentClient {
             .seal(request)
             .map_err(|e| ClientError::Wire(self.addr, e))?;
         write_frame(&mut self.stream, &frame).map_err(|e| ClientError::Wire(self.addr, e))?;
-        let reply = read_frame(&mut self.stream).map_err(|e| ClientError::Wire(self.addr, e))?;
+        let reply = read_frame_before(&mut self.stream, std::time::Instant::now() + self.timeout)
+            .map_err(|e| ClientError::Wire(self.addr, e))?;
         match wait
             .open_reply(&self.agent_key, &reply)
             .map_err(|e| ClientError::Wire(self.addr, e))?

@@ -44,6 +44,12 @@ impl Keys {
                 path: path.clone(),
                 source,
             })?;
+            if let Some((other, _)) = agents.iter().find(|(_, k)| **k == key) {
+                log::warn!(
+                    "{} and {other} share an agent key: either one's medium speaks for both",
+                    n.name
+                );
+            }
             agents.insert(n.name.clone(), key);
         }
         Ok(Self { signing, agents })

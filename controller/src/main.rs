@@ -349,7 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             signing_key,
             paths,
         } => {
-            let signing = keyfile::load_controller(&signing_key)?;
+            let signing = keyfile::load_backup(&signing_key)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -360,7 +360,11 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 paths: &paths,
                 now,
                 signing: Some(&signing),
-                exclude: std::slice::from_ref(&signing_key),
+                // The key as this node sees it, and where it stands under a snapshot `--root`.
+                exclude: &[
+                    signing_key.clone(),
+                    root.join(signing_key.strip_prefix("/").unwrap_or(&signing_key)),
+                ],
             })?;
             format!(
                 "wrote backup {} ({} bytes, sha256 {})",
@@ -403,13 +407,13 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
         } => match (controller, backup, agent) {
             (None, Some(file), _) => {
                 let public = file.with_extension("pub");
-                let key = keyfile::generate_controller(&file, &public)?;
+                let key = keyfile::generate_backup(&file, &public)?;
                 format!(
                     "wrote a backup key to {} (mode 0600; keep it on this node) and its public key \
                      to {}; in the cluster file: backup_key = \"{}\"",
                     file.display(),
                     public.display(),
-                    key.to_text().trim_end()
+                    key.to_text_as(lazarus_proto::key::Role::Backup).trim_end()
                 )
             }
             (Some(file), _, _) => {

@@ -5,14 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::repair::{ClusterState, Transition};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// The last announcement counter accepted per agent boot: the replay floor of `Ready`.
-const ANNOUNCED: TableDefinition<&[u8], u64> = TableDefinition::new("announced");
+/// The replay floors of `Ready`: `"<node>/<boot id hex>"` to (the last counter accepted, the
+/// order it was recorded in).
+const ANNOUNCED: TableDefinition<&str, (u64, u64)> = TableDefinition::new("announced");
 const CLUSTER_KEY: &str = "cluster";
 
 /// Errors of the state store, one per failing step, naming the database file.
@@ -124,41 +125,58 @@ impl Store {
             .map_err(|e| StateStoreError::Commit(self.path.clone(), e))
     }
 
-    /// Records that `counter` was the last accepted announcement of `boot`, durably (before the
-    /// announcement is acted on), keeping the most recent `keep` boots.
+    /// Records that `counter` was accepted for `node`'s boot `boot`, durably (before the
+    /// announcement is acted on): a floor only rises, and each node keeps its `keep` most
+    /// recently recorded boots (one node's announcements never push out another's).
     pub fn record_announce(
         &self,
+        node: &str,
         boot: &[u8; 16],
         counter: u64,
         keep: usize,
     ) -> Result<(), StateStoreError> {
+        let hex: String = boot.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{node}/{hex}");
+        let (from, to) = (format!("{node}/"), format!("{node}0")); // '0' follows '/'
         let tx = self.db.begin_write().map_err(|e| self.begin(e))?;
         {
             let mut table = tx.open_table(ANNOUNCED).map_err(|e| self.table(e))?;
+            let mut entries: Vec<(String, u64, u64)> = Vec::new();
+            for entry in table
+                .range(from.as_str()..to.as_str())
+                .map_err(|e| self.storage(e))?
+            {
+                let (k, v) = entry.map_err(|e| self.storage(e))?;
+                let (c, seq) = v.value();
+                entries.push((k.value().to_string(), c, seq));
+            }
+            let next = table
+                .iter()
+                .map_err(|e| self.storage(e))?
+                .filter_map(Result::ok)
+                .map(|(_, v)| v.value().1)
+                .max()
+                .map_or(0, |m| m + 1);
+            let floor = entries
+                .iter()
+                .find(|(k, ..)| *k == key)
+                .map_or(counter, |(_, c, _)| counter.max(*c));
             table
-                .insert(boot.as_slice(), counter)
+                .insert(key.as_str(), (floor, next))
                 .map_err(|e| self.storage(e))?;
-            // Boot ids are random, so which boots go first is arbitrary but bounded.
-            let len = table.len().map_err(|e| self.storage(e))?;
-            for _ in keep as u64..len {
-                let first = table
-                    .first()
-                    .map_err(|e| self.storage(e))?
-                    .map(|(k, _)| k.value().to_vec());
-                match first {
-                    Some(k) if k != boot.as_slice() => {
-                        table.remove(k.as_slice()).map_err(|e| self.storage(e))?;
-                    }
-                    _ => break,
-                }
+            entries.retain(|(k, ..)| *k != key);
+            entries.sort_by_key(|(_, _, seq)| *seq);
+            let excess = (entries.len() + 1).saturating_sub(keep);
+            for (k, ..) in entries.iter().take(excess) {
+                table.remove(k.as_str()).map_err(|e| self.storage(e))?;
             }
         }
         tx.commit()
             .map_err(|e| StateStoreError::Commit(self.path.clone(), e))
     }
 
-    /// Every recorded announcement floor: (boot id, last counter).
-    pub fn announced(&self) -> Result<Vec<([u8; 16], u64)>, StateStoreError> {
+    /// Every recorded announcement floor: (node, boot id, last counter).
+    pub fn announced(&self) -> Result<Vec<(String, [u8; 16], u64)>, StateStoreError> {
         let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
         let table = match tx.open_table(ANNOUNCED) {
             Ok(t) => t,
@@ -168,8 +186,18 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.storage(e))? {
             let (k, v) = entry.map_err(|e| self.storage(e))?;
-            if let Ok(boot) = <[u8; 16]>::try_from(k.value()) {
-                out.push((boot, v.value()));
+            let Some((node, hex)) = k.value().rsplit_once('/') else {
+                continue;
+            };
+            let mut boot = [0u8; 16];
+            let parsed = hex.len() == 32
+                && boot.iter_mut().enumerate().all(|(i, b)| {
+                    u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                        .map(|v| *b = v)
+                        .is_ok()
+                });
+            if parsed {
+                out.push((node.to_string(), boot, v.value().0));
             }
         }
         Ok(out)

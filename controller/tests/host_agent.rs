@@ -258,7 +258,9 @@ fn killed_mid_copy_the_flag_is_not_recovered_and_the_next_recover_completes() {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let frame = read_frame(&mut s).unwrap();
-        let (_, _, body, reply) = AnnounceOpener::default().open(&key, &frame).unwrap();
+        let (_, _, body, reply) = AnnounceOpener::default()
+            .open("node-a", &key, &frame)
+            .unwrap();
         write_frame(&mut s, &reply.seal_ack(&signing).unwrap()).unwrap();
         body
     });
@@ -401,7 +403,11 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
     let backup_key = lab.path("backup.key");
     let out = lazarus(&["keygen", "--backup", backup_key.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    let public = lazarus_node::keyfile::load_public(&lab.path("backup.pub")).unwrap();
+    let public = lazarus_proto::PublicKey::from_text_as(
+        &std::fs::read_to_string(lab.path("backup.pub")).unwrap(),
+        lazarus_proto::key::Role::Backup,
+    )
+    .unwrap();
     let out = lazarus(&[
         "backup",
         "--node",

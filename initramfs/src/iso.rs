@@ -233,7 +233,15 @@ fn assemble(opts: &IsoOptions, work: &Path) -> Result<IsoReport, IsoError> {
     let bytes = std::fs::metadata(&tmp)
         .map_err(|e| IsoError::Read(tmp.clone(), e))?
         .len();
-    set_mode(&tmp, 0o644)?;
+    // No more readable than its least readable input: a node's part (its agent key, 0600)
+    // makes a medium only its owner may read.
+    let private = opts.initrds.iter().any(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o044 == 0
+        })
+    });
+    set_mode(&tmp, if private { 0o600 } else { 0o644 })?;
     std::fs::rename(&tmp, &opts.output).map_err(|e| IsoError::Write(opts.output.clone(), e))?;
     Ok(IsoReport { bytes })
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use lazarus_proto::key::KEY_LEN;
+use lazarus_proto::key::{Role, KEY_LEN};
 use lazarus_proto::{AgentKey, KeyError, PublicKey, SigningKey};
 
 /// Errors reading or writing a key file, each naming the file.
@@ -38,14 +38,24 @@ pub fn generate(path: &Path) -> Result<(), KeyFileError> {
 /// Writes a fresh controller signing key to `path` (mode 0600) and its public half to `public`
 /// (mode 0644: it goes into every rescue image). Neither existing file is replaced.
 pub fn generate_controller(path: &Path, public: &Path) -> Result<PublicKey, KeyFileError> {
+    generate_signing(path, public, Role::Controller)
+}
+
+/// Writes a fresh backup key of a node to `path` (mode 0600) and its public half to `public`
+/// (mode 0644: it goes into the cluster file). Neither existing file is replaced.
+pub fn generate_backup(path: &Path, public: &Path) -> Result<PublicKey, KeyFileError> {
+    generate_signing(path, public, Role::Backup)
+}
+
+fn generate_signing(path: &Path, public: &Path, role: Role) -> Result<PublicKey, KeyFileError> {
     let mut seed = [0u8; KEY_LEN];
     fill_random(&mut seed)?;
     let key = SigningKey::from_seed(seed);
     if public.exists() {
         return Err(KeyFileError::Exists(public.to_owned()));
     }
-    write_new(path, &key.to_text(), 0o600)?;
-    write_new(public, &key.public().to_text(), 0o644)?;
+    write_new(path, &key.to_text_as(role), 0o600)?;
+    write_new(public, &key.public().to_text_as(role), 0o644)?;
     Ok(key.public())
 }
 
@@ -95,6 +105,13 @@ pub fn load(path: &Path) -> Result<AgentKey, KeyFileError> {
 pub fn load_controller(path: &Path) -> Result<SigningKey, KeyFileError> {
     let text = read_secret(path)?;
     SigningKey::from_text(&text).map_err(|e| KeyFileError::Parse(path.to_owned(), e))
+}
+
+/// Reads a node's backup key file, refusing one that group or others can read.
+pub fn load_backup(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let text = read_secret(path)?;
+    SigningKey::from_text_as(&text, Role::Backup)
+        .map_err(|e| KeyFileError::Parse(path.to_owned(), e))
 }
 
 /// Reads the controller's public key file.

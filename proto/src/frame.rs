@@ -26,7 +26,8 @@
 //! last one it accepted in that session. A command captured on one connection is therefore dead
 //! on every other, and two clients (the controller, an operator's `lazarus agent`) never refuse
 //! each other's counters. An announcement carries the agent's per-boot counter, which the
-//! controller requires to rise (and persists, so a restart does not reopen old ones).
+//! controller requires to rise for that node's boot (and persists, so a restart does not reopen
+//! old ones).
 //!
 //! A peer that speaks another protocol version gets an unauthenticated `VersionReject` frame
 //! naming the version this side speaks; it is information for an error message, never acted on.
@@ -650,33 +651,40 @@ pub fn seal_announce(
     )
 }
 
-/// The controller's side of announcements: remembers the last counter of recent boots (seeded
-/// from the controller's store after a restart, see [`Self::remember`]).
+/// The controller's side of announcements: remembers the last counter of each node's recent
+/// boots (seeded from the controller's store after a restart, see [`Self::remember`]). Floors are
+/// kept per node: one node's key can neither raise another node's floor nor push it out.
 #[derive(Debug, Clone, Default)]
 pub struct AnnounceOpener {
-    recent: std::collections::VecDeque<(BootId, u64)>,
+    recent: std::collections::HashMap<String, std::collections::VecDeque<(BootId, u64)>>,
 }
 
-/// How many boots an [`AnnounceOpener`] remembers.
-pub const RECENT_BOOTS: usize = 1024;
+/// How many boots of one node an [`AnnounceOpener`] remembers.
+pub const RECENT_BOOTS: usize = 64;
 
 impl AnnounceOpener {
-    /// Records that `counter` was accepted for `boot_id` (from the store, or after an open).
-    pub fn remember(&mut self, boot_id: BootId, counter: u64) {
-        if let Some(pos) = self.recent.iter().position(|(b, _)| *b == boot_id) {
-            self.recent.remove(pos);
+    /// Records that `counter` was accepted for `node`'s boot `boot_id` (from the store, or after
+    /// an open); a floor never goes down.
+    pub fn remember(&mut self, node: &str, boot_id: BootId, counter: u64) {
+        let boots = self.recent.entry(node.to_string()).or_default();
+        let mut floor = counter;
+        if let Some(pos) = boots.iter().position(|(b, _)| *b == boot_id) {
+            floor = floor.max(boots[pos].1);
+            boots.remove(pos);
         }
-        if self.recent.len() == RECENT_BOOTS {
-            self.recent.pop_front();
+        if boots.len() == RECENT_BOOTS {
+            boots.pop_front();
         }
-        self.recent.push_back((boot_id, counter));
+        boots.push_back((boot_id, floor));
     }
 
-    /// Authenticates an announcement under `key` (the key of the node it claims to come from)
-    /// and refuses a counter not above the last one seen for its boot id. Returns the boot id,
-    /// the counter (to persist), the announcement and how to acknowledge it.
+    /// Authenticates an announcement of `node` under `key` (that node's key), checks that the
+    /// `Ready` inside names the boot of its envelope, and refuses a counter not above the last
+    /// one seen for that node's boot. Returns the boot id, the counter (to persist), the
+    /// announcement and how to acknowledge it.
     pub fn open(
         &mut self,
+        node: &str,
         key: &AgentKey,
         frame: &RawFrame,
     ) -> Result<(BootId, u64, Response, ReplyTo), WireError> {
@@ -687,15 +695,25 @@ impl AnnounceOpener {
             counter,
             body,
         } = envelope;
-        if let Some((_, last)) = self.recent.iter().find(|(b, _)| *b == boot_id) {
-            if counter <= *last {
-                return Err(WireError::Replay {
-                    counter,
-                    last: *last,
+        if let Response::Ready(r) = &body {
+            if r.boot_id != boot_id {
+                return Err(WireError::WrongBootId {
+                    expected: boot_id,
+                    found: r.boot_id,
                 });
             }
         }
-        self.remember(boot_id, counter);
+        let last = self
+            .recent
+            .get(node)
+            .and_then(|boots| boots.iter().find(|(b, _)| *b == boot_id))
+            .map(|(_, c)| *c);
+        if let Some(last) = last {
+            if counter <= last {
+                return Err(WireError::Replay { counter, last });
+            }
+        }
+        self.remember(node, boot_id, counter);
         let reply = ReplyTo {
             boot_id,
             session,

@@ -67,6 +67,34 @@ impl fmt::Debug for AgentKey {
 
 const SIGNING_LABEL: &str = "lazarus-signing-key";
 const PUBLIC_LABEL: &str = "lazarus-public-key";
+const BACKUP_LABEL: &str = "lazarus-backup-key";
+const BACKUP_PUBLIC_LABEL: &str = "lazarus-backup-public-key";
+
+/// What a signing key is for: its file says so, and a key made for one role is refused in the
+/// other (a node's backup public key handed to the image builder as the controller's would let
+/// a key kept on a worker command agents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The controller's: commands to agents.
+    Controller,
+    /// A node's: its backups.
+    Backup,
+}
+
+impl Role {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Controller => (SIGNING_LABEL, PUBLIC_LABEL),
+            Self::Backup => (BACKUP_LABEL, BACKUP_PUBLIC_LABEL),
+        }
+    }
+}
+
+fn unlabel<'t>(text: &'t str, label: &'static str) -> Result<&'t str, KeyError> {
+    text.strip_prefix(label)
+        .and_then(|t| t.strip_prefix(':'))
+        .ok_or(KeyError::Label(label))
+}
 
 /// An Ed25519 signing key (its 32-byte seed).
 #[derive(Clone)]
@@ -78,18 +106,24 @@ impl SigningKey {
         Self(ed25519_dalek::SigningKey::from_bytes(&seed))
     }
 
-    /// Parses `lazarus-signing-key:` and 64 hex characters.
+    /// Parses a controller key file: `lazarus-signing-key:` and 64 hex characters.
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
-        let hex = text
-            .strip_prefix(SIGNING_LABEL)
-            .and_then(|t| t.strip_prefix(':'))
-            .ok_or(KeyError::Label(SIGNING_LABEL))?;
-        parse_hex(hex).map(Self::from_seed)
+        Self::from_text_as(text, Role::Controller)
     }
 
-    /// The key file contents.
+    /// Parses a key file of `role` (its label, then 64 hex characters).
+    pub fn from_text_as(text: &str, role: Role) -> Result<Self, KeyError> {
+        parse_hex(unlabel(text, role.labels().0)?).map(Self::from_seed)
+    }
+
+    /// The controller key file's contents.
     pub fn to_text(&self) -> String {
-        format!("{SIGNING_LABEL}:{}\n", hex(self.0.as_bytes()))
+        self.to_text_as(Role::Controller)
+    }
+
+    /// The key file's contents for `role`.
+    pub fn to_text_as(&self, role: Role) -> String {
+        format!("{}:{}\n", role.labels().0, hex(self.0.as_bytes()))
     }
 
     /// Its public half.
@@ -120,21 +154,27 @@ pub const SIGNATURE_LEN: usize = 64;
 pub struct PublicKey(ed25519_dalek::VerifyingKey);
 
 impl PublicKey {
-    /// Parses `lazarus-public-key:` and 64 hex characters.
+    /// Parses the controller's public key: `lazarus-public-key:` and 64 hex characters.
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
-        let hex = text
-            .strip_prefix(PUBLIC_LABEL)
-            .and_then(|t| t.strip_prefix(':'))
-            .ok_or(KeyError::Label(PUBLIC_LABEL))?;
-        let bytes = parse_hex(hex)?;
+        Self::from_text_as(text, Role::Controller)
+    }
+
+    /// Parses a public key of `role` (its label, then 64 hex characters).
+    pub fn from_text_as(text: &str, role: Role) -> Result<Self, KeyError> {
+        let bytes = parse_hex(unlabel(text, role.labels().1)?)?;
         ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map(Self)
             .map_err(|_| KeyError::BadPublicKey)
     }
 
-    /// The key file contents.
+    /// The controller's public key file contents.
     pub fn to_text(&self) -> String {
-        format!("{PUBLIC_LABEL}:{}\n", hex(self.0.as_bytes()))
+        self.to_text_as(Role::Controller)
+    }
+
+    /// The public key file's contents for `role`.
+    pub fn to_text_as(&self, role: Role) -> String {
+        format!("{}:{}\n", role.labels().1, hex(self.0.as_bytes()))
     }
 
     /// The 32 bytes of the key.
@@ -254,6 +294,17 @@ mod controller_key_tests {
         assert!(AgentKey::from_hex(&text).is_err());
         assert!(AgentKey::from_hex(&public).is_err());
         assert_eq!(format!("{key:?}"), "SigningKey(<redacted>)");
+        // A backup key is never taken for the controller's, nor the other way round.
+        let backup = key.to_text_as(Role::Backup);
+        let backup_public = key.public().to_text_as(Role::Backup);
+        assert!(backup.starts_with("lazarus-backup-key:"), "{backup}");
+        assert!(PublicKey::from_text(&backup_public).is_err());
+        assert!(SigningKey::from_text(&backup).is_err());
+        assert!(PublicKey::from_text_as(&public, Role::Backup).is_err());
+        assert_eq!(
+            PublicKey::from_text_as(&backup_public, Role::Backup).unwrap(),
+            key.public()
+        );
     }
 
     #[test]

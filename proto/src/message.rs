@@ -393,3 +393,18 @@ pub struct Identity {
     /// The agent's address as it sees it (useful behind NAT-free lab bridges).
     pub address: Option<IpAddr>,
 }
+
+impl Identity {
+    /// A short description for a log line, however many MACs an (unauthenticated) peer lists:
+    /// the count and the first four.
+    pub fn summary(&self) -> String {
+        let first: Vec<String> = self.macs.iter().take(4).map(|m| m.to_string()).collect();
+        let more = self.macs.len().saturating_sub(4);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        format!("{} MACs: {}{more}", self.macs.len(), first.join(", "))
+    }
+}

@@ -306,7 +306,7 @@ fn authenticated_garbage_is_undecodable() {
     let tag: [u8; 32] = mac.finalize().into_bytes().into();
     bytes.extend_from_slice(&tag);
     assert!(matches!(
-        AnnounceOpener::default().open(&key(1), &frame(&bytes)),
+        AnnounceOpener::default().open("n1", &key(1), &frame(&bytes)),
         Err(WireError::Undecodable(_))
     ));
 }
@@ -383,7 +383,7 @@ fn announcements_are_authenticated_acknowledged_and_not_replayable() {
     let mut controller = AnnounceOpener::default();
     let (bytes, wait) = seal_announce(&key(1), BOOT, 1, &ready).unwrap();
     assert_eq!(frame(&bytes).peek_announce().unwrap(), ready);
-    let (boot, counter, body, reply_to) = controller.open(&key(1), &frame(&bytes)).unwrap();
+    let (boot, counter, body, reply_to) = controller.open("n1", &key(1), &frame(&bytes)).unwrap();
     assert_eq!((boot, counter, body), (BOOT, 1, ready.clone()));
     let ack = reply_to.seal_ack(&signer(1)).unwrap();
     wait.open_ack(&public(1), &frame(&ack)).unwrap();
@@ -394,19 +394,19 @@ fn announcements_are_authenticated_acknowledged_and_not_replayable() {
         Err(WireError::BadTag)
     ));
     assert!(matches!(
-        controller.open(&key(1), &frame(&bytes)),
+        controller.open("n1", &key(1), &frame(&bytes)),
         Err(WireError::Replay { .. })
     ));
     // After a controller restart, the floor it persisted still refuses the old announcement.
     let mut restarted = AnnounceOpener::default();
-    restarted.remember(BOOT, counter);
+    restarted.remember("n1", BOOT, counter);
     assert!(matches!(
-        restarted.open(&key(1), &frame(&bytes)),
+        restarted.open("n1", &key(1), &frame(&bytes)),
         Err(WireError::Replay { .. })
     ));
     let (bytes, _) = seal_announce(&key(2), BOOT, 2, &ready).unwrap();
     assert!(matches!(
-        controller.open(&key(1), &frame(&bytes)),
+        controller.open("n1", &key(1), &frame(&bytes)),
         Err(WireError::BadTag)
     ));
     // An announcement is not a command, nor a command an announcement.

@@ -148,6 +148,11 @@ pub fn artifacts(dir: &Path) -> anyhow::Result<Artifacts> {
     let image =
         lazarus_initramfs::with_part(&std::fs::read(&base)?, &lazarus_initramfs::agent_part(&key));
     std::fs::write(&initramfs, image)?;
+    // It holds the lab's agent key: only its owner reads it (and so any medium made from it).
+    std::fs::set_permissions(
+        &initramfs,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     Ok(Artifacts {
         vmlinuz,
         kernel_dir: kernel_dir_for(&base),
@@ -493,7 +498,7 @@ pub fn receive_ready(
         let (mut s, peer) = listener.accept()?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let frame = read_frame(&mut s)?;
-        let (_, _, body, reply) = AnnounceOpener::default().open(&key, &frame)?;
+        let (_, _, body, reply) = AnnounceOpener::default().open("lab", &key, &frame)?;
         write_frame(&mut s, &reply.seal_ack(&signing)?)?;
         match body {
             lazarus_proto::Response::Ready(r) => Ok((r, peer)),

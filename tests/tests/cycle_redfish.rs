@@ -109,7 +109,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
     for (name, ..) in NODES {
         let orders = format!("the orders of {name}\n");
         let key = dir.join(format!("{name}-backup.key"));
-        lazarus_node::keyfile::generate_controller(&key, &key.with_extension("pub")).unwrap();
+        lazarus_node::keyfile::generate_backup(&key, &key.with_extension("pub")).unwrap();
         let key_text = std::fs::read(&key).unwrap();
         debian::build_disk(&debian::DiskSpec {
             tree: &tree,

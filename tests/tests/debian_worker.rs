@@ -35,7 +35,7 @@ fn the_debian_worker_boots_serves_backs_up_and_knows_a_recovered_flag_makes_it_a
     let disk = dir.join("w9.img");
     let started = Instant::now();
     let key = dir.join("w9-backup.key");
-    lazarus_node::keyfile::generate_controller(&key, &key.with_extension("pub")).unwrap();
+    lazarus_node::keyfile::generate_backup(&key, &key.with_extension("pub")).unwrap();
     let key_text = std::fs::read(&key).unwrap();
     debian::build_disk(&debian::DiskSpec {
         tree: &tree,

@@ -79,8 +79,8 @@ mod tests {
         // The node's backup public key travels in the plan.
         assert!(plan.restore.as_ref().and_then(|r| r.backup_key).is_some());
         let unsigned = EXAMPLE.replacen(
-            ", backup_key = \"lazarus-public-key:",
-            ", backup_kex = \"lazarus-public-key:",
+            ", backup_key = \"lazarus-backup-public-key:",
+            ", backup_kex = \"lazarus-backup-public-key:",
             1,
         );
         let e = Cluster::parse(&unsigned, "cluster.toml")

@@ -28,6 +28,8 @@ use crate::store::Store;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Announcements from one address at once.
 pub const MAX_PER_PEER: usize = 8;
+/// Announcements from one network (a /24 or /64) at once.
+pub const MAX_PER_NET: usize = 16;
 /// Time an announcing agent has, from its connection, to send its whole frame.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -38,6 +40,8 @@ pub struct ReadyListener {
     pub store: Arc<Store>,
     pub tx: Sender<Event>,
     opener: Mutex<AnnounceOpener>,
+    /// Warnings so far (rate-limited: hostile announcements must not flood the log).
+    warned: std::sync::atomic::AtomicUsize,
 }
 
 impl ReadyListener {
@@ -49,8 +53,8 @@ impl ReadyListener {
         tx: Sender<Event>,
     ) -> Result<Self, crate::store::StateStoreError> {
         let mut opener = AnnounceOpener::default();
-        for (boot, counter) in store.announced()? {
-            opener.remember(BootId(boot), counter);
+        for (node, boot, counter) in store.announced()? {
+            opener.remember(&node, BootId(boot), counter);
         }
         Ok(Self {
             cluster,
@@ -58,12 +62,13 @@ impl ReadyListener {
             store,
             tx,
             opener: Mutex::new(opener),
+            warned: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     /// Serves `listener` for as long as the process runs.
     pub fn listen(self: Arc<Self>, listener: TcpListener) {
-        let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_PEER);
+        let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_PEER, MAX_PER_NET);
         for conn in listener.incoming() {
             let Ok(stream) = conn else { continue };
             let accepted = Instant::now();
@@ -81,12 +86,22 @@ impl ReadyListener {
         }
     }
 
+    /// Logs a warning about an announcement: the first ten, then every power of two.
+    fn warn(&self, what: std::fmt::Arguments) {
+        let n = self
+            .warned
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < 10 || n.is_power_of_two() {
+            log::warn!("{what} ({} so far)", n + 1);
+        }
+    }
+
     fn receive(&self, mut s: TcpStream, peer: SocketAddr, accepted: Instant) {
         let _ = s.set_write_timeout(Some(FRAME_DEADLINE));
         let frame = match read_frame_before(&mut s, accepted + FRAME_DEADLINE) {
             Ok(f) => f,
             Err(e) => {
-                log::warn!("Ready from {peer}: {e}");
+                self.warn(format_args!("Ready from {peer}: {e}"));
                 return;
             }
         };
@@ -95,37 +110,42 @@ impl ReadyListener {
             Ok(Response::Ready(ready)) => ready,
             Ok(_) => return,
             Err(e) => {
-                log::warn!("Ready from {peer}: {e}");
+                self.warn(format_args!("Ready from {peer}: {e}"));
                 return;
             }
         };
         let Some(n) = matching_node(&self.cluster, &claimed) else {
-            log::warn!(
-                "Ready from an unknown machine {peer} (MACs {:?})",
-                claimed.identity.macs
-            );
+            self.warn(format_args!(
+                "Ready from an unknown machine {peer} ({})",
+                claimed.identity.summary()
+            ));
             return;
         };
         let Some(key) = self.pool.keys().agent(&n.name) else {
             return;
         };
-        let (boot_id, counter, body, reply) = {
+        // Opened and recorded under one lock: two announcements of one boot commit in order.
+        let (boot_id, body, reply) = {
             let mut opener = lock(&self.opener);
-            match opener.open(key, &frame) {
+            let (boot_id, counter, body, reply) = match opener.open(n.name.as_str(), key, &frame) {
                 Ok(x) => x,
                 Err(e) => {
-                    log::warn!("ignoring an announcement for {} from {peer}: {e}", n.name);
+                    self.warn(format_args!(
+                        "ignoring an announcement for {} from {peer}: {e}",
+                        n.name
+                    ));
                     return;
                 }
+            };
+            if let Err(e) =
+                self.store
+                    .record_announce(n.name.as_str(), &boot_id.0, counter, RECENT_BOOTS)
+            {
+                log::error!("recording {}'s announcement: {e}; not acting on it", n.name);
+                return;
             }
+            (boot_id, body, reply)
         };
-        if let Err(e) = self
-            .store
-            .record_announce(&boot_id.0, counter, RECENT_BOOTS)
-        {
-            log::error!("recording {}'s announcement: {e}; not acting on it", n.name);
-            return;
-        }
         let Response::Ready(ready) = body else {
             return;
         };

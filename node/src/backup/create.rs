@@ -2,7 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use lazarus_proto::NodeName;
@@ -45,9 +45,15 @@ pub fn create_backup(req: &BackupRequest) -> Result<FoundBackup, BackupError> {
         let full = req.root.join(rel);
         fs::symlink_metadata(&full).map_err(|e| BackupError::Read(full.clone(), e))?;
     }
-    let node_dir = req.to.join(req.node);
+    let named_dir = req.to.join(req.node);
     fs::create_dir_all(req.to).map_err(|e| BackupError::Write(req.to.to_owned(), e))?;
-    private_dir(&node_dir)?;
+    // Everything below goes through the folder as opened (never through its name again): the
+    // share is writable by other nodes, which could swap the name for a symlink meanwhile.
+    let dir_fd = private_dir(&named_dir)?;
+    let node_dir = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir_fd)
+    ));
     let name = time::format_utc(req.now);
     let final_dir = node_dir.join(&name);
     if final_dir.exists() {
@@ -65,7 +71,7 @@ pub fn create_backup(req: &BackupRequest) -> Result<FoundBackup, BackupError> {
     });
     match result {
         Ok(manifest) => Ok(FoundBackup {
-            dir: final_dir,
+            dir: named_dir.join(&name),
             manifest,
         }),
         Err(e) => {
@@ -94,6 +100,15 @@ fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manif
             (m.dev(), m.ino())
         })
         .collect();
+    // The signing key's secret, to leave out any copy of it (a snapshot's, say) by its contents.
+    let secret = req.signing.map(|k| {
+        let text = k.to_text();
+        text.trim_end()
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
     let tar_thread = std::thread::spawn(move || -> Result<(), BackupError> {
         let mut builder = tar::Builder::new(pipe_tx);
         builder.follow_symlinks(false);
@@ -104,7 +119,7 @@ fn write_into(tmp: &Path, req: &BackupRequest, rels: &[PathBuf]) -> Result<Manif
             seen.insert(id, PathBuf::new());
         }
         for rel in &tar_rels {
-            append_tree(&mut builder, &root, rel, &mut seen)?;
+            append_tree(&mut builder, &root, rel, &mut seen, secret.as_deref())?;
         }
         builder
             .finish()
@@ -168,6 +183,7 @@ fn append_tree<W: Write>(
     root: &Path,
     rel: &Path,
     seen: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+    secret: Option<&str>,
 ) -> Result<(), BackupError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let full = root.join(rel);
@@ -180,6 +196,16 @@ fn append_tree<W: Write>(
     {
         log::info!("{}: the backup key is never backed up", full.display());
         return Ok(());
+    }
+    // A small file holding the signing key's secret is a copy of the key: left out too.
+    if let Some(secret) = secret.filter(|_| meta.is_file() && meta.len() <= 4096) {
+        if fs::read(&full).is_ok_and(|b| String::from_utf8_lossy(&b).contains(secret)) {
+            log::info!(
+                "{}: a copy of the backup key is never backed up",
+                full.display()
+            );
+            return Ok(());
+        }
     }
     if meta.is_file() && meta.nlink() > 1 {
         if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
@@ -232,7 +258,7 @@ fn append_tree<W: Write>(
             .map_err(read_err)?;
         children.sort();
         for child in children {
-            append_tree(builder, root, &rel.join(child), seen)?;
+            append_tree(builder, root, &rel.join(child), seen, secret)?;
         }
     }
     Ok(())
@@ -285,22 +311,27 @@ fn private_file(path: &Path) -> Result<File, BackupError> {
 
 /// Creates the node's folder mode 0700, or narrows an existing one (made by an older version)
 /// to 0700; it must be a directory, not a symlink.
-fn private_dir(dir: &Path) -> Result<(), BackupError> {
+/// Makes `dir` (mode 0700) or opens the one there, never through a symlink, and narrows its
+/// mode on the open descriptor (a name swapped for a symlink after the check is never chmodded).
+fn private_dir(dir: &Path) -> Result<std::os::fd::OwnedFd, BackupError> {
+    use rustix::fs::{Mode, OFlags};
     let err = |e| BackupError::Write(dir.to_owned(), e);
     match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(dir).map_err(err)?;
-            if !meta.is_dir() {
-                return Err(err(io::Error::other("exists and is not a directory")));
-            }
-            if meta.permissions().mode() & 0o077 != 0 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(err(e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(e)),
     }
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(io::Error::from(e)))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| err(io::Error::from(e)))?;
+    if st.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| err(io::Error::from(e)))?;
+    }
+    Ok(fd)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), BackupError> {

@@ -232,11 +232,20 @@ pub fn read_signed_manifest(
     parse_manifest(&path, &text)
 }
 
-/// Reads a small regular file (a manifest or signature, at most 1 MiB), refusing anything else
-/// (a fifo planted there must not hang the agent).
+/// Reads a small regular file (a manifest or signature, at most 1 MiB), refusing anything else:
+/// opened without following a symlink and without blocking (a fifo swapped in must not hang the
+/// agent), then checked on the open descriptor, and read from it.
 fn read_small(path: &Path) -> Result<Vec<u8>, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
     const MAX: u64 = 1 << 20;
-    let meta = fs::symlink_metadata(path).map_err(|e| BackupError::Read(path.to_owned(), e))?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+        .map_err(|e| BackupError::Read(path.to_owned(), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| BackupError::Read(path.to_owned(), e))?;
     if !meta.is_file() || meta.len() > MAX {
         return Err(BackupError::Manifest(
             path.to_owned(),
@@ -244,8 +253,8 @@ fn read_small(path: &Path) -> Result<Vec<u8>, BackupError> {
         ));
     }
     let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX).read_to_end(&mut bytes))
+    file.take(MAX)
+        .read_to_end(&mut bytes)
         .map_err(|e| BackupError::Read(path.to_owned(), e))?;
     Ok(bytes)
 }

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let hello = agent.begin(9);
         let _ = agent.open(&frame);
         let _ = frame.peek_announce();
-        let _ = AnnounceOpener::default().open(&key, &frame);
+        let _ = AnnounceOpener::default().open("n", &key, &frame);
         if let Ok((_, wait)) = CommandSealer::new(signer.clone(), &hello).seal(&Request::GetStatus) {
             let _ = wait.open_reply(&key, &frame);
             let _ = wait.open_ack(&signer.public(), &frame);
