@@ -144,58 +144,11 @@ fn write_private(path: &Path, text: &str) {
 /// A cluster of two healthy nodes (w1, s1) with `api` in `[controller]`.
 fn cluster_file(lab: &Lab, api: &str) -> PathBuf {
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let config = lab.path("cluster.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[controller]
-{api}
-ready = "{ready}"
-{keys}
-
-[policy]
-health_interval = "500ms"
-health_timeout = "300ms"
-
-[nfs]
-server = "127.0.0.1"
-export = "/export"
-
-[images.worker]
-path = "images/worker.img"
-format = "raw"
-size = 1048576
-sha256 = "{sha}"
-
-[[nodes]]
-name = "w1"
-role = "worker"
-macs = ["52:54:00:00:40:01"]
-image = "worker"
-health = {{ kind = "exec", command = ["true"] }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "{W1_RESCUE}", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-
-[[nodes]]
-name = "s1"
-role = "standby"
-macs = ["52:54:00:00:40:02"]
-image = "worker"
-health = {{ kind = "exec", command = ["true"] }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "127.0.77.178", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-"#,
-            keys = lab.key_config(&["w1", "s1"]),
-            sha = "00".repeat(32),
-        ),
+    two_node_cluster(
+        lab,
+        &format!("{api}\nready = \"{ready}\""),
+        [W1_RESCUE, "127.0.77.178"],
     )
-    .unwrap();
-    config
 }
 
 /// Sends `request` (which asks to close the connection) and returns the status code and body.

@@ -137,30 +137,12 @@ fn ten_thousand_garbage_frames_cost_an_agent_no_memory_and_no_threads() {
 
 /// A controller over w1 and s1 (manual providers, healthy), Ready on `ready`.
 fn controller(lab: &Lab, ready: SocketAddr, data: &str, log: &str) -> std::process::Child {
-    let config = lab.path("cluster.toml");
-    let mut nodes = String::new();
-    for (i, (name, role)) in [("w1", "worker"), ("s1", "standby")].iter().enumerate() {
-        nodes.push_str(&format!(
-            "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nmacs = [\"52:54:00:00:40:0{i}\"]\n\
-             image = \"worker\"\nhealth = {{ kind = \"exec\", command = [\"true\"] }}\n\
-             boot = {{ provider = \"manual\" }}\nrescue = {{ address = \"127.0.0.9{i}\", prefix_len = 8 }}\n\
-             disk = {{ path = \"/nonexistent\" }}\nallow_weak_selector = true\n"
-        ));
-    }
     let api = lab.path(&format!("{data}-api.sock")).display().to_string();
-    std::fs::write(
-        &config,
-        format!(
-            "[controller]\nready = \"{ready}\"\napi = {{ socket = \"{api}\" }}\n{keys}\n[policy]\n\
-             health_interval = \"500ms\"\nhealth_timeout = \"300ms\"\n\n\
-             [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\n\n\
-             [images.worker]\npath = \"images/worker.img\"\nformat = \"raw\"\nsize = 1048576\n\
-             sha256 = \"{sha}\"\n{nodes}",
-            keys = lab.key_config(&["w1", "s1"]),
-            sha = "00".repeat(32),
-        ),
-    )
-    .unwrap();
+    let config = two_node_cluster(
+        lab,
+        &format!("ready = \"{ready}\"\napi = {{ socket = \"{api}\" }}"),
+        ["127.0.0.90", "127.0.0.91"],
+    );
     let child = serve(&config, &lab.path(data), &lab.path(log));
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(ready).is_err() {
@@ -191,7 +173,7 @@ fn ready_frame(key: &AgentKey, boot: BootId, counter: u64) -> Vec<u8> {
     let ready = Response::Ready(Ready {
         boot_id: boot,
         identity: Identity {
-            macs: vec!["52:54:00:00:40:00".parse().unwrap()],
+            macs: vec![W1_MAC.parse().unwrap()],
             address: Some(IpAddr::from([127, 0, 0, 90])),
             ..Identity::default()
         },

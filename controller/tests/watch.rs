@@ -23,51 +23,11 @@ impl Drop for Controller {
 fn controller(lab: &Lab) -> (Controller, String) {
     let api = lab.path("api.sock").display().to_string();
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let config = lab.path("cluster.toml");
-    let mut nodes = String::new();
-    for (i, (name, role)) in [("w1", "worker"), ("s1", "standby")].iter().enumerate() {
-        nodes.push_str(&format!(
-            r#"
-[[nodes]]
-name = "{name}"
-role = "{role}"
-macs = ["52:54:00:00:30:0{i}"]
-image = "worker"
-health = {{ kind = "exec", command = ["true"] }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "127.0.0.9{i}", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-"#
-        ));
-    }
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[controller]
-api = {{ socket = "{api}" }}
-ready = "{ready}"
-{keys}
-[policy]
-health_interval = "500ms"
-health_timeout = "300ms"
-
-[nfs]
-server = "127.0.0.1"
-export = "/export"
-
-[images.worker]
-path = "images/worker.img"
-format = "raw"
-size = 1048576
-sha256 = "{sha}"
-{nodes}"#,
-            keys = lab.key_config(&["w1", "s1"]),
-            sha = "00".repeat(32),
-        ),
-    )
-    .unwrap();
+    let config = two_node_cluster(
+        lab,
+        &format!("api = {{ socket = \"{api}\" }}\nready = \"{ready}\""),
+        ["127.0.0.90", "127.0.0.91"],
+    );
     let log = lab.path("controller.log");
     let c = Controller(serve(&config, &lab.path("data"), &log));
     let deadline = Instant::now() + Duration::from_secs(20);

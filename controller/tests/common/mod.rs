@@ -48,6 +48,43 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// The MACs of the nodes of [`two_node_cluster`].
+pub const W1_MAC: &str = "52:54:00:00:40:00";
+pub const S1_MAC: &str = "52:54:00:00:40:01";
+
+/// Writes `cluster.toml` in the lab and returns its path: `[controller]` with the lines of
+/// `controller` (api, ready) and the lab's keys, a quick health policy, and two nodes that stay
+/// healthy, w1 (worker) and s1 (standby), with manual providers, rescued at `rescue`.
+pub fn two_node_cluster(lab: &Lab, controller: &str, rescue: [&str; 2]) -> PathBuf {
+    let mut nodes = String::new();
+    for (name, role, mac, address) in [
+        ("w1", "worker", W1_MAC, rescue[0]),
+        ("s1", "standby", S1_MAC, rescue[1]),
+    ] {
+        nodes.push_str(&format!(
+            "\n[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nmacs = [\"{mac}\"]\n\
+             image = \"worker\"\nhealth = {{ kind = \"exec\", command = [\"true\"] }}\n\
+             boot = {{ provider = \"manual\" }}\nrescue = {{ address = \"{address}\", prefix_len = 8 }}\n\
+             disk = {{ path = \"/nonexistent\" }}\nallow_weak_selector = true\n"
+        ));
+    }
+    let config = lab.path("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[controller]\n{controller}\n{keys}\n[policy]\n\
+             health_interval = \"500ms\"\nhealth_timeout = \"300ms\"\n\n\
+             [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\n\n\
+             [images.worker]\npath = \"images/worker.img\"\nformat = \"raw\"\nsize = 1048576\n\
+             sha256 = \"{sha}\"\n{nodes}",
+            keys = lab.key_config(&["w1", "s1"]),
+            sha = "00".repeat(32),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Starts `lazarus serve` with its log in `log`.
 pub fn serve(config: &Path, data: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_lazarus"))
