@@ -135,8 +135,7 @@ impl Store {
         counter: u64,
         keep: usize,
     ) -> Result<(), StateStoreError> {
-        let hex: String = boot.iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("{node}/{hex}");
+        let key = format!("{node}/{}", lazarus_proto::BootId(*boot).to_hex());
         let (from, to) = (format!("{node}/"), format!("{node}0")); // '0' follows '/'
         let tx = self.db.begin_write().map_err(|e| self.begin(e))?;
         {
@@ -186,18 +185,12 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.storage(e))? {
             let (k, v) = entry.map_err(|e| self.storage(e))?;
-            let Some((node, hex)) = k.value().rsplit_once('/') else {
-                continue;
-            };
-            let mut boot = [0u8; 16];
-            let parsed = hex.len() == 32
-                && boot.iter_mut().enumerate().all(|(i, b)| {
-                    u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                        .map(|v| *b = v)
-                        .is_ok()
-                });
-            if parsed {
-                out.push((node.to_string(), boot, v.value().0));
+            let parsed = k
+                .value()
+                .rsplit_once('/')
+                .and_then(|(node, hex)| Some((node, lazarus_proto::BootId::from_hex(hex)?)));
+            if let Some((node, boot)) = parsed {
+                out.push((node.to_string(), boot.0, v.value().0));
             }
         }
         Ok(out)
