@@ -1,10 +1,12 @@
-//! The controller's keys: its Ed25519 signing key (`[controller] signing_key`) and the agent key
-//! of every node (`[controller] agent_keys`, one file per node: `<dir>/<node>.key`), all loaded
-//! and checked (mode 0600, format) when the daemon starts, so a missing key is found before a
-//! repair needs it rather than during one.
+//! The controller's keys: its Ed25519 signing key (`[controller] signing_key`), the agent key
+//! of every node with a medium made ahead of time (`[controller] agent_keys`, one file per node:
+//! `<dir>/<node>.key`), all loaded and checked (mode 0600, format) when the daemon starts, so a
+//! missing key is found before a repair needs it rather than during one; and the keys of repairs
+//! under way (per-repair media), made at attach and revoked when the repair ends.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use lazarus_node::keyfile::{self, KeyFileError};
 use lazarus_proto::{AgentKey, NodeName, SigningKey};
@@ -24,21 +26,36 @@ pub enum KeysError {
     },
 }
 
+/// Which of a node's keys an agent speaks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// The key of the repair under way: the agent booted a per-repair medium.
+    Repair,
+    /// The node's own key: a medium made ahead of time (USB, a rescue entry).
+    Node,
+}
+
 /// The keys of a running controller.
 #[derive(Debug, Clone)]
 pub struct Keys {
     pub signing: SigningKey,
     agents: BTreeMap<NodeName, AgentKey>,
+    /// Keys of repairs under way, by node; shared by every clone.
+    repairs: Arc<Mutex<BTreeMap<String, AgentKey>>>,
 }
 
 impl Keys {
-    /// Loads the signing key and every node's agent key named by `cluster`.
+    /// Loads the signing key and every node's agent key named by `cluster`. A node whose
+    /// provider hands out per-repair media may have no key file.
     pub fn load(cluster: &Cluster) -> Result<Self, KeysError> {
         let signing = keyfile::load_controller(&cluster.controller.signing_key)
             .map_err(KeysError::Signing)?;
         let mut agents = BTreeMap::new();
         for n in &cluster.nodes {
             let path = agent_key_path(cluster, &n.name);
+            if !n.repair_media().is_empty() && !path.exists() {
+                continue;
+            }
             let key = keyfile::load(&path).map_err(|source| KeysError::Agent {
                 node: n.name.clone(),
                 path: path.clone(),
@@ -52,12 +69,48 @@ impl Keys {
             }
             agents.insert(n.name.clone(), key);
         }
-        Ok(Self { signing, agents })
+        Ok(Self {
+            signing,
+            agents,
+            repairs: Arc::default(),
+        })
     }
 
-    /// The agent key of `node`.
-    pub fn agent(&self, node: &NodeName) -> Option<&AgentKey> {
-        self.agents.get(node)
+    fn repairs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AgentKey>> {
+        self.repairs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key `node`'s agent most likely speaks with: its repair's while one is under way,
+    /// else its own.
+    pub fn agent(&self, node: &str) -> Option<AgentKey> {
+        self.candidates(node).into_iter().next().map(|(k, _)| k)
+    }
+
+    /// Every key `node`'s agent may speak with, the repair's first.
+    pub fn candidates(&self, node: &str) -> Vec<(AgentKey, KeySource)> {
+        let mut keys = Vec::new();
+        if let Some(k) = self.repairs().get(node) {
+            keys.push((k.clone(), KeySource::Repair));
+        }
+        if let Some(k) = self.agents.get(node) {
+            keys.push((k.clone(), KeySource::Node));
+        }
+        keys
+    }
+
+    /// Makes `key` the key of `node`'s repair under way (already recorded in the store).
+    pub fn set_repair(&self, node: &str, key: AgentKey) {
+        self.repairs().insert(node.to_string(), key);
+    }
+
+    /// Revokes `node`'s repair key; whether it had one.
+    pub fn revoke_repair(&self, node: &str) -> bool {
+        self.repairs().remove(node).is_some()
+    }
+
+    /// The nodes with a repair key.
+    pub fn repair_nodes(&self) -> Vec<String> {
+        self.repairs().keys().cloned().collect()
     }
 }
 

@@ -1,19 +1,34 @@
-//! The controller's rescue-media server: `GET`/`HEAD /media/NAME` serves `NAME` from the media
-//! folder (`[controller] media`), so a BMC's InsertMedia, an iPXE script or a `command` provider
-//! fetch the rescue ISO from the controller itself and `image_url` needs no other web server.
+//! The controller's rescue-media server, so a BMC's InsertMedia, an iPXE script or a `command`
+//! provider fetch the rescue medium from the controller itself and `image_url` needs no other
+//! web server:
+//!
+//! - `GET`/`HEAD /media/NAME` serves `NAME` from the media folder (`[controller] media`): media
+//!   made ahead of time.
+//! - `GET`/`HEAD /r/TOKEN/{rescue.iso,vmlinuz,initrd.img}` serves one repair's medium
+//!   (`[controller.media.rescue]`): the public base initramfs with a part holding that repair's
+//!   own agent key appended, alone or on an ISO. [`Media::issue`] makes it at attach under a fresh
+//!   random token; the first client address to fetch it owns it (any other gets 404), and it
+//!   dies when the agent it booted has announced itself with the key ([`Media::withdraw`]), when
+//!   the repair ends, or after `ttl`, whichever comes first. Its files are deleted with it.
 //!
 //! Read-only and small on purpose: names are one plain file name (no `/`, no leading `.`), files
 //! are opened without following symlinks, single byte ranges are honoured (BMCs read virtual
-//! media in ranges), and at most [`MAX_CLIENTS`] downloads run at once, each on its own thread
-//! with read/write deadlines, so one slow client never blocks the others for long.
+//! media in ranges), and at most [`MAX_CLIENTS`] downloads run at once, each on its own thread,
+//! so one slow client never blocks the others for long.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use lazarus_proto::AgentKey;
 use tiny_http::{Header, Method, Request, Response, StatusCode};
+
+use crate::cluster::{MediaSection, Node, RescueMedia};
 
 /// Downloads served at once; more are answered 503.
 pub const MAX_CLIENTS: usize = 16;
@@ -26,32 +41,277 @@ pub struct MediaError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Starts serving `dir` on `listen` in background threads; returns the bound address.
+/// Why a repair's medium could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("no [controller.media.rescue]: per-repair media are not configured")]
+    NotConfigured,
+    #[error("per-repair medium of {node}: {path}: {source}")]
+    Io {
+        node: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("per-repair ISO of {0}: {1}")]
+    Iso(String, lazarus_initramfs::iso::IsoError),
+}
+
+/// The rescue-media server's state: the folder of media made ahead of time and the per-repair
+/// media issued so far.
+pub struct Media {
+    dir: PathBuf,
+    rescue: Option<RescueMedia>,
+    /// Where per-repair media are made: a private folder of the data directory.
+    work: PathBuf,
+    /// The server's URL as clients reach it (no trailing `/`).
+    base_url: String,
+    issued: Mutex<HashMap<String, Issued>>,
+}
+
+/// One repair's medium.
+struct Issued {
+    node: String,
+    /// Its folder (deleted with it) and the files it serves by name.
+    dir: PathBuf,
+    files: Vec<(&'static str, PathBuf)>,
+    /// The first client that fetched it: the only one served from then on.
+    owner: Option<IpAddr>,
+    expires: Instant,
+}
+
+impl Drop for Issued {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The URLs of one repair's medium, for a provider's placeholders.
+pub type RepairUrls = Vec<(&'static str, String)>;
+
+/// The names a repair's medium is served under, and the placeholder of each.
+const ISO: (&str, &str) = ("{rescue_iso_url}", "rescue.iso");
+const KERNEL: (&str, &str) = ("{rescue_kernel_url}", "vmlinuz");
+const INITRD: (&str, &str) = ("{rescue_initrd_url}", "initrd.img");
+
+impl Media {
+    /// The server's state for `section`; per-repair media are made under `<data_dir>/media`
+    /// (created 0700, emptied: media of an earlier run died with it).
+    pub fn new(section: &MediaSection, data_dir: &Path) -> std::io::Result<Self> {
+        check_dir(&section.dir)?;
+        let work = data_dir.join("media");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work)?;
+        if let Some(r) = &section.rescue {
+            for f in [&r.kernel, &r.initramfs] {
+                if !std::fs::metadata(f)?.is_file() {
+                    return Err(std::io::Error::other(format!(
+                        "{} is not a file",
+                        f.display()
+                    )));
+                }
+            }
+        }
+        let base_url = section
+            .rescue
+            .as_ref()
+            .and_then(|r| r.url.clone())
+            .unwrap_or_else(|| format!("http://{}", section.listen));
+        Ok(Self {
+            dir: section.dir.clone(),
+            rescue: section.rescue.clone(),
+            work,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            issued: Mutex::default(),
+        })
+    }
+
+    fn issued(&self) -> std::sync::MutexGuard<'_, HashMap<String, Issued>> {
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        issued.retain(|_, i| i.expires > now);
+        issued
+    }
+
+    /// Makes `node`'s medium for a repair whose agent key is `key`, at a fresh URL (an earlier
+    /// one of the node dies): the files its provider names, and their URLs.
+    pub fn issue(&self, node: &Node, key: &AgentKey) -> Result<RepairUrls, IssueError> {
+        let rescue = self.rescue.as_ref().ok_or(IssueError::NotConfigured)?;
+        self.withdraw(&node.name);
+        let wanted = node.repair_media();
+        let mut token = [0u8; 16];
+        let io = |path: &Path, source| IssueError::Io {
+            node: node.name.to_string(),
+            path: path.to_owned(),
+            source,
+        };
+        lazarus_node::random::fill(&mut token).map_err(|e| io(&self.work, e))?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = self.work.join(&token);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io(&dir, e))?;
+        let mut issued = Issued {
+            node: node.name.to_string(),
+            dir: dir.clone(),
+            files: Vec::new(),
+            owner: None,
+            expires: Instant::now() + rescue.ttl,
+        };
+        let part_bytes = lazarus_initramfs::agent_part(key);
+        let part = dir.join("part.cpio");
+        private_file(&part, &part_bytes).map_err(|e| io(&part, e))?;
+        if wanted.contains(&INITRD.0) {
+            let base = std::fs::read(&rescue.initramfs).map_err(|e| io(&rescue.initramfs, e))?;
+            let initrd = dir.join(INITRD.1);
+            let whole = lazarus_initramfs::with_part(&base, &part_bytes);
+            private_file(&initrd, &whole).map_err(|e| io(&initrd, e))?;
+            issued.files.push((INITRD.1, initrd));
+        }
+        if wanted.contains(&KERNEL.0) {
+            issued.files.push((KERNEL.1, rescue.kernel.clone()));
+        }
+        if wanted.contains(&ISO.0) {
+            let iso = dir.join(ISO.1);
+            lazarus_initramfs::iso::build_iso(&lazarus_initramfs::iso::IsoOptions {
+                kernel: rescue.kernel.clone(),
+                initrds: vec![rescue.initramfs.clone(), part],
+                cmdline: crate::provider::fill(&rescue.cmdline, node, &[]),
+                output: iso.clone(),
+            })
+            .map_err(|e| IssueError::Iso(node.name.to_string(), e))?;
+            issued.files.push((ISO.1, iso));
+        }
+        let urls = [ISO, KERNEL, INITRD]
+            .into_iter()
+            .filter(|(p, _)| wanted.contains(p))
+            .map(|(p, name)| (p, format!("{}/r/{token}/{name}", self.base_url)))
+            .collect();
+        log::info!(
+            "{}: per-repair medium issued (valid {})",
+            node.name,
+            humantime::format_duration(rescue.ttl)
+        );
+        self.issued().insert(token, issued);
+        Ok(urls)
+    }
+
+    /// Ends `node`'s per-repair URLs and deletes their files: its agent has announced itself
+    /// with the repair's key, or the repair ended.
+    pub fn withdraw(&self, node: &str) {
+        self.issued().retain(|_, i| i.node != node);
+    }
+
+    /// Per-repair URLs alive now.
+    pub fn live(&self) -> usize {
+        self.issued().len()
+    }
+
+    /// Starts serving on `listen` in background threads; returns the bound address.
+    pub fn serve(
+        self: &Arc<Self>,
+        listen: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr, MediaError> {
+        let server = tiny_http::Server::http(listen).map_err(|source| MediaError {
+            addr: listen,
+            source,
+        })?;
+        let addr = server.server_addr().to_ip().unwrap_or(listen);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let this = self.clone();
+        std::thread::spawn(move || {
+            for request in server.incoming_requests() {
+                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    let _ = request.respond(Response::empty(StatusCode(503)));
+                    continue;
+                }
+                let (this, busy) = (this.clone(), busy.clone());
+                std::thread::spawn(move || {
+                    this.route(request);
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    fn route(&self, request: Request) {
+        if !matches!(request.method(), Method::Get | Method::Head) {
+            let _ = request.respond(Response::empty(StatusCode(405)));
+            return;
+        }
+        if let Some(name) = file_name(request.url()).map(str::to_string) {
+            let path = self.dir.join(&name);
+            answer(request, &path, false, &name);
+            return;
+        }
+        let url = request.url().to_string();
+        let Some((token, name)) = repair_file(&url) else {
+            let _ = request.respond(Response::empty(StatusCode(404)));
+            return;
+        };
+        let client = request.remote_addr().map(|a| a.ip());
+        let path = {
+            let mut issued = self.issued();
+            let found = issued.get_mut(token).and_then(|i| {
+                let owner = *i.owner.get_or_insert(client?);
+                let path = i.files.iter().find(|(n, _)| *n == name)?.1.clone();
+                (Some(owner) == client).then(|| (i.node.clone(), path))
+            });
+            match found {
+                Some((node, path)) => {
+                    log::info!("media: {node}'s per-repair {name} to {client:?}");
+                    path
+                }
+                None => {
+                    log::warn!("media: refused per-repair {name} to {client:?}");
+                    let _ = request.respond(Response::empty(StatusCode(404)));
+                    return;
+                }
+            }
+        };
+        // The kernel is the operator's configured file (a symlink like /boot/vmlinuz is fine).
+        answer(request, &path, true, name);
+    }
+}
+
+/// Writes `data` to a new file only its owner can read.
+fn private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(data)
+}
+
+/// A per-repair request's token and file name: `/r/TOKEN/NAME`.
+fn repair_file(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("/r/")?;
+    let rest = rest.split(['?', '#']).next()?;
+    let (token, name) = rest.split_once('/')?;
+    let token_ok = token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit());
+    let name_ok = [ISO.1, KERNEL.1, INITRD.1].contains(&name);
+    (token_ok && name_ok).then_some((token, name))
+}
+
+/// Starts serving the media folder `dir` alone (no per-repair media) on `listen`.
 pub fn serve(
     listen: std::net::SocketAddr,
     dir: PathBuf,
 ) -> Result<std::net::SocketAddr, MediaError> {
-    let server = tiny_http::Server::http(listen).map_err(|source| MediaError {
-        addr: listen,
-        source,
-    })?;
-    let addr = server.server_addr().to_ip().unwrap_or(listen);
-    let busy = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                busy.fetch_sub(1, Ordering::SeqCst);
-                let _ = request.respond(Response::empty(StatusCode(503)));
-                continue;
-            }
-            let (dir, busy) = (dir.clone(), busy.clone());
-            std::thread::spawn(move || {
-                answer(&dir, request);
-                busy.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
+    let media = Arc::new(Media {
+        dir,
+        rescue: None,
+        work: PathBuf::new(),
+        base_url: String::new(),
+        issued: Mutex::default(),
     });
-    Ok(addr)
+    media.serve(listen)
 }
 
 /// The file a request names, if the name is one plain file name.
@@ -93,20 +353,17 @@ fn range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-fn answer(dir: &Path, request: Request) {
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        let _ = request.respond(Response::empty(StatusCode(405)));
-        return;
-    }
-    let Some(name) = file_name(request.url()) else {
-        let _ = request.respond(Response::empty(StatusCode(404)));
-        return;
+/// Serves the file at `path` (following a symlink only if `follow`), whole or one range.
+fn answer(request: Request, path: &Path, follow: bool, name: &str) {
+    let flags = if follow {
+        rustix::fs::OFlags::empty()
+    } else {
+        rustix::fs::OFlags::NOFOLLOW
     };
-    let path = dir.join(name);
     let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
         .and_then(|f| {
             let meta = f.metadata()?;
             if meta.is_file() {

@@ -2,9 +2,11 @@
 //! and takes the rescue media away again.
 //!
 //! - `command`: the operator's commands (ipmitool, a PDU, a QEMU monitor), with `{node}`,
-//!   `{mac}` and `{rescue_ip}` replaced, each run with a timeout;
+//!   `{mac}` and `{rescue_ip}` replaced (and, at attach, the URLs of the repair's own medium:
+//!   `{rescue_iso_url}`, `{rescue_kernel_url}`, `{rescue_initrd_url}`), each run with a timeout;
 //! - `manual`: the controller alerts a person to do it;
-//! - `redfish`: virtual media and a one-time boot override through the BMC ([`crate::redfish`]).
+//! - `redfish`: virtual media (`image_url`, templated the same way) and a one-time boot override
+//!   through the BMC ([`crate::redfish`]).
 
 use std::time::Duration;
 
@@ -35,8 +37,14 @@ pub enum Op {
     Detach,
 }
 
-/// Carries out `op` for `node`. `Ok(Some(message))` asks a human to act (manual provider).
-pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, ProviderError> {
+/// Carries out `op` for `node`; `urls` fill the per-repair media placeholders (at attach).
+/// `Ok(Some(message))` asks a human to act (manual provider).
+pub fn run(
+    node: &Node,
+    op: Op,
+    timeout: Duration,
+    urls: &[(&str, String)],
+) -> Result<Option<String>, ProviderError> {
     match &node.boot {
         BootProvider::Command {
             attach,
@@ -48,7 +56,8 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
                 Op::Detach => detach,
                 Op::PowerOff => power_off.as_ref().ok_or(ProviderError::NoPowerOff)?,
             };
-            crate::command::run(&template(argv, node), &[], timeout)?;
+            let argv: Vec<String> = argv.iter().map(|a| fill(a, node, urls)).collect();
+            crate::command::run(&argv, &[], timeout)?;
             Ok(None)
         }
         BootProvider::Manual => Ok(Some(match op {
@@ -70,7 +79,7 @@ pub fn run(node: &Node, op: Op, timeout: Duration) -> Result<Option<String>, Pro
             let bmc = bmc.within(timeout);
             match op {
                 Op::PowerOff => bmc.power_off(),
-                Op::Attach => bmc.attach(image_url),
+                Op::Attach => bmc.attach(&fill(image_url, node, urls)),
                 Op::Detach => bmc.detach().and_then(|()| {
                     if *cold_boot_after_detach {
                         bmc.power_off()?;
@@ -129,13 +138,15 @@ fn redfish_bmc(boot: &BootProvider) -> Result<Bmc, ProviderError> {
     .map_err(|e| ProviderError::Redfish(endpoint.clone(), Box::new(e)))
 }
 
-fn template(argv: &[String], node: &Node) -> Vec<String> {
+/// `text` with `{node}`, `{mac}`, `{rescue_ip}` and the placeholders of `urls` filled in.
+pub fn fill(text: &str, node: &Node, urls: &[(&str, String)]) -> String {
     let mac = node.macs.first().map(|m| m.to_string()).unwrap_or_default();
-    argv.iter()
-        .map(|a| {
-            a.replace("{node}", &node.name)
-                .replace("{mac}", &mac)
-                .replace("{rescue_ip}", &node.rescue.address.to_string())
-        })
-        .collect()
+    let mut out = text
+        .replace("{node}", &node.name)
+        .replace("{mac}", &mac)
+        .replace("{rescue_ip}", &node.rescue.address.to_string());
+    for (placeholder, url) in urls {
+        out = out.replace(placeholder, url);
+    }
+    out
 }

@@ -14,6 +14,9 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// The replay floors of `Ready`: `"<node>/<boot id hex>"` to (the last counter accepted, the
 /// order it was recorded in).
 const ANNOUNCED: TableDefinition<&str, (u64, u64)> = TableDefinition::new("announced");
+/// The agent keys of repairs under way (per-repair media): node to key (hex). Removed when the
+/// repair ends, which revokes the key.
+const REPAIR_KEYS: TableDefinition<&str, &str> = TableDefinition::new("repair_keys");
 const CLUSTER_KEY: &str = "cluster";
 
 /// Errors of the state store, one per failing step, naming the database file.
@@ -57,6 +60,9 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StateStoreError::CreateDir(data_dir.to_owned(), e))?;
         let db = Database::create(&path).map_err(|e| StateStoreError::Open(path.clone(), e))?;
+        // It holds the agent keys of repairs under way: for the controller's user alone.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| StateStoreError::CreateDir(path.clone(), e))?;
         Ok(Self { db, path })
     }
 
@@ -191,6 +197,47 @@ impl Store {
                 .and_then(|(node, hex)| Some((node, lazarus_proto::BootId::from_hex(hex)?)));
             if let Some((node, boot)) = parsed {
                 out.push((node.to_string(), boot.0, v.value().0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `node`'s repair key (`Some`, before the medium holding it is handed out), or
+    /// removes it (`None`: the repair ended and the key is revoked), durably.
+    pub fn set_repair_key(
+        &self,
+        node: &str,
+        key: Option<&lazarus_proto::AgentKey>,
+    ) -> Result<(), StateStoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.begin(e))?;
+        {
+            let mut table = tx.open_table(REPAIR_KEYS).map_err(|e| self.table(e))?;
+            match key {
+                Some(k) => table
+                    .insert(node, k.to_hex().as_str())
+                    .map(|_| ())
+                    .map_err(|e| self.storage(e))?,
+                None => table.remove(node).map(|_| ()).map_err(|e| self.storage(e))?,
+            }
+        }
+        tx.commit()
+            .map_err(|e| StateStoreError::Commit(self.path.clone(), e))
+    }
+
+    /// The keys of repairs under way.
+    pub fn repair_keys(&self) -> Result<Vec<(String, lazarus_proto::AgentKey)>, StateStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
+        let table = match tx.open_table(REPAIR_KEYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.table(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.storage(e))? {
+            let (k, v) = entry.map_err(|e| self.storage(e))?;
+            match lazarus_proto::AgentKey::from_hex(v.value()) {
+                Ok(key) => out.push((k.value().to_string(), key)),
+                Err(e) => log::error!("the stored repair key of {} is unreadable: {e}", k.value()),
             }
         }
         Ok(out)

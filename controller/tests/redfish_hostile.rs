@@ -523,7 +523,7 @@ fn a_password_file_others_can_read_is_refused_and_nothing_is_sent() {
 
     for mode in [0o644, 0o640, 0o604, 0o660] {
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
-        let err = provider::run(node, Op::PowerOff, BUDGET)
+        let err = provider::run(node, Op::PowerOff, BUDGET, &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -560,7 +560,7 @@ fn a_password_file_others_can_read_is_refused_and_nothing_is_sent() {
         let path = dir.path().join(name);
         make(&path);
         let c = cluster(addr, &path);
-        let err = provider::run(c.node("node-1").unwrap(), Op::PowerOff, BUDGET)
+        let err = provider::run(c.node("node-1").unwrap(), Op::PowerOff, BUDGET, &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -572,7 +572,7 @@ fn a_password_file_others_can_read_is_refused_and_nothing_is_sent() {
 
     // 0600: used, and the BMC (only it) gets the credentials.
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    provider::run(node, Op::PowerOff, BUDGET).unwrap();
+    provider::run(node, Op::PowerOff, BUDGET, &[]).unwrap();
     // RFC 7617: base64 of "lazarus:s3cret".
     assert_eq!(
         seen.requests(),

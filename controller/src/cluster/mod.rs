@@ -53,8 +53,48 @@ pub struct ControllerSection {
 #[serde(deny_unknown_fields)]
 pub struct MediaSection {
     pub listen: SocketAddr,
+    /// Files served as they are at `/media/NAME` (media made ahead of time).
     pub dir: PathBuf,
+    /// Per-repair media: assembled for each repair with that repair's agent key, each at its own
+    /// single-use, expiring URL (`{rescue_iso_url}`, `{rescue_kernel_url}`,
+    /// `{rescue_initrd_url}` in a node's provider).
+    pub rescue: Option<RescueMedia>,
 }
+
+/// `[controller.media.rescue]`: what a per-repair medium is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RescueMedia {
+    /// The rescue kernel.
+    pub kernel: PathBuf,
+    /// The public base initramfs (`lazarus-mkinitramfs --controller-pub`, no agent key): each
+    /// repair's part, holding its own agent key, is appended to it.
+    pub initramfs: PathBuf,
+    /// The kernel command line on a per-repair ISO, with `{node}`, `{mac}`, `{rescue_ip}`.
+    #[serde(default = "default_rescue_cmdline")]
+    pub cmdline: String,
+    /// The media server's address as BMCs and nodes reach it (`http://10.0.0.1:7480`);
+    /// default `http://` and `listen`.
+    pub url: Option<String>,
+    /// How long a per-repair URL can be fetched from after the attach that made it.
+    #[serde(default = "default_media_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_rescue_cmdline() -> String {
+    "console=tty0 console=ttyS0,115200 panic=0".into()
+}
+
+fn default_media_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// The placeholders a provider uses to name the per-repair medium.
+pub const REPAIR_MEDIA_PLACEHOLDERS: [&str; 3] = [
+    "{rescue_iso_url}",
+    "{rescue_kernel_url}",
+    "{rescue_initrd_url}",
+];
 
 /// `[controller] api`: where the API answers. The Unix socket always; a TCP listener only with a
 /// bearer token.
@@ -550,6 +590,22 @@ impl Cluster {
                     ));
                 }
             }
+            let uses = n.repair_media();
+            if !uses.is_empty()
+                && self
+                    .controller
+                    .media
+                    .as_ref()
+                    .is_none_or(|m| m.rescue.is_none())
+            {
+                return Err((
+                    key("boot"),
+                    format!(
+                        "{} needs per-repair media: add [controller.media.rescue]",
+                        uses[0]
+                    ),
+                ));
+            }
             if let BootProvider::Command { attach, detach, .. } = &n.boot {
                 if attach.is_empty() || detach.is_empty() {
                     return Err((
@@ -564,6 +620,31 @@ impl Cluster {
 
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+impl Node {
+    /// The per-repair media placeholders this node's provider uses (none: its rescue medium is
+    /// made ahead of time, with the node's own agent key).
+    pub fn repair_media(&self) -> Vec<&'static str> {
+        let texts: Vec<&str> = match &self.boot {
+            BootProvider::Command {
+                attach,
+                detach,
+                power_off,
+            } => attach
+                .iter()
+                .chain(detach)
+                .chain(power_off.iter().flatten())
+                .map(String::as_str)
+                .collect(),
+            BootProvider::Redfish { image_url, .. } => vec![image_url.as_str()],
+            BootProvider::Manual => Vec::new(),
+        };
+        REPAIR_MEDIA_PLACEHOLDERS
+            .into_iter()
+            .filter(|p| texts.iter().any(|t| t.contains(p)))
+            .collect()
     }
 }
 

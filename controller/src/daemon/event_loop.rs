@@ -36,6 +36,7 @@ pub fn run(
         for t in &outcome.transitions {
             log::info!("{}: {} -> {} ({})", t.node, t.from, t.to, t.reason);
         }
+        executor.revoke_ended(&state);
         for action in outcome.actions {
             executor.execute(action);
         }

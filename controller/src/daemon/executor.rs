@@ -13,8 +13,10 @@ use super::pool::AgentPool;
 use super::shared::{lock, now, Shared};
 use crate::agent_client::ClientError;
 use crate::cluster::Cluster;
+use crate::media::{Media, RepairUrls};
 use crate::provider::{self, Op};
-use crate::repair::{Action, ActionError, ActionKind, Event};
+use crate::repair::{Action, ActionError, ActionKind, ClusterState, Event};
+use crate::store::Store;
 
 /// What actions are carried out with.
 pub struct Executor {
@@ -22,6 +24,9 @@ pub struct Executor {
     pub pool: Arc<AgentPool>,
     pub shared: Arc<Mutex<Shared>>,
     pub tx: Sender<Event>,
+    pub store: Arc<Store>,
+    /// The per-repair media server, if configured.
+    pub media: Option<Arc<Media>>,
 }
 
 impl Executor {
@@ -48,13 +53,27 @@ impl Executor {
                 self.alert(node, message);
                 None
             }
-            Action::Fence { node } => self.provide(node, ActionKind::Fence, Op::PowerOff, t.fence),
+            Action::Fence { node } => {
+                self.provide(node, ActionKind::Fence, Op::PowerOff, t.fence, &[])
+            }
             Action::Attach { node } => {
                 // The agent of the coming boot announces where it answers.
                 self.pool.forget_addr(&node);
-                self.provide(node, ActionKind::Attach, Op::Attach, t.attach)
+                match self.repair_medium(&node) {
+                    Ok(urls) => self.provide(node, ActionKind::Attach, Op::Attach, t.attach, &urls),
+                    Err(error) => {
+                        log::error!("{node}: {error}");
+                        Some(Event::Done {
+                            node,
+                            action: ActionKind::Attach,
+                            result: Err(error),
+                        })
+                    }
+                }
             }
-            Action::Detach { node } => self.provide(node, ActionKind::Detach, Op::Detach, t.attach),
+            Action::Detach { node } => {
+                self.provide(node, ActionKind::Detach, Op::Detach, t.attach, &[])
+            }
             Action::Rejoined { node } => {
                 if let Some(hook) = &self.cluster.standby {
                     let env = [("LAZARUS_NODE", node.as_str())];
@@ -118,9 +137,16 @@ impl Executor {
 
     /// Runs `op` through `node`'s boot provider. A manual provider's request becomes an alert
     /// and the step proceeds (for `attach`, the agent's `Ready` is what moves the repair on).
-    fn provide(&self, node: String, kind: ActionKind, op: Op, timeout: Duration) -> Option<Event> {
+    fn provide(
+        &self,
+        node: String,
+        kind: ActionKind,
+        op: Op,
+        timeout: Duration,
+        urls: &[(&str, String)],
+    ) -> Option<Event> {
         let n = self.cluster.node(&node)?;
-        let result = match provider::run(n, op, timeout) {
+        let result = match provider::run(n, op, timeout, urls) {
             Ok(Some(request)) => {
                 log::warn!("OPERATOR {node}: {request}");
                 self.alert(Some(node.clone()), request);
@@ -134,6 +160,61 @@ impl Executor {
             action: kind,
             result,
         })
+    }
+
+    /// The URLs of `node`'s per-repair medium, made now with the repair's agent key, if its
+    /// provider uses one. The key is made at the repair's first attach and recorded in the store
+    /// before any medium holds it; a retried attach of the same repair keeps it (an agent of an
+    /// earlier attempt that comes up late still speaks it) but gets a fresh URL.
+    fn repair_medium(&self, node: &str) -> Result<RepairUrls, ActionError> {
+        let Some(n) = self.cluster.node(node) else {
+            return Ok(Vec::new());
+        };
+        if n.repair_media().is_empty() {
+            return Ok(Vec::new());
+        }
+        let media = self.media.as_ref().ok_or_else(|| {
+            ActionError::from("per-repair media are not configured ([controller.media.rescue])")
+        })?;
+        let keys = self.pool.keys();
+        let key = match keys
+            .candidates(node)
+            .into_iter()
+            .find(|(_, s)| *s == crate::keys::KeySource::Repair)
+        {
+            Some((key, _)) => key,
+            None => {
+                let mut bytes = [0u8; 32];
+                lazarus_node::random::fill(&mut bytes).map_err(|e| ActionError::of(&e))?;
+                let key = lazarus_proto::AgentKey::from_bytes(bytes);
+                self.store
+                    .set_repair_key(node, Some(&key))
+                    .map_err(|e| ActionError::of(&e))?;
+                keys.set_repair(node, key.clone());
+                key
+            }
+        };
+        media.issue(n, &key).map_err(|e| ActionError::of(&e))
+    }
+
+    /// Revokes the keys of repairs that have ended in `state` (committed): removed from the
+    /// store first, then from memory; their media die and their agents' connections close.
+    pub fn revoke_ended(&self, state: &ClusterState) {
+        for node in self.pool.keys().repair_nodes() {
+            let under_repair = state.nodes.get(&node).is_some_and(|s| s.repair.is_some());
+            if under_repair {
+                continue;
+            }
+            if let Err(e) = self.store.set_repair_key(&node, None) {
+                log::error!("{node}: removing the ended repair's key from the store: {e}");
+            }
+            self.pool.keys().revoke_repair(&node);
+            self.pool.forget(&node);
+            if let Some(media) = &self.media {
+                media.withdraw(&node);
+            }
+            log::info!("{node}: the repair's agent key is revoked");
+        }
     }
 
     fn alert(&self, node: Option<String>, message: String) {

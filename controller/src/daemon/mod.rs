@@ -50,6 +50,8 @@ pub enum DaemonError {
     Media(#[from] crate::media::MediaError),
     #[error("media folder {0}: {1}")]
     MediaDir(std::path::PathBuf, std::io::Error),
+    #[error("per-repair rescue ISOs: {0}")]
+    IsoTools(lazarus_initramfs::iso::IsoError),
     #[error("node {0}: {1}")]
     Provider(lazarus_proto::NodeName, crate::provider::ProviderError),
 }
@@ -72,6 +74,14 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         state: state.clone(),
         ..Shared::default()
     }));
+    // Keys of repairs under way survive a restart; those of repairs that ended are dropped.
+    for (node, key) in store.repair_keys()? {
+        if state.nodes.get(&node).is_some_and(|s| s.repair.is_some()) {
+            keys.set_repair(&node, key);
+        } else {
+            store.set_repair_key(&node, None)?;
+        }
+    }
     let pool = Arc::new(AgentPool::new(keys));
     let (tx, rx) = channel::<Event>();
 
@@ -100,21 +110,40 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
             cluster.controller.ready
         ),
     }
-    if let Some(media) = &cluster.controller.media {
-        crate::media::check_dir(&media.dir)
-            .map_err(|e| DaemonError::MediaDir(media.dir.clone(), e))?;
-        let addr = crate::media::serve(media.listen, media.dir.clone())?;
-        log::info!(
-            "controller: rescue media of {} at http://{addr}/media/",
-            media.dir.display()
-        );
-    }
+    let media = match &cluster.controller.media {
+        Some(section) => {
+            let media = Arc::new(
+                crate::media::Media::new(section, data_dir)
+                    .map_err(|e| DaemonError::MediaDir(section.dir.clone(), e))?,
+            );
+            if cluster
+                .nodes
+                .iter()
+                .any(|n| n.repair_media().contains(&"{rescue_iso_url}"))
+            {
+                lazarus_initramfs::iso::check_tools().map_err(DaemonError::IsoTools)?;
+            }
+            let addr = media.serve(section.listen)?;
+            log::info!(
+                "controller: rescue media of {} at http://{addr}/media/{}",
+                section.dir.display(),
+                if section.rescue.is_some() {
+                    ", per-repair media at /r/"
+                } else {
+                    ""
+                }
+            );
+            Some(media)
+        }
+        None => None,
+    };
     {
         let listener = Arc::new(ready::ReadyListener::new(
             cluster.clone(),
             pool.clone(),
             store.clone(),
             tx.clone(),
+            media.clone(),
         )?);
         std::thread::spawn(move || listener.listen(ready));
     }
@@ -137,6 +166,8 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         pool,
         shared: shared.clone(),
         tx,
+        store: store.clone(),
+        media,
     });
     event_loop::run(state, rx, &policy, &store, &shared, &executor);
     Ok(())

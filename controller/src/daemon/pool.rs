@@ -1,12 +1,13 @@
-//! The agent connections: where each node's agent answers (learnt from its `Ready`) and one
-//! authenticated connection per agent (its own session), reused and used by one caller at a time.
+//! The agent connections: where each node's agent answers and which key it speaks with (both
+//! learnt from its `Ready`), and one authenticated connection per agent (its own session),
+//! reused and used by one caller at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazarus_proto::{Request, Response, Status};
+use lazarus_proto::{AgentKey, Request, Response, Status};
 
 use super::shared::lock;
 use crate::agent_client::{AgentClient, ClientError};
@@ -22,6 +23,8 @@ pub struct AgentPool {
     keys: Keys,
     /// Where each node's agent answers (from its `Ready`).
     addrs: Mutex<HashMap<String, SocketAddr>>,
+    /// The key each node's agent announced itself with (its repair's or its own).
+    spoken: Mutex<HashMap<String, AgentKey>>,
     /// One connection slot per node.
     clients: Mutex<HashMap<String, Arc<Mutex<Option<AgentClient>>>>>,
     /// Nodes with a poll in flight: a slow agent gets one poll at a time, not one per tick.
@@ -33,19 +36,31 @@ impl AgentPool {
         Self {
             keys,
             addrs: Mutex::default(),
+            spoken: Mutex::default(),
             clients: Mutex::default(),
             polling: Mutex::default(),
         }
     }
 
-    /// Records where `node`'s agent answers.
-    pub fn set_addr(&self, node: &str, addr: SocketAddr) {
+    /// Records where `node`'s agent answers and the key it announced itself with. A kept
+    /// connection to an agent of another key (an earlier boot) is dropped.
+    pub fn set_agent(&self, node: &str, addr: SocketAddr, key: AgentKey) {
         lock(&self.addrs).insert(node.to_string(), addr);
+        if lock(&self.spoken).insert(node.to_string(), key.clone()) != Some(key) {
+            lock(&self.clients).remove(node);
+        }
     }
 
     /// Forgets `node`'s agent address (before a new rescue boot).
     pub fn forget_addr(&self, node: &str) {
         lock(&self.addrs).remove(node);
+    }
+
+    /// Forgets all of `node`'s agent: address, key and connection (its repair key was revoked).
+    pub fn forget(&self, node: &str) {
+        lock(&self.addrs).remove(node);
+        lock(&self.spoken).remove(node);
+        lock(&self.clients).remove(node);
     }
 
     /// Where `n`'s agent answers: its announced address, or its rescue address.
@@ -71,7 +86,8 @@ impl AgentPool {
             let c = match client.as_mut() {
                 Some(c) => c,
                 None => {
-                    let agent_key = self.keys.agent(&n.name).cloned().ok_or_else(|| {
+                    let spoken = lock(&self.spoken).get(n.name.as_str()).cloned();
+                    let agent_key = spoken.or_else(|| self.keys.agent(&n.name)).ok_or_else(|| {
                         ClientError::Unexpected(self.addr(n), "no agent key for this node".into())
                     })?;
                     client.insert(AgentClient::connect(

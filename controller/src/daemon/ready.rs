@@ -4,7 +4,8 @@
 //! bytes, or forty, holds up no agent's `Ready`.
 //!
 //! An announcement is matched to a node by MAC or system UUID (read before it is authenticated,
-//! only to choose the key), then authenticated under that node's agent key; its counter must rise
+//! only to choose the key), then authenticated under the key of that node's repair under way
+//! (a per-repair medium) or the node's own agent key (a medium made ahead of time); its counter must rise
 //! above the last one accepted for its boot, a floor kept in the store so a controller restart
 //! does not reopen old announcements. Only then is it acknowledged (signed), recorded and passed
 //! to the event loop. Anything else is logged and dropped.
@@ -21,6 +22,8 @@ use lazarus_proto::{BootId, Ready, Response};
 use super::pool::AgentPool;
 use super::shared::lock;
 use crate::cluster::{Cluster, Node};
+use crate::keys::KeySource;
+use crate::media::Media;
 use crate::repair::Event;
 use crate::store::Store;
 
@@ -39,6 +42,8 @@ pub struct ReadyListener {
     pub pool: Arc<AgentPool>,
     pub store: Arc<Store>,
     pub tx: Sender<Event>,
+    /// The per-repair media server, if any.
+    pub media: Option<Arc<Media>>,
     opener: Mutex<AnnounceOpener>,
     /// Warnings so far (rate-limited: hostile announcements must not flood the log).
     warned: std::sync::atomic::AtomicUsize,
@@ -51,6 +56,7 @@ impl ReadyListener {
         pool: Arc<AgentPool>,
         store: Arc<Store>,
         tx: Sender<Event>,
+        media: Option<Arc<Media>>,
     ) -> Result<Self, crate::store::StateStoreError> {
         let mut opener = AnnounceOpener::default();
         for (node, boot, counter) in store.announced()? {
@@ -61,6 +67,7 @@ impl ReadyListener {
             pool,
             store,
             tx,
+            media,
             opener: Mutex::new(opener),
             warned: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -121,21 +128,34 @@ impl ReadyListener {
             ));
             return;
         };
-        let Some(key) = self.pool.keys().agent(&n.name) else {
+        let candidates = self.pool.keys().candidates(&n.name);
+        if candidates.is_empty() {
             return;
-        };
+        }
         // Opened and recorded under one lock: two announcements of one boot commit in order.
-        let (boot_id, body, reply) = {
+        let (boot_id, body, reply, key, source) = {
             let mut opener = lock(&self.opener);
-            let (boot_id, counter, body, reply) = match opener.open(n.name.as_str(), key, &frame) {
-                Ok(x) => x,
-                Err(e) => {
+            // The repair's key first (a per-repair medium), then the node's own (media made
+            // ahead of time). A failed authentication leaves the opener as it was.
+            let mut opened = None;
+            let mut last_error = None;
+            for (key, source) in candidates {
+                match opener.open(n.name.as_str(), &key, &frame) {
+                    Ok(x) => {
+                        opened = Some((x, key, source));
+                        break;
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            let Some(((boot_id, counter, body, reply), key, source)) = opened else {
+                if let Some(e) = last_error {
                     self.warn(format_args!(
                         "ignoring an announcement for {} from {peer}: {e}",
                         n.name
                     ));
-                    return;
                 }
+                return;
             };
             if let Err(e) =
                 self.store
@@ -144,7 +164,7 @@ impl ReadyListener {
                 log::error!("recording {}'s announcement: {e}; not acting on it", n.name);
                 return;
             }
-            (boot_id, body, reply)
+            (boot_id, body, reply, key, source)
         };
         let Response::Ready(ready) = body else {
             return;
@@ -156,9 +176,19 @@ impl ReadyListener {
             Err(e) => log::warn!("acknowledging {}'s Ready: {e}", n.name),
         }
         let ip: IpAddr = ready.identity.address.unwrap_or(peer.ip());
-        log::info!("{}: agent ready at {ip} (boot {boot_id})", n.name);
+        let medium = match source {
+            KeySource::Repair => "this repair's medium",
+            KeySource::Node => "the node's own medium",
+        };
+        log::info!("{}: agent ready at {ip} (boot {boot_id}, {medium})", n.name);
         self.pool
-            .set_addr(&n.name, SocketAddr::new(ip, lazarus_proto::AGENT_PORT));
+            .set_agent(&n.name, SocketAddr::new(ip, lazarus_proto::AGENT_PORT), key);
+        if source == KeySource::Repair {
+            // The medium has done its work: its URLs die now, not at their expiry.
+            if let Some(media) = &self.media {
+                media.withdraw(&n.name);
+            }
+        }
         let _ = self.tx.send(Event::AgentReady {
             node: n.name.to_string(),
             boot_id,
