@@ -15,19 +15,6 @@ use common::*;
 use lazarus_proto::frame::{read_frame, seal_announce};
 use lazarus_proto::*;
 
-/// A TCP connection from `from` (any port) to `to`.
-fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::STREAM,
-        None,
-    )?;
-    let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    rustix::net::bind(&socket, &local)?;
-    rustix::net::connect(&socket, &to)?;
-    Ok(TcpStream::from(socket))
-}
-
 /// `n` connections from `hosts` distinct addresses: half send nothing, half trickle one byte of
 /// a frame header every 500 ms on threads of their own. Returns the idle ones.
 fn flood(to: SocketAddr, n: usize, hosts: usize) -> Vec<TcpStream> {

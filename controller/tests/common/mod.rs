@@ -39,6 +39,19 @@ pub fn lazarus(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A TCP connection from `from` (any port) to `to`.
+pub fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )?;
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    rustix::net::bind(&socket, &local)?;
+    rustix::net::connect(&socket, &to)?;
+    Ok(std::net::TcpStream::from(socket))
+}
+
 /// A free TCP port on `ip` (free when asked; the test binds it soon after).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
