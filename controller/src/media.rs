@@ -463,6 +463,107 @@ mod tests {
     }
 
     #[test]
+    fn repair_urls_name_a_token_and_one_of_three_files() {
+        let t = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            repair_file(&format!("/r/{t}/rescue.iso")),
+            Some((t, "rescue.iso"))
+        );
+        assert_eq!(
+            repair_file(&format!("/r/{t}/initrd.img?x")),
+            Some((t, "initrd.img"))
+        );
+        for bad in [
+            format!("/r/{t}/part.cpio"),
+            format!("/r/{t}/../media/x"),
+            format!("/r/{t}"),
+            format!("/r/{}/vmlinuz", &t[1..]),
+            "/r/0123456789abcdef0123456789abcdeg/vmlinuz".into(),
+            format!("/media/{t}/vmlinuz"),
+        ] {
+            assert_eq!(repair_file(&bad), None, "{bad}");
+        }
+    }
+
+    /// A media server with per-repair media of `ttl`, and node-1 of the example cluster (its
+    /// provider names `{rescue_iso_url}`) changed to name the kernel and initramfs instead.
+    fn repair_media(ttl: &str) -> (tempfile::TempDir, Media, crate::cluster::Node) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir(p.join("media")).unwrap();
+        std::fs::write(p.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(p.join("base.img"), b"base!").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = |n: &str| p.join(n).display().to_string();
+        let text = include_str!("../../docs/cluster.example.toml")
+            .replace("/var/lib/lazarus/rescue/vmlinuz", &path("vmlinuz"))
+            .replace("/var/lib/lazarus/rescue/base.img", &path("base.img"))
+            .replace("/var/lib/lazarus/media", &path("media"))
+            .replace("10.70.0.1:7480", &format!("127.0.0.1:{port}"))
+            .replace("ttl = \"15m\"", &format!("ttl = \"{ttl}\""))
+            .replace(
+                "image_url = \"{rescue_iso_url}\"",
+                "image_url = \"{rescue_kernel_url} {rescue_initrd_url}\"",
+            );
+        let cluster = crate::cluster::Cluster::parse(&text, "cluster.toml").unwrap();
+        let section = cluster.controller.media.clone().unwrap();
+        let media = Media::new(&section, &p.join("data")).unwrap();
+        (dir, media, cluster.node("node-1").unwrap().clone())
+    }
+
+    fn fetch(url: &str) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent.get(url).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+    }
+
+    #[test]
+    fn a_repair_medium_is_the_base_and_its_key_until_withdrawn_and_its_files_go_with_it() {
+        let (dir, media, node) = repair_media("10m");
+        let media = Arc::new(media);
+        let listen = format!("{}", media.base_url.trim_start_matches("http://"));
+        media.serve(listen.parse().unwrap()).unwrap();
+        let key = AgentKey::from_bytes([7; 32]);
+        let urls = media.issue(&node, &key).unwrap();
+        let names: Vec<&str> = urls.iter().map(|(p, _)| *p).collect();
+        assert_eq!(names, ["{rescue_kernel_url}", "{rescue_initrd_url}"]);
+        let (code, initrd) = fetch(&urls[1].1);
+        assert_eq!(code, 200);
+        let part = lazarus_initramfs::agent_part(&key);
+        assert_eq!(initrd, lazarus_initramfs::with_part(b"base!", &part));
+        assert_eq!(fetch(&urls[0].1), (200, b"kernel".to_vec()));
+        let files = dir.path().join("data/media");
+        assert_eq!(std::fs::read_dir(&files).unwrap().count(), 1);
+        // A new attach of the node: the earlier URL dies at once.
+        let again = media.issue(&node, &key).unwrap();
+        assert_ne!(again[1].1, urls[1].1);
+        assert_eq!(fetch(&urls[1].1).0, 404);
+        assert_eq!(fetch(&again[1].1).0, 200);
+        media.withdraw("node-1");
+        assert_eq!(fetch(&again[1].1).0, 404);
+        assert_eq!(media.live(), 0);
+        assert_eq!(std::fs::read_dir(&files).unwrap().count(), 0, "files left");
+    }
+
+    #[test]
+    fn an_expired_repair_medium_is_not_served() {
+        let (_dir, media, node) = repair_media("0s");
+        let media = Arc::new(media);
+        let listen = media.base_url.trim_start_matches("http://").to_string();
+        media.serve(listen.parse().unwrap()).unwrap();
+        let urls = media.issue(&node, &AgentKey::from_bytes([8; 32])).unwrap();
+        assert_eq!(fetch(&urls[1].1).0, 404);
+        assert_eq!(media.live(), 0);
+    }
+
+    #[test]
     fn single_byte_ranges_are_understood_and_others_refused() {
         assert_eq!(range(None, 100), Ok(None));
         assert_eq!(range(Some("bytes=0-9"), 100), Ok(Some((0, 10))));

@@ -217,7 +217,10 @@ impl Store {
                     .insert(node, k.to_hex().as_str())
                     .map(|_| ())
                     .map_err(|e| self.storage(e))?,
-                None => table.remove(node).map(|_| ()).map_err(|e| self.storage(e))?,
+                None => table
+                    .remove(node)
+                    .map(|_| ())
+                    .map_err(|e| self.storage(e))?,
             }
         }
         tx.commit()

@@ -240,11 +240,20 @@ allow_weak_selector = true
     // It "boots": the agent runs with the key the medium held.
     let key_file = lab.path("repair.key");
     std::fs::write(&key_file, &key_text).unwrap();
-    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     procs.push(
         std::process::Command::new(agent_bin())
-            .args(["serve", "--host", "--listen", "127.0.0.41:7460", "--key-file"])
+            .args([
+                "serve",
+                "--host",
+                "--listen",
+                "127.0.0.41:7460",
+                "--key-file",
+            ])
             .arg(&key_file)
             .arg("--controller-pub")
             .arg(&lab.public_path)

@@ -1,7 +1,8 @@
 //! The whole repair on the real boot path: two libvirt domains (OVMF, TCG) run the lab's Debian
 //! worker from their own disks behind a Redfish BMC (sushy-tools' libvirt driver); the worker
 //! dies and its disk is wrecked; `lazarus serve` fences it through Redfish, promotes the standby,
-//! inserts the rescue ISO it serves itself, boots it once, drives the agent to rewrite the disk
+//! makes a rescue ISO for this repair alone (the public base initramfs and a part holding a key
+//! made for the repair), inserts it from a single-use URL it serves itself, boots it once, drives the agent to rewrite the disk
 //! over NFS and restore the worker's business files from its last backup, ejects the ISO, and
 //! the node boots Debian from its own disk through systemd-boot, reads its flag, and rejoins as a
 //! standby serving the files of its last backup.
@@ -127,7 +128,9 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         })
         .unwrap();
     }
-    let media = rescue_media(&art, dir).unwrap();
+    // Media made ahead of time: none. Each repair's ISO is made by the controller.
+    let media = dir.join("media");
+    std::fs::create_dir_all(&media).unwrap();
 
     let ns =
         Netns::create_bridged(&format!("lz-cyc-{}", std::process::id()), &["tw1", "ts1"]).unwrap();
@@ -184,7 +187,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
              health = {{ kind = \"http\", url = \"http://{ip}:{port}/index.html\" }}\n\
              boot = {{ provider = \"redfish\", endpoint = \"http://{HOST_IP}:{REDFISH_PORT}\", \
              insecure_http = true, system = \"{system}\", \
-             image_url = \"http://{HOST_IP}:7480/media/rescue.iso\", cold_boot_after_detach = true }}\n\
+             image_url = \"{{rescue_iso_url}}\", cold_boot_after_detach = true }}\n\
              rescue = {{ address = \"{rip}\", prefix_len = 24 }}\ndisk = {{ serial = \"{serial}\" }}\n\
              restore = {{ partition = 2, fstype = \"ext4\", paths = [\"srv/www\", \"etc/lazarus\"], \
              backup_key = \"{backup_key}\" }}\n",
@@ -200,7 +203,8 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         format!(
             "[controller]\nready = \"{HOST_IP}:7461\"\nsigning_key = \"{signing}\"\n\
              agent_keys = \"{agents}\"\n\
-             media = {{ listen = \"{HOST_IP}:7480\", dir = \"{media}\" }}\n\
+             media = {{ listen = \"{HOST_IP}:7480\", dir = \"{media}\", rescue = {{ kernel = \"{kernel}\", \
+             initramfs = \"{base}\", cmdline = \"console=ttyS0 panic=-1 lazarus.controller={HOST_IP}:7461\" }} }}\n\
              api = {{ socket = \"{api}\" }}\n\n\
              [policy]\nhealth_interval = \"2s\"\nhealth_timeout = \"1500ms\"\nfailure_threshold = 2\n\
              recovery_threshold = 1\npoll_interval = \"2s\"\n\n\
@@ -209,8 +213,11 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
              [images.worker]\npath = \"images/worker.img\"\nformat = \"raw\"\nsize = {image_len}\n\
              sha256 = \"{image_sha}\"\nbmap = {{ path = \"images/worker.img.bmap\", sha256 = \"{bmap_sha}\" }}\n{nodes}",
             signing = art.signing_path.display(),
-            agents = art.agent_keys(dir, &["w1", "s1"]).unwrap().display(),
+            // No node has a key of its own: each repair makes one.
+            agents = art.agent_keys(dir, &[]).unwrap().display(),
             media = media.display(),
+            kernel = art.vmlinuz.display(),
+            base = art.base.display(),
             hook = hook.display(),
             api = api.display(),
         ),
@@ -268,6 +275,20 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         },
     );
     let took = started.elapsed();
+    let log = std::fs::read_to_string(dir.join("controller.log")).unwrap();
+    assert!(
+        log.contains("w1: agent ready") && log.contains("this repair's medium"),
+        "w1's agent did not speak with the repair's key:\n{log}"
+    );
+    wait_for(
+        "the repair key's revocation",
+        Duration::from_secs(30),
+        dir,
+        || {
+            std::fs::read_to_string(dir.join("controller.log"))
+                .is_ok_and(|l| l.contains("w1: the repair's agent key is revoked"))
+        },
+    );
     let s = status(&ns).unwrap();
     let role = |n: &str| s.nodes.iter().find(|x| x.name == n).map(|x| x.role);
     assert_eq!(role("s1"), Some(lazarus_controller::cluster::Role::Worker));

@@ -80,6 +80,46 @@ fn the_api_is_a_socket_and_tcp_only_with_a_token() {
 }
 
 #[test]
+fn per_repair_media_placeholders_need_the_rescue_section() {
+    let c = Cluster::parse(EXAMPLE, "cluster.example.toml").unwrap();
+    assert_eq!(
+        c.node("node-1").unwrap().repair_media(),
+        ["{rescue_iso_url}"]
+    );
+    assert!(c.node("node-2").unwrap().repair_media().is_empty());
+    let rescue = c
+        .controller
+        .media
+        .as_ref()
+        .unwrap()
+        .rescue
+        .as_ref()
+        .unwrap();
+    assert_eq!(rescue.ttl, Duration::from_secs(15 * 60));
+    assert!(rescue.cmdline.contains("lazarus.controller="));
+    // Without [controller.media.rescue], nothing could fill the placeholder.
+    let start = EXAMPLE.find("[controller.media.rescue]").unwrap();
+    let end = EXAMPLE[start..].find("ttl = ").unwrap() + start;
+    let end = EXAMPLE[end..].find('\n').unwrap() + end;
+    let bad = format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
+    let e = err(&bad);
+    assert!(
+        e.contains("nodes[0].boot")
+            && e.contains("{rescue_iso_url}")
+            && e.contains("[controller.media.rescue]")
+            && !e.contains('\n'),
+        "{e}"
+    );
+    // A command provider may name the kernel and initramfs for iPXE.
+    let ipxe = EXAMPLE.replacen(
+        "detach = [\"ipmitool\"",
+        "detach = [\"echo\", \"{rescue_kernel_url}\", \"{rescue_initrd_url}\"]\nx = [\"ipmitool\"",
+        1,
+    );
+    assert!(err(&ipxe).contains("x"), "an unknown key is refused");
+}
+
+#[test]
 fn a_command_provider_has_no_reset_key() {
     let bad = EXAMPLE.replacen(
         "provider = \"command\"",

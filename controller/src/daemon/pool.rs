@@ -87,9 +87,13 @@ impl AgentPool {
                 Some(c) => c,
                 None => {
                     let spoken = lock(&self.spoken).get(n.name.as_str()).cloned();
-                    let agent_key = spoken.or_else(|| self.keys.agent(&n.name)).ok_or_else(|| {
-                        ClientError::Unexpected(self.addr(n), "no agent key for this node".into())
-                    })?;
+                    let agent_key =
+                        spoken.or_else(|| self.keys.agent(&n.name)).ok_or_else(|| {
+                            ClientError::Unexpected(
+                                self.addr(n),
+                                "no agent key for this node".into(),
+                            )
+                        })?;
                     client.insert(AgentClient::connect(
                         &addr,
                         self.keys.signing.clone(),
