@@ -528,7 +528,7 @@ mod tests {
     fn a_repair_medium_is_the_base_and_its_key_until_withdrawn_and_its_files_go_with_it() {
         let (dir, media, node) = repair_media("10m");
         let media = Arc::new(media);
-        let listen = format!("{}", media.base_url.trim_start_matches("http://"));
+        let listen = media.base_url.trim_start_matches("http://").to_string();
         media.serve(listen.parse().unwrap()).unwrap();
         let key = AgentKey::from_bytes([7; 32]);
         let urls = media.issue(&node, &key).unwrap();
