@@ -86,13 +86,23 @@ impl Store {
         StateStoreError::Decode(self.path.clone(), e)
     }
 
+    /// `table` for reading; `None` while nothing was ever written to it.
+    fn read<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, StateStoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
+        match tx.open_table(table) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.table(e)),
+        }
+    }
+
     /// The last committed cluster state, if any.
     pub fn load(&self) -> Result<Option<ClusterState>, StateStoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
-        let table = match tx.open_table(STATE) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.table(e)),
+        let Some(table) = self.read(STATE)? else {
+            return Ok(None);
         };
         let Some(value) = table.get(CLUSTER_KEY).map_err(|e| self.storage(e))? else {
             return Ok(None);
@@ -182,11 +192,8 @@ impl Store {
 
     /// Every recorded announcement floor: (node, boot id, last counter).
     pub fn announced(&self) -> Result<Vec<(String, [u8; 16], u64)>, StateStoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
-        let table = match tx.open_table(ANNOUNCED) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.table(e)),
+        let Some(table) = self.read(ANNOUNCED)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.storage(e))? {
@@ -229,11 +236,8 @@ impl Store {
 
     /// The keys of repairs under way.
     pub fn repair_keys(&self) -> Result<Vec<(String, lazarus_proto::AgentKey)>, StateStoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
-        let table = match tx.open_table(REPAIR_KEYS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.table(e)),
+        let Some(table) = self.read(REPAIR_KEYS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.storage(e))? {
@@ -248,11 +252,8 @@ impl Store {
 
     /// The event log, oldest first, optionally for one node.
     pub fn events(&self, node: Option<&str>) -> Result<Vec<LoggedEvent>, StateStoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.begin(e))?;
-        let table = match tx.open_table(EVENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.table(e)),
+        let Some(table) = self.read(EVENTS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.storage(e))? {
