@@ -130,6 +130,11 @@ impl ReadyListener {
         };
         let candidates = self.pool.keys().candidates(&n.name);
         if candidates.is_empty() {
+            // A node of per-repair media with no repair under way: nothing speaks for it.
+            self.warn(format_args!(
+                "ignoring an announcement for {} from {peer}: no repair of it is under way",
+                n.name
+            ));
             return;
         }
         // Opened and recorded under one lock: two announcements of one boot commit in order.
