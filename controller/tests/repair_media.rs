@@ -305,6 +305,11 @@ allow_weak_selector = true
     });
     // Revoked: an announcement made with it is not acknowledged, and the store forgets it.
     assert!(!acknowledged(ready, &repair_key));
+    wait_until("the refusal's reason", &log, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ignoring an announcement for w1 from 127.0.0.1:")
+    });
     drop(procs);
     let store = lazarus_controller::store::Store::open(&data).unwrap();
     assert!(store.repair_keys().unwrap().is_empty());
