@@ -148,7 +148,7 @@ impl Media {
             source,
         };
         lazarus_node::random::fill(&mut token).map_err(|e| io(&self.work, e))?;
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let token = lazarus_proto::hex::encode(&token);
         let dir = self.work.join(&token);
         std::fs::DirBuilder::new()
             .mode(0o700)

@@ -71,7 +71,7 @@ fn plant(backups: &Path, zst: &[u8]) {
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(ARCHIVE), zst).unwrap();
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(zst).into();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = lazarus_proto::hex::encode(&digest);
     fs::write(
         dir.join(MANIFEST),
         format!(

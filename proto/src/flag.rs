@@ -345,12 +345,12 @@ mod tests {
     fn golden_bytes_of_a_record_header() {
         let s = sample(9, FlagState::Recovered).encode().unwrap();
         assert_eq!(
-            hex::encode(&s[..48]),
+            crate::hex::encode(&s[..48]),
             "4c5a5253464c4147010002151100000009000000000000000081246900000000\
              00000040000000000000008000000000"
         );
         assert_eq!(&s[80..101], b"node-3-20261125T2121Z");
-        assert_eq!(hex::encode(&s[CRC_AT..]), "7c8ff645");
+        assert_eq!(crate::hex::encode(&s[CRC_AT..]), "7c8ff645");
     }
 
     #[test]

@@ -207,34 +207,14 @@ impl fmt::Debug for PublicKey {
 fn parse_hex(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
     let text = text.strip_suffix('\n').unwrap_or(text);
     let text = text.strip_suffix('\r').unwrap_or(text);
-    if text.len() != KEY_LEN * 2 {
-        return Err(KeyError::Length(text.chars().count()));
-    }
-    let mut out = [0u8; KEY_LEN];
-    let bytes = text.as_bytes();
-    for (i, slot) in out.iter_mut().enumerate() {
-        let hi = hex_value(bytes[2 * i]).ok_or(KeyError::NotHex(2 * i))?;
-        let lo = hex_value(bytes[2 * i + 1]).ok_or(KeyError::NotHex(2 * i + 1))?;
-        *slot = hi << 4 | lo;
-    }
-    Ok(out)
+    crate::hex::decode(text).map_err(|e| match e {
+        crate::hex::HexError::Length { found, .. } => KeyError::Length(found),
+        crate::hex::HexError::NotHex(at) => KeyError::NotHex(at),
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0xf])
-        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-        .collect()
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    crate::hex::encode(bytes)
 }
 
 #[cfg(test)]

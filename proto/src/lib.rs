@@ -9,6 +9,7 @@
 //!   agent key, requests bound to the agent's boot id, its session and a strictly
 //!   increasing counter, replies bound to their request).
 //! - [`key`]: the keys (controller signing and public keys, agent keys) and their file formats.
+//! - [`hex`]: hex text of keys, digests and ids.
 //! - [`types`]: digests, boot ids, MAC addresses and node names, validated where parsed.
 //! - [`flag`]: the on-disk flag record codec, pure, so the restored OS can read it without the
 //!   agent.
@@ -18,6 +19,7 @@
 
 pub mod flag;
 pub mod frame;
+pub mod hex;
 pub mod key;
 pub mod message;
 pub mod types;

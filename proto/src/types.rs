@@ -20,21 +20,12 @@ macro_rules! hex_bytes {
         impl $name {
             /// Lowercase hex.
             pub fn to_hex(&self) -> String {
-                self.0.iter().map(|b| format!("{b:02x}")).collect()
+                crate::hex::encode(&self.0)
             }
 
             /// Parses exactly `2 * len` hex characters.
             pub fn from_hex(s: &str) -> Option<Self> {
-                let s = s.as_bytes();
-                if s.len() != 2 * $len {
-                    return None;
-                }
-                let mut out = [0u8; $len];
-                for (i, b) in out.iter_mut().enumerate() {
-                    let pair = core::str::from_utf8(&s[2 * i..2 * i + 2]).ok()?;
-                    *b = u8::from_str_radix(pair, 16).ok()?;
-                }
-                Some(Self(out))
+                crate::hex::decode(s).ok().map(Self)
             }
         }
 

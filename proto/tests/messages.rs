@@ -160,7 +160,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
 fn check_golden<T: serde::Serialize>(cases: Vec<(T, &'static str)>) {
     let mut wrong = Vec::new();
     for (i, (msg, want)) in cases.iter().enumerate() {
-        let got = hex::encode(postcard::to_allocvec(msg).unwrap());
+        let got = hex::encode(&postcard::to_allocvec(msg).unwrap());
         let want: String = want.split_whitespace().collect();
         if got != want {
             wrong.push(format!("case {i}: got {got}"));

@@ -114,7 +114,7 @@ pub fn tree_key() -> String {
         h.update([0]);
     }
     let d = h.finalize();
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    lazarus_proto::hex::encode(&d[..8])
 }
 
 /// The Debian tree, built once into `lab/debian-<key>/tree` (about 70 s and 120 MB of packages

@@ -101,7 +101,7 @@ fn a_dead_debian_worker_is_fenced_replaced_rebuilt_through_redfish_and_rejoins_a
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = lazarus_proto::hex::encode;
     let image_sha = hex(&sha2::Sha256::digest(std::fs::read(&image).unwrap()));
     let bmap_sha = hex(&sha2::Sha256::digest(std::fs::read(&bmap).unwrap()));
     let image_len = std::fs::metadata(&image).unwrap().len();

@@ -48,8 +48,7 @@ const SIGNATURE_LABEL: &str = "lazarus-backup-signature:";
 /// The contents of `manifest.sig` for `manifest` (its exact bytes) signed with `key`.
 pub fn signature_text(key: &lazarus_proto::SigningKey, manifest: &[u8]) -> String {
     let sig = key.sign(&[SIGNATURE_DOMAIN, manifest].concat());
-    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SIGNATURE_LABEL}{hex}\n")
+    format!("{SIGNATURE_LABEL}{}\n", lazarus_proto::hex::encode(&sig))
 }
 
 /// Whether `text` (a `manifest.sig`) is `key`'s signature over `manifest`.
@@ -57,16 +56,9 @@ pub fn signature_verifies(key: &lazarus_proto::PublicKey, manifest: &[u8], text:
     let Some(hex) = text.trim_end().strip_prefix(SIGNATURE_LABEL) else {
         return false;
     };
-    if hex.len() != 128 || !hex.is_ascii() {
+    let Ok(sig) = lazarus_proto::hex::decode::<64>(hex) else {
         return false;
-    }
-    let mut sig = [0u8; 64];
-    for (i, b) in sig.iter_mut().enumerate() {
-        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
-            Ok(v) => *b = v,
-            Err(_) => return false,
-        }
-    }
+    };
     key.verifies(&[SIGNATURE_DOMAIN, manifest].concat(), &sig)
 }
 
