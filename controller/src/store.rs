@@ -249,6 +249,7 @@ mod tests {
             from: Stage::HEALTHY,
             to,
             reason: "r".into(),
+            bytes: None,
         }
     }
 
