@@ -183,7 +183,7 @@
         el("td", { class: "state", text: stateOf(n) }),
         el("td", { class: "step", text: stepOf(n) }),
         el("td", { class: "progress" }, progressCell(n)),
-        el("td", {}, since(n.since, s.now)),
+        el("td", { class: "time" }, since(n.since, s.now)),
         el("td", { class: n.last_error ? "error" : "muted", text: n.last_error || "–" })));
 
     let filter = document.getElementById("filter");
@@ -254,7 +254,7 @@
       el("tbody", {}, ...r.steps.map((s) =>
         el("tr", { "data-step": s.step },
           el("td", { text: s.step }),
-          el("td", { text: fmtTime(s.start) }),
+          el("td", { class: "time", text: fmtTime(s.start) }),
           el("td", { class: "num", text: fmtDuration(s.seconds) }),
           el("td", { class: "num", text: s.bytes_total > 0 ? fmtBytes(s.bytes_done) + " of " + fmtBytes(s.bytes_total) : "–" }),
           el("td", {}, el("span", { class: "outcome " + s.outcome, text: s.outcome })),
@@ -266,7 +266,7 @@
   // The repair as a picture: one row per step, a bar from its start for its duration on a
   // common time axis, coloured by outcome; a recovering step's bar shows the bytes written.
   function timeline(r, now) {
-    const LABEL = 110, WIDTH = 560, NOTE = 170, ROW = 22, TOP = 22;
+    const LABEL = 110, WIDTH = 560, NOTE = 260, ROW = 22, TOP = 22;
     const t0 = r.started;
     const t1 = Math.max(r.ended === null ? now : r.ended, t0 + 1);
     const scale = WIDTH / (t1 - t0);
