@@ -89,11 +89,14 @@ impl Browser {
             .unwrap()
             .to_string();
         let stream = TcpStream::connect(&host).unwrap();
-        // Reads wait at most this long, so every wait below keeps its own deadline.
         stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let (ws, _) = tungstenite::client(url.as_str(), stream).expect("DevTools handshake");
+        // From now on reads wait at most this long, so every wait below keeps its own deadline.
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut b = Self {
             ws,
             next: 0,
@@ -448,11 +451,148 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
     );
     assert!(text.contains("16.0 MiB/16.0 MiB"), "{text}");
 
+    // The socket's way in: a browser through a forward (what `ssh -L PORT:SOCKET` does), no
+    // token needed; the page, with the token forgotten, still shows the nodes.
+    let forward = forward_to(&r.socket);
+    b.eval("sessionStorage.clear()");
+    b.call(
+        "Page.navigate",
+        json!({"url": format!("http://localhost:{forward}/")}),
+    );
+    let rows = b.wait(
+        &r,
+        "both nodes through the forwarded socket",
+        r#"(() => {
+            const rows = [...document.querySelectorAll('#nodes tbody tr')].map(tr =>
+                [...tr.children].slice(0, 3).map(td => td.textContent));
+            return rows.length === 2 ? rows : null;
+        })()"#,
+    );
+    assert_eq!(
+        rows,
+        json!([["s1", "worker", "healthy"], ["w1", "standby", "healthy"]])
+    );
+    assert_eq!(b.eval("sessionStorage.length"), json!(0));
+
     let errors = b.errors();
     assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
     assert!(r.disk_holds_the_image());
     eprintln!(
         "web view: a repair followed in the browser in {:.1} s; steps {names:?}",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// A forward of a loopback TCP port to the Unix socket at `socket`, as `ssh -L PORT:SOCKET`
+/// makes one; returns the port. Its threads end with the test process.
+fn forward_to(socket: &Path) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (mut tcp_r, mut unix_w) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+                let _ = unix_w.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut unix_r, mut tcp_w) = (unix, tcp);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+                let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// A raw HTTP/1.1 exchange on `stream`: the status code, the headers (lowercase names) and the
+/// body.
+fn exchange(
+    mut stream: impl std::io::Read + std::io::Write,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head.to_lowercase(), body.to_string())
+}
+
+#[test]
+fn the_pages_need_no_token_but_every_fact_does() {
+    let r = RepairLab::start(202, true);
+    let (tcp, _) = r.tcp.clone().unwrap();
+    let host = format!("Host: {tcp}\r\n");
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let over_tcp = |method: &str, path: &str, headers: &str| {
+        exchange(TcpStream::connect(&tcp).unwrap(), method, path, headers)
+    };
+    let over_socket = |method: &str, path: &str, headers: &str| {
+        exchange(
+            std::os::unix::net::UnixStream::connect(&r.socket).unwrap(),
+            method,
+            path,
+            headers,
+        )
+    };
+
+    // The page and its files: no token needed, and a policy that lets only this origin in.
+    for (path, kind, holds) in [
+        ("/", "text/html", "ui/app.js"),
+        ("/ui/app.js", "text/javascript", "sessionStorage"),
+        ("/ui/style.css", "text/css", "svg.timeline"),
+    ] {
+        let (code, head, body) = over_tcp("GET", path, &host);
+        assert_eq!(code, 200, "{path}: {head}");
+        assert!(head.contains(&format!("content-type: {kind}")), "{head}");
+        assert!(body.contains(holds), "{path}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'; script-src 'self';"),
+            "{head}"
+        );
+        assert!(head.contains("x-frame-options: deny"), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    }
+    // Every fact needs the token.
+    for path in ["/api/status", "/api/nodes/w1"] {
+        let (code, _, body) = over_tcp("GET", path, &host);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(!body.contains("healthy"), "{body}");
+    }
+    let (code, _, body) = over_tcp("GET", "/api/nodes/w1", &format!("{host}{bearer}"));
+    assert_eq!(code, 200, "{body}");
+    let d: lazarus_controller::api::NodeDetail = serde_json::from_str(&body).unwrap();
+    assert_eq!((d.node.name.as_str(), d.repairs.len()), ("w1", 0));
+    assert!(d.now >= d.node.since);
+    let (code, _, body) = over_tcp("GET", "/api/nodes/nope", &format!("{host}{bearer}"));
+    assert_eq!(code, 404, "{body}");
+    // The page's exceptions to the token are GETs of its three files, on a Host of ours.
+    let port = tcp.rsplit(':').next().unwrap();
+    let evil = format!("Host: evil.example:{port}\r\n");
+    assert_eq!(over_tcp("GET", "/", &evil).0, 403);
+    assert_eq!(over_tcp("POST", "/", &host).0, 401);
+    assert_eq!(over_tcp("GET", "/ui/", &host).0, 401);
+    // On the socket, through a forward (Host with a port): the page and the facts, no token.
+    let forwarded = "Host: localhost:7470\r\n";
+    assert_eq!(over_socket("GET", "/", forwarded).0, 200);
+    let (code, _, body) = over_socket("GET", "/api/nodes/w1", forwarded);
+    assert_eq!(code, 200, "{body}");
+    let origin = "Origin: http://localhost:7470\r\n";
+    assert_eq!(
+        over_socket("GET", "/api/status", &format!("{forwarded}{origin}")).0,
+        403,
+        "no web origin on the socket"
     );
 }

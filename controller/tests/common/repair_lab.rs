@@ -111,8 +111,10 @@ impl RepairLab {
 ready = "{ready}"
 {keys}
 [policy]
-health_interval = "400ms"
-health_timeout = "300ms"
+health_interval = "1s"
+# A check that fails here fails at once (the file is gone); the long timeout only keeps a
+# loaded machine's slow fork from failing a healthy node.
+health_timeout = "900ms"
 failure_threshold = 2
 recovery_threshold = 1
 poll_interval = "300ms"

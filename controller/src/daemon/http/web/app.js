@@ -14,6 +14,9 @@
 (function () {
   const TOKEN_KEY = "lazarus-api-token";
   const POLL_MS = 1000;
+  // Rows drawn at once: a cluster of thousands of nodes shows the ones under repair or failing
+  // first, and the filter finds any other.
+  const MAX_ROWS = 500;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const REPAIR_STEPS = [
     "queued", "fencing", "awaiting_fence", "promoting", "attaching", "waiting_ready",
@@ -176,7 +179,7 @@
     const summary = s.nodes.length + " nodes: " +
       Object.entries(counts).map(([k, v]) => v + " " + k).join(", ");
 
-    const rows = nodes.map((n) =>
+    const rows = nodes.slice(0, MAX_ROWS).map((n) =>
       el("tr", { "data-node": n.name, class: rowClass(n) },
         el("td", {}, nodeLink(n.name)),
         el("td", { text: n.role }),
@@ -202,6 +205,9 @@
     children.push(el("table", { id: "nodes" },
       el("thead", {}, el("tr", {}, ...["Node", "Role", "State", "Step", "Progress", "Since", "Last error"].map((h) => el("th", { text: h })))),
       el("tbody", {}, ...rows)));
+    if (nodes.length > MAX_ROWS) {
+      children.push(el("p", { class: "muted", id: "more", text: (nodes.length - MAX_ROWS) + " more nodes not shown; the filter finds them." }));
+    }
     if (s.alerts.length) {
       children.push(el("section", { class: "alerts" },
         el("h2", { text: "Alerts" }),
