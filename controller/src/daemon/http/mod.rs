@@ -47,11 +47,18 @@ use serde::Serialize;
 
 use super::pool::AgentPool;
 use super::shared::{lock, now, Shared};
-use crate::api::{node_view, repairs_of, status_view, Accepted, ErrorBody, EventView, NodeDetail};
+use crate::api::{
+    node_view, repairs_of, status_view, Accepted, ErrorBody, EventView, NodeDetail,
+    MAX_REPAIRS_SHOWN,
+};
 use crate::cluster::Cluster;
 use crate::repair::brakes::{operator_refusal, OperatorOp};
-use crate::repair::Event;
+use crate::repair::{Event, RepairStep, Stage};
 use crate::store::Store;
+
+/// The newest events `/api/nodes/N` reads to find the node's repairs: the log of a large
+/// cluster holds many other nodes' events, and a node page asks every second.
+pub const NODE_PAGE_SCAN: usize = 100_000;
 
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4";
@@ -217,8 +224,16 @@ impl Api {
             }
         };
         // Read after the state: a transition committed in between only adds a step the state
-        // will show at the next poll.
-        match self.store.events(Some(node)) {
+        // will show at the next poll. Backwards from the newest event, until the start of the
+        // oldest repair shown, or NODE_PAGE_SCAN events.
+        let enough = |events: &[crate::store::LoggedEvent]| {
+            events
+                .iter()
+                .filter(|e| e.transition.to == Stage::Step(RepairStep::Queued))
+                .count()
+                >= MAX_REPAIRS_SHOWN
+        };
+        match self.store.recent_events(node, NODE_PAGE_SCAN, enough) {
             Ok(events) => {
                 let transitions: Vec<_> = events.into_iter().map(|e| e.transition).collect();
                 let now = now();
