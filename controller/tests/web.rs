@@ -473,6 +473,13 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         json!([["s1", "worker", "healthy"], ["w1", "standby", "healthy"]])
     );
     assert_eq!(b.eval("sessionStorage.length"), json!(0));
+    // A node that does not exist is said so, in the page.
+    b.eval("location.hash = '#/node/nope'");
+    b.wait(
+        &r,
+        "no node nope",
+        "document.querySelector('main .error')?.textContent.includes('no node nope')",
+    );
 
     let errors = b.errors();
     assert!(errors.is_empty(), "the page reported errors: {errors:#?}");

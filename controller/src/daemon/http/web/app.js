@@ -342,6 +342,10 @@
         sessionStorage.removeItem(TOKEN_KEY);
         login.hidden = false;
         conn.textContent = "the API needs its token";
+      } else if (e instanceof ApiError && e.status === 404) {
+        main.replaceChildren(el("p", {}, el("a", { href: "#/", text: "← all nodes" })),
+          el("p", { class: "error", text: e.message }));
+        conn.textContent = e.message;
       } else {
         conn.textContent = (e instanceof ApiError ? e.message : "connection lost: " + e.message) + " (retrying)";
       }
