@@ -392,6 +392,76 @@ mod tests {
     }
 
     #[test]
+    fn a_node_shows_each_repair_step_with_its_bytes_and_outcome() {
+        use crate::api::{NodeDetail, RepairOutcome, RepairView, StepOutcome, StepView};
+        use crate::repair::RepairStep;
+        let step = |step, start, seconds, bytes: u64, outcome| StepView {
+            step,
+            start,
+            end: Some(start + seconds),
+            seconds,
+            bytes_done: bytes,
+            bytes_total: bytes,
+            outcome,
+            reason: "r".into(),
+            ended_by: Some("why".into()),
+        };
+        let d = NodeDetail {
+            now: 100,
+            node: NodeView {
+                name: "w1".into(),
+                role: crate::cluster::Role::Standby,
+                state: "healthy".into(),
+                step_attempt: 0,
+                plan_id: None,
+                bytes_done: 0,
+                bytes_total: 0,
+                since: 60,
+                replaced_by: None,
+                last_error: None,
+                deadline: None,
+            },
+            repairs: vec![RepairView {
+                started: 0,
+                ended: Some(60),
+                outcome: RepairOutcome::Restored,
+                steps: vec![
+                    step(RepairStep::Attaching, 0, 5, 0, StepOutcome::Done),
+                    step(RepairStep::Recovering, 5, 50, 3 << 20, StepOutcome::Done),
+                ],
+            }],
+        };
+        let text = render_node(&d);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("w1 "), "{text}");
+        assert!(
+            lines[3].starts_with("repair started 1970-01-01T00:00:00Z: restored, 60 s"),
+            "{text}"
+        );
+        let recovering: Vec<&str> = lines[6].split_whitespace().collect();
+        assert_eq!(
+            recovering,
+            [
+                "recovering",
+                "1970-01-01T00:00:05Z",
+                "50",
+                "s",
+                "3.0",
+                "MiB/3.0",
+                "MiB",
+                "done",
+                "why"
+            ],
+            "{text}"
+        );
+        let empty = NodeDetail {
+            repairs: Vec::new(),
+            ..d
+        };
+        assert!(render_node(&empty).ends_with("no repair in the event log"));
+    }
+
+    #[test]
     fn tcp_needs_a_token_the_socket_does_not() {
         let e = ApiClient::new(Endpoint::Tcp("127.0.0.1:7470".into()), None).unwrap_err();
         assert!(e.to_string().contains("--token-file"), "{e}");
