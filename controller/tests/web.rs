@@ -490,6 +490,62 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
     );
 }
 
+#[test]
+fn text_from_the_cluster_is_shown_as_text_never_as_markup() {
+    let name = "text_from_the_cluster_is_shown_as_text_never_as_markup";
+    if !lazarus_testkit::require(
+        name,
+        lazarus_testkit::program(
+            CHROMIUM,
+            "Debian package chromium; scripts/test installs it",
+        ),
+    ) {
+        return;
+    }
+    // A promotion hook whose failure message (its last line of stderr, shown in an alert) is
+    // markup with a script in it.
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("promote.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho '<img src=x onerror=\"window.pwned=1\"><b id=injected>bold</b>' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = RepairLab::start_with(203, true, Some(&hook));
+    let (tcp, _) = r.tcp.clone().unwrap();
+    let mut b = Browser::launch(&r.lab.path("chromium-profile"));
+    b.call(
+        "Page.navigate",
+        json!({"url": format!("http://{tcp}/#token={TOKEN}")}),
+    );
+    b.wait(
+        &r,
+        "the node list",
+        "document.querySelector('#nodes') !== null",
+    );
+    r.kill_worker();
+    let alert = b.wait(
+        &r,
+        "the promotion hook's alert",
+        r#"[...document.querySelectorAll('.alerts li')].map(li => li.textContent)
+            .find(t => t.includes('promotion hook failed')) || null"#,
+    );
+    assert!(
+        alert
+            .as_str()
+            .unwrap()
+            .contains(r#"<img src=x onerror="window.pwned=1"><b id=injected>bold</b>"#),
+        "the alert is shown as the text it is: {alert}"
+    );
+    assert_eq!(
+        b.eval("[document.querySelector('#injected'), document.querySelectorAll('img').length, typeof window.pwned]"),
+        json!([null, 0, "undefined"])
+    );
+    let errors = b.errors();
+    assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
+}
+
 /// A forward of a loopback TCP port to the Unix socket at `socket`, as `ssh -L PORT:SOCKET`
 /// makes one; returns the port. Its threads end with the test process.
 fn forward_to(socket: &Path) -> u16 {

@@ -59,6 +59,11 @@ impl RepairLab {
     /// Starts the controller (with a TCP listener and token when `tcp`) and waits until both
     /// nodes are healthy. `net` keeps the agents of tests running at once apart (127.0.`net`.1).
     pub fn start(net: u8, tcp: bool) -> Self {
+        Self::start_with(net, tcp, None)
+    }
+
+    /// As [`Self::start`], with `promotion` as the `[promotion]` hook.
+    pub fn start_with(net: u8, tcp: bool, promotion: Option<&std::path::Path>) -> Self {
         let lab = Lab::new();
         let image = noise(IMAGE_LEN, 77);
         lab.fifo_image("worker.img");
@@ -118,7 +123,7 @@ health_timeout = "900ms"
 failure_threshold = 2
 recovery_threshold = 1
 poll_interval = "300ms"
-
+{promotion}
 [nfs]
 server = "127.0.0.1"
 export = "/export"
@@ -153,6 +158,10 @@ disk = {{ path = "/nonexistent" }}
 allow_weak_selector = true
 "#,
                 keys = lab.key_config(&["w1", "s1"]),
+                promotion = promotion.map_or(String::new(), |p| format!(
+                    "\n[promotion]\ncommand = [\"{}\"]\n",
+                    p.display()
+                )),
                 size = image.len(),
                 sha = sha(&image),
                 up = up.display(),
