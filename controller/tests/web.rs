@@ -2,7 +2,9 @@
 //! protocol, against a real `lazarus serve` (TCP listener with a bearer token) repairing w1 with
 //! a real host-mode agent. The page must list the nodes, show the repair's progress move as the
 //! image is fed, and draw the finished repair's timeline with an SVG bar per step; the CLI must
-//! show the same steps from the same API.
+//! show the same steps from the same API. Also: the socket reached through a forward, the static
+//! files served without the token but no fact, and text from the cluster shown as text, never
+//! as markup.
 
 mod common;
 
