@@ -13,7 +13,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
-use crate::api::{ErrorBody, EventView, StatusView};
+use crate::api::{ErrorBody, EventView, NodeDetail, NodeView, StatusView};
 use crate::api_token::{ApiToken, TokenError};
 pub use crate::cluster::DEFAULT_API_SOCKET;
 
@@ -136,6 +136,12 @@ impl ApiClient {
         serde_json::from_str(&body).map_err(|e| ApiError::Decode(self.endpoint.clone(), e))
     }
 
+    /// `GET /api/nodes/NODE`: one node and its repair timeline.
+    pub fn node(&self, node: &str) -> Result<NodeDetail, ApiError> {
+        let body = self.get(&format!("/api/nodes/{node}"))?;
+        serde_json::from_str(&body).map_err(|e| ApiError::Decode(self.endpoint.clone(), e))
+    }
+
     pub fn events(&self, node: Option<&str>) -> Result<Vec<EventView>, ApiError> {
         let path = node.map_or("/api/events".to_string(), |n| {
             format!("/api/events?node={n}")
@@ -227,37 +233,103 @@ impl ApiClient {
     }
 }
 
-/// `lazarus status` as a table.
-pub fn render_status(s: &StatusView) -> String {
-    let mut out = format!(
+/// Unix seconds as RFC 3339 (UTC, seconds).
+fn time(t: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t)).to_string()
+}
+
+/// The header of the node table.
+fn table_header() -> String {
+    format!(
         "{:<12} {:<8} {:<14} {:>12} {:<20} {}\n",
         "NODE", "ROLE", "STATE", "PROGRESS", "SINCE", "LAST ERROR"
-    );
+    )
+}
+
+/// One node's row of the node table.
+fn table_row(n: &NodeView) -> String {
+    let progress = (n.bytes_done.saturating_mul(100))
+        .checked_div(n.bytes_total)
+        .map_or("-".to_string(), |p| format!("{p}%"));
+    let role = match n.role {
+        crate::cluster::Role::Worker => "worker",
+        crate::cluster::Role::Standby => "standby",
+    };
+    format!(
+        "{:<12} {:<8} {:<14} {:>12} {:<20} {}\n",
+        n.name,
+        role,
+        n.state,
+        progress,
+        time(n.since),
+        n.last_error.as_deref().unwrap_or("-")
+    )
+}
+
+/// `lazarus status` as a table.
+pub fn render_status(s: &StatusView) -> String {
+    let mut out = table_header();
     for n in &s.nodes {
-        let progress = (n.bytes_done.saturating_mul(100))
-            .checked_div(n.bytes_total)
-            .map_or("-".to_string(), |p| format!("{p}%"));
-        let since =
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(n.since))
-                .to_string();
-        let role = match n.role {
-            crate::cluster::Role::Worker => "worker",
-            crate::cluster::Role::Standby => "standby",
-        };
-        out.push_str(&format!(
-            "{:<12} {:<8} {:<14} {:>12} {:<20} {}\n",
-            n.name,
-            role,
-            n.state,
-            progress,
-            since,
-            n.last_error.as_deref().unwrap_or("-")
-        ));
+        out.push_str(&table_row(n));
     }
     if s.paused {
         out.push_str("automatic repair is PAUSED: too many nodes failed at once\n");
     }
     out.trim_end().to_string()
+}
+
+/// `lazarus status NODE`: the node's row, then each repair in the event log (oldest first) with
+/// its steps: start, duration, bytes, outcome and why each ended. The web view draws the same
+/// document.
+pub fn render_node(d: &NodeDetail) -> String {
+    let mut out = table_header();
+    out.push_str(&table_row(&d.node));
+    if d.repairs.is_empty() {
+        out.push_str("\nno repair in the event log");
+    }
+    for r in &d.repairs {
+        let end = r.ended.unwrap_or(d.now);
+        out.push_str(&format!(
+            "\nrepair started {}: {}, {}{}\n{:<15} {:<20} {:>9} {:>21} {:<8} {}\n",
+            time(r.started),
+            r.outcome.name(),
+            seconds(end.saturating_sub(r.started)),
+            if r.ended.is_none() { " so far" } else { "" },
+            "STEP",
+            "START",
+            "DURATION",
+            "BYTES",
+            "OUTCOME",
+            "ENDED BY"
+        ));
+        for s in &r.steps {
+            let bytes = if s.bytes_total > 0 {
+                format!("{}/{}", mib(s.bytes_done), mib(s.bytes_total))
+            } else {
+                "-".into()
+            };
+            out.push_str(&format!(
+                "{:<15} {:<20} {:>9} {:>21} {:<8} {}\n",
+                s.step.name(),
+                time(s.start),
+                seconds(s.seconds),
+                bytes,
+                s.outcome.name(),
+                s.ended_by.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// Seconds, as `75 s`.
+fn seconds(s: u64) -> String {
+    format!("{s} s")
+}
+
+/// Bytes in MiB with one decimal, as `12.5 MiB`.
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
 }
 
 /// The progress bars `lazarus watch` shows under the table, one per node writing its disk.
@@ -317,6 +389,76 @@ mod tests {
     #[test]
     fn the_cli_default_is_the_daemon_default_socket() {
         assert_eq!(DEFAULT_API, format!("unix:{DEFAULT_API_SOCKET}"));
+    }
+
+    #[test]
+    fn a_node_shows_each_repair_step_with_its_bytes_and_outcome() {
+        use crate::api::{NodeDetail, RepairOutcome, RepairView, StepOutcome, StepView};
+        use crate::repair::RepairStep;
+        let step = |step, start, seconds, bytes: u64, outcome| StepView {
+            step,
+            start,
+            end: Some(start + seconds),
+            seconds,
+            bytes_done: bytes,
+            bytes_total: bytes,
+            outcome,
+            reason: "r".into(),
+            ended_by: Some("why".into()),
+        };
+        let d = NodeDetail {
+            now: 100,
+            node: NodeView {
+                name: "w1".into(),
+                role: crate::cluster::Role::Standby,
+                state: "healthy".into(),
+                step_attempt: 0,
+                plan_id: None,
+                bytes_done: 0,
+                bytes_total: 0,
+                since: 60,
+                replaced_by: None,
+                last_error: None,
+                deadline: None,
+            },
+            repairs: vec![RepairView {
+                started: 0,
+                ended: Some(60),
+                outcome: RepairOutcome::Restored,
+                steps: vec![
+                    step(RepairStep::Attaching, 0, 5, 0, StepOutcome::Done),
+                    step(RepairStep::Recovering, 5, 50, 3 << 20, StepOutcome::Done),
+                ],
+            }],
+        };
+        let text = render_node(&d);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("w1 "), "{text}");
+        assert!(
+            lines[3].starts_with("repair started 1970-01-01T00:00:00Z: restored, 60 s"),
+            "{text}"
+        );
+        let recovering: Vec<&str> = lines[6].split_whitespace().collect();
+        assert_eq!(
+            recovering,
+            [
+                "recovering",
+                "1970-01-01T00:00:05Z",
+                "50",
+                "s",
+                "3.0",
+                "MiB/3.0",
+                "MiB",
+                "done",
+                "why"
+            ],
+            "{text}"
+        );
+        let empty = NodeDetail {
+            repairs: Vec::new(),
+            ..d
+        };
+        assert!(render_node(&empty).ends_with("no repair in the event log"));
     }
 
     #[test]

@@ -34,8 +34,10 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// The cluster's nodes: role, state, progress, since, last error.
+    /// The cluster's nodes: role, state, progress, since, last error; with NODE, that node and
+    /// its repair timeline (each step's start, duration, bytes, outcome).
     Status {
+        node: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -265,7 +267,23 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             daemon::serve(&config, &data_dir)?;
             return Ok(None);
         }
-        Command::Status { json, api } => {
+        Command::Status {
+            node: Some(node),
+            json,
+            api,
+        } => {
+            let d = api.client()?.node(&node)?;
+            if json {
+                serde_json::to_string(&d)?
+            } else {
+                api_client::render_node(&d)
+            }
+        }
+        Command::Status {
+            node: None,
+            json,
+            api,
+        } => {
             let s = api.client()?.status()?;
             if json {
                 serde_json::to_string(&s)?

@@ -250,6 +250,42 @@ impl Store {
         Ok(out)
     }
 
+    /// The latest events of `node`, oldest first: the log read from its newest event backwards
+    /// until `enough` holds for what was gathered (newest first) or `max_scan` events were read,
+    /// so the cost of a look at one node is bounded however long the log grows.
+    pub fn recent_events(
+        &self,
+        node: &str,
+        max_scan: usize,
+        enough: impl Fn(&[LoggedEvent]) -> bool,
+    ) -> Result<Vec<LoggedEvent>, StateStoreError> {
+        let Some(table) = self.read(EVENTS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for item in table
+            .iter()
+            .map_err(|e| self.storage(e))?
+            .rev()
+            .take(max_scan)
+        {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let transition: Transition =
+                serde_json::from_slice(v.value()).map_err(|e| self.decode(e))?;
+            if transition.node == node {
+                out.push(LoggedEvent {
+                    seq: k.value(),
+                    transition,
+                });
+                if enough(&out) {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// The event log, oldest first, optionally for one node.
     pub fn events(&self, node: Option<&str>) -> Result<Vec<LoggedEvent>, StateStoreError> {
         let Some(table) = self.read(EVENTS)? else {
@@ -300,6 +336,7 @@ mod tests {
             from: Stage::HEALTHY,
             to,
             reason: "r".into(),
+            bytes: None,
         }
     }
 
@@ -337,5 +374,17 @@ mod tests {
             .map(|e| e.transition.to)
             .collect();
         assert_eq!(n1, [Stage::FAILING, Stage::Step(RepairStep::Queued)]);
+        // Backwards from the newest: stopped by `enough`, or by the number of events read.
+        let seqs = |events: Vec<LoggedEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(store.recent_events("n1", 10, |_| false).unwrap()),
+            [0, 2]
+        );
+        assert_eq!(
+            seqs(store.recent_events("n1", 10, |e| !e.is_empty()).unwrap()),
+            [2]
+        );
+        assert_eq!(seqs(store.recent_events("n1", 2, |_| false).unwrap()), [2]);
+        assert!(store.recent_events("n9", 10, |_| false).unwrap().is_empty());
     }
 }

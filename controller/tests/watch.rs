@@ -1,11 +1,15 @@
 //! `lazarus watch` against a real `lazarus serve`: it shows the nodes, stops after `--count`
-//! redraws, and ends quietly when its reader goes away.
+//! redraws, ends quietly when its reader goes away, and follows a real repair step by step with
+//! its progress bar.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::repair_lab::{RepairLab, MIB};
 use common::*;
 use lazarus_controller::api_client::ApiClient;
 
@@ -92,4 +96,189 @@ fn watch_ends_quietly_when_its_reader_goes_away() {
     std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{status:?}: {err}");
     assert!(err.is_empty(), "stderr: {err}");
+}
+
+/// What one redraw of `lazarus watch` showed of a node: its table row and its bar.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Seen {
+    role: String,
+    state: String,
+    /// The PROGRESS column, as printed (`25%` or `-`).
+    progress: String,
+    /// The bar's percentage, if a bar was drawn.
+    bar: Option<u64>,
+}
+
+/// The redraws in `text` (each begins with the table's header), as what each showed of `node`;
+/// a line not yet ended is left out.
+fn frames(text: &str, node: &str) -> Vec<Seen> {
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let mut out: Vec<Seen> = Vec::new();
+    for line in complete.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"NODE") {
+            out.push(Seen::default());
+            continue;
+        }
+        let Some(frame) = out.last_mut() else {
+            continue;
+        };
+        if words.first() != Some(&node) || words.len() < 3 {
+            continue;
+        }
+        if words[1].starts_with('[') {
+            // `w1 [#####.....] 25%`
+            frame.bar = words[2].trim_end_matches('%').parse().ok();
+        } else if words.len() >= 4 {
+            frame.role = words[1].into();
+            frame.state = words[2].into();
+            frame.progress = words[3].into();
+        }
+    }
+    out
+}
+
+/// `lazarus watch`, its output collected as it comes.
+struct Watch {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Watch {
+    fn start(api: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lazarus"))
+            .args(["watch", "--api", api])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut o = sink.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        Self { child, out }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until a redraw shows w1 as `pred` wants; returns that redraw.
+    fn wait(&self, r: &RepairLab, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(seen) = frames(&self.text(), "w1").into_iter().find(|f| pred(f)) {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lazarus watch never showed {what}:\n{}\n{}",
+                self.text(),
+                r.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The steps of a repair in the order `lazarus watch` must show them.
+const ORDER: [&str; 11] = [
+    "failing",
+    "queued",
+    "fencing",
+    "promoting",
+    "attaching",
+    "waiting_ready",
+    "recovering",
+    "detaching",
+    "rebooting",
+    "verifying",
+    "healthy",
+];
+
+#[test]
+fn watch_follows_a_repair_through_its_steps_and_its_progress_bar_fills() {
+    let mut r = RepairLab::start(200, false);
+    let watch = Watch::start(&r.unix_api());
+    watch.wait(&r, "w1 healthy before the failure", |f| {
+        f.state == "healthy"
+    });
+    r.kill_worker();
+    watch.wait(&r, "w1 recovering", |f| f.state == "recovering");
+    // A quarter of the image, then three quarters: the bar moves with each.
+    r.feed(4 * MIB);
+    let first = watch.wait(&r, "w1's bar past 0%", |f| {
+        f.state == "recovering" && f.bar.is_some_and(|p| p > 0)
+    });
+    r.feed(8 * MIB);
+    let second = watch.wait(&r, "w1's bar further on", |f| {
+        f.bar.is_some_and(|p| p > first.bar.unwrap())
+    });
+    assert!(
+        second.bar.unwrap() < 100,
+        "{second:?}: a quarter is still unfed"
+    );
+    r.finish();
+    let last = watch.wait(&r, "w1 back as a standby", |f| {
+        f.state == "healthy" && f.role == "standby"
+    });
+    assert_eq!(last.progress, "-");
+    assert!(r.disk_holds_the_image());
+
+    let text = watch.text();
+    assert!(
+        !text.contains('\x1b'),
+        "no screen control codes into a pipe"
+    );
+    let seen = frames(&text, "w1");
+    // The states shown, in order, from the failure on: each step later than the one before.
+    let mut states: Vec<&str> = Vec::new();
+    for f in seen.iter().skip_while(|f| f.state == "healthy") {
+        if states.last() != Some(&f.state.as_str()) {
+            states.push(&f.state);
+        }
+    }
+    let positions: Vec<usize> = states
+        .iter()
+        .map(|s| {
+            ORDER
+                .iter()
+                .position(|o| o == s)
+                .unwrap_or_else(|| panic!("state {s} out of a repair: {states:?}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "steps out of order: {states:?}"
+    );
+    for must in ["recovering", "healthy"] {
+        assert!(states.contains(&must), "{must} never shown: {states:?}");
+    }
+    // The bar and the table's PROGRESS column say the same, and the bar never goes back.
+    let bars: Vec<u64> = seen.iter().filter_map(|f| f.bar).collect();
+    assert!(
+        bars.windows(2).all(|w| w[0] <= w[1]),
+        "bar went back: {bars:?}"
+    );
+    for f in seen.iter().filter(|f| f.bar.is_some()) {
+        assert_eq!(f.progress, format!("{}%", f.bar.unwrap()), "{f:?}");
+        assert_eq!(f.state, "recovering", "a bar only while writing: {f:?}");
+    }
+    eprintln!("lazarus watch showed w1 {states:?}, its bar at {bars:?}");
+    // s1 took w1's place.
+    let s1 = frames(&text, "s1");
+    assert_eq!(s1.last().unwrap().role, "worker", "{text}");
 }

@@ -93,6 +93,7 @@ mod tests {
             from,
             to,
             reason: String::new(),
+            bytes: None,
         }
     }
 

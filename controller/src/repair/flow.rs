@@ -10,8 +10,8 @@ use lazarus_proto::{BootId, Phase, Status};
 
 use super::brakes;
 use super::types::{
-    Action, ActionError, ActionKind, ClusterState, Outcome, Repair, RepairPolicy, RepairStep,
-    Stage, Time, Transition,
+    Action, ActionError, ActionKind, ByteProgress, ClusterState, Outcome, Repair, RepairPolicy,
+    RepairStep, Stage, Time, Transition,
 };
 use crate::cluster::{Fencing, Role};
 
@@ -45,14 +45,24 @@ impl Flow<'_> {
         });
     }
 
-    /// Logs a change of `node` from `from` to `to`.
+    /// Logs a change of `node` from `from` to `to`; leaving `recovering`, with the bytes the
+    /// agent last reported (the repair timeline shows them).
     pub(super) fn record(&mut self, node: &str, from: Stage, to: Stage, reason: String) {
+        let bytes = (from == Stage::Step(RepairStep::Recovering))
+            .then(|| self.state.nodes.get(node)?.repair.as_ref())
+            .flatten()
+            .filter(|r| r.bytes_total > 0)
+            .map(|r| ByteProgress {
+                done: r.bytes_done,
+                total: r.bytes_total,
+            });
         self.out.transitions.push(Transition {
             time: self.now,
             node: node.to_string(),
             from,
             to,
             reason,
+            bytes,
         });
     }
 
@@ -296,6 +306,11 @@ impl Flow<'_> {
         r.plan_id = format!("{node}-{}-{}", r.failure_time, r.plans_sent);
         let (plan_id, failure_time) = (r.plan_id.clone(), r.failure_time);
         self.enter(node, RepairStep::Recovering, reason);
+        // A new plan starts from nothing: the last one's bytes are in the transition above.
+        if let Some(r) = self.repair(node) {
+            r.bytes_done = 0;
+            r.bytes_total = 0;
+        }
         self.out.actions.push(Action::Recover {
             node: node.into(),
             plan_id,

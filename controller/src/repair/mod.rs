@@ -28,6 +28,6 @@ pub mod types;
 
 pub use step::step;
 pub use types::{
-    Action, ActionError, ActionKind, ClusterState, Event, Health, NodeState, Outcome, Repair,
-    RepairPolicy, RepairStep, Stage, Time, Transition,
+    Action, ActionError, ActionKind, ByteProgress, ClusterState, Event, Health, NodeState, Outcome,
+    Repair, RepairPolicy, RepairStep, Stage, Time, Transition,
 };

@@ -461,6 +461,17 @@ pub struct Transition {
     pub from: Stage,
     pub to: Stage,
     pub reason: String,
+    /// How far the agent had written the image when the step this transition leaves ended
+    /// (`recovering` only, once the agent reported a size); absent elsewhere and in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<ByteProgress>,
+}
+
+/// Bytes of an image written of its size, as the agent last reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteProgress {
+    pub done: u64,
+    pub total: u64,
 }
 
 /// The outcome of one event.
@@ -518,6 +529,10 @@ mod tests {
         let promoted = r#"{"time":7,"node":"s1","from":"standby","to":"worker","reason":"r"}"#;
         let t: Transition = serde_json::from_str(promoted).unwrap();
         assert_eq!(t.to, Stage::Role(Role::Worker));
+        let wrote = r#"{"time":9,"node":"w1","from":"recovering","to":"detaching","reason":"r","bytes":{"done":5,"total":5}}"#;
+        let t: Transition = serde_json::from_str(wrote).unwrap();
+        assert_eq!(t.bytes, Some(ByteProgress { done: 5, total: 5 }));
+        assert_eq!(serde_json::to_string(&t).unwrap(), wrote);
     }
 
     #[test]

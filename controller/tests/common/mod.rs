@@ -1,6 +1,8 @@
 //! Shared helpers of the controller's integration tests: real agent processes in host mode.
 #![allow(dead_code)]
 
+pub mod repair_lab;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

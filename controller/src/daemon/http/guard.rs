@@ -2,11 +2,13 @@
 //! and headers alone (pure, no I/O).
 //!
 //! - Over TCP, every route (`/metrics` too: Prometheus sends a bearer token from a file) needs
-//!   `Authorization: Bearer TOKEN` (401 otherwise). Over the Unix socket, the socket's mode and
-//!   group are the credential.
+//!   `Authorization: Bearer TOKEN` (401 otherwise), except the web view's static files
+//!   ([`super::web`]: public code, no data; a browser cannot send a token when it navigates).
+//!   Over the Unix socket, the socket's mode and group are the credential.
 //! - `Host` must name the listener (403 otherwise): over TCP the listen address, `localhost`,
-//!   `127.0.0.1` or `[::1]` with its port, or a name from `hosts`; over the socket `localhost` or
-//!   none. A web page that rebinds a DNS name to the controller sends its own name.
+//!   `127.0.0.1` or `[::1]` with its port, or a name from `hosts`; over the socket `localhost`
+//!   (with a port: a browser reaching the socket through a forward such as `ssh -L`) or none. A
+//!   web page that rebinds a DNS name to the controller sends its own name.
 //! - An `Origin` is refused unless it is `http://` + an accepted `Host` (403); browsers send one
 //!   with every cross-site POST, the CLI none.
 //! - A POST needs `Content-Type: application/json` (415): a web form cannot send one without a
@@ -47,13 +49,14 @@ impl Listener {
         Self::Tcp { token, hosts }
     }
 
-    /// Passes a request with `method` and `headers`, or says why not.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Reply> {
+    /// Passes a request with `method` and `headers`, or says why not. `public`: a file of the
+    /// web view, asked without a token.
+    pub fn check(&self, method: &Method, headers: &HeaderMap, public: bool) -> Result<(), Reply> {
         let host = headers.get(HOST).map(|h| h.as_bytes());
         let origin = headers.get(ORIGIN).map(|h| h.as_bytes());
         match self {
             Self::Unix => {
-                if host.is_some_and(|h| !h.eq_ignore_ascii_case(b"localhost")) {
+                if host.is_some_and(|h| !is_localhost(h)) {
                     return Err(Reply::error(
                         403,
                         "Host must be localhost on the API socket",
@@ -67,7 +70,7 @@ impl Listener {
                 let presented = headers
                     .get(AUTHORIZATION)
                     .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-                if !presented.is_some_and(|t| token.matches(t)) {
+                if !public && !presented.is_some_and(|t| token.matches(t)) {
                     return Err(Reply::error(
                         401,
                         "this API needs Authorization: Bearer <token> (lazarus --token-file)",
@@ -97,6 +100,16 @@ impl Listener {
         }
         Ok(())
     }
+}
+
+/// `localhost`, or `localhost:PORT`.
+fn is_localhost(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().position(|&b| b == b':') {
+        Some(i) => (&host[..i], Some(&host[i + 1..])),
+        None => (host, None),
+    };
+    name.eq_ignore_ascii_case(b"localhost")
+        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 /// Whether the content type is `application/json` (parameters such as `charset` allowed).
@@ -134,8 +147,32 @@ mod tests {
     }
 
     fn code(l: &Listener, method: Method, pairs: &[(HeaderName, &str)]) -> u16 {
-        l.check(&method, &headers(pairs))
+        l.check(&method, &headers(pairs), false)
             .map_or_else(|r| r.code, |()| 200)
+    }
+
+    fn page_code(l: &Listener, pairs: &[(HeaderName, &str)]) -> u16 {
+        l.check(&Method::GET, &headers(pairs), true)
+            .map_or_else(|r| r.code, |()| 200)
+    }
+
+    #[test]
+    fn the_web_views_files_need_no_token_but_the_same_host_and_origin() {
+        let l = tcp();
+        assert_eq!(page_code(&l, &[(HOST, "10.1.2.3:7470")]), 200);
+        assert_eq!(page_code(&l, &[(HOST, "localhost:7470")]), 200);
+        assert_eq!(page_code(&l, &[(HOST, "evil.example:7470")]), 403);
+        assert_eq!(page_code(&l, &[]), 403);
+        assert_eq!(
+            page_code(
+                &l,
+                &[(HOST, "localhost:7470"), (ORIGIN, "http://evil.example")]
+            ),
+            403
+        );
+        let s = Listener::Unix;
+        assert_eq!(page_code(&s, &[(HOST, "localhost:7470")]), 200);
+        assert_eq!(page_code(&s, &[(HOST, "evil.example:7470")]), 403);
     }
 
     #[test]
@@ -232,6 +269,16 @@ mod tests {
         assert_eq!(code(&l, Method::GET, &[]), 200);
         assert_eq!(code(&l, Method::GET, &[(HOST, "localhost")]), 200);
         assert_eq!(code(&l, Method::GET, &[(HOST, "evil.example")]), 403);
+        // Through a forward (`ssh -L 7470:/run/lazarus/api.sock`) a browser names the port.
+        assert_eq!(code(&l, Method::GET, &[(HOST, "localhost:7470")]), 200);
+        for bad in [
+            "localhost:",
+            "localhost:x",
+            "localhost:123456",
+            "localhost.evil:80",
+        ] {
+            assert_eq!(code(&l, Method::GET, &[(HOST, bad)]), 403, "{bad}");
+        }
         assert_eq!(code(&l, Method::GET, &[(ORIGIN, "http://localhost")]), 403);
         assert_eq!(code(&l, Method::POST, &[(HOST, "localhost"), json]), 200);
         assert_eq!(code(&l, Method::POST, &[(HOST, "localhost")]), 415);

@@ -8,13 +8,17 @@
 //! | `GET /api/events[?node=N]` | the event log |
 //! | `POST /api/repair/N[?force=true]`, `POST /api/release/N`, `POST /api/fenced/N` | operator decisions |
 //! | `GET /api/logs/N` | the agent's recent log, fetched over the protocol |
+//! | `GET /api/nodes/N` | one node as in `/api/status`, and its repair timeline (each step's start, duration, bytes, outcome) |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /`, `GET /ui/app.js`, `GET /ui/style.css` | the web view ([`web`]): a read-only page that shows `/api/status` and `/api/nodes/N` |
 //!
 //! Where it listens ([`socket`], [`server`]): always a Unix socket (`[controller.api] socket`,
 //! `/run/lazarus/api.sock` by default, mode 0660, group `group`), and over TCP only when
 //! `listen` comes with a `token_file`. Who may ask what is decided by [`guard`] before any route:
 //! a bearer token over TCP, `Host` and `Origin` checks against web pages, a JSON content type
-//! for POSTs.
+//! for POSTs. The web view's three files are the one exception to the token: they are the same
+//! public code in every binary and hold no data; the page asks `/api/*` for every fact, with the
+//! token.
 //!
 //! The server is hyper on a tokio runtime of its own thread, confined to this module: at most
 //! [`server::MAX_CONNECTIONS`] connections per listener (the oldest idle one is closed for a new
@@ -32,6 +36,7 @@ pub mod guard;
 pub mod server;
 pub mod socket;
 pub mod stall;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
@@ -41,12 +46,19 @@ use lazarus_proto::{Request, Response};
 use serde::Serialize;
 
 use super::pool::AgentPool;
-use super::shared::{lock, Shared};
-use crate::api::{status_view, Accepted, ErrorBody, EventView};
+use super::shared::{lock, now, Shared};
+use crate::api::{
+    node_view, repairs_of, status_view, Accepted, ErrorBody, EventView, NodeDetail,
+    MAX_REPAIRS_SHOWN,
+};
 use crate::cluster::Cluster;
 use crate::repair::brakes::{operator_refusal, OperatorOp};
-use crate::repair::Event;
+use crate::repair::{Event, RepairStep, Stage};
 use crate::store::Store;
+
+/// The newest events `/api/nodes/N` reads to find the node's repairs: the log of a large
+/// cluster holds many other nodes' events, and a node page asks every second.
+pub const NODE_PAGE_SCAN: usize = 100_000;
 
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4";
@@ -78,7 +90,7 @@ pub enum HttpError {
 #[derive(Debug)]
 pub struct Reply {
     pub code: u16,
-    pub body: String,
+    pub body: std::borrow::Cow<'static, str>,
     pub kind: &'static str,
 }
 
@@ -87,7 +99,7 @@ impl Reply {
         match serde_json::to_string(value) {
             Ok(body) => Self {
                 code,
-                body,
+                body: body.into(),
                 kind: JSON,
             },
             Err(e) => Self::error(500, format!("encoding the answer: {e}")),
@@ -102,7 +114,7 @@ impl Reply {
         Self {
             code,
             // A struct of one string always serializes.
-            body: serde_json::to_string(&body).unwrap_or_default(),
+            body: serde_json::to_string(&body).unwrap_or_default().into(),
             kind: JSON,
         }
     }
@@ -112,10 +124,13 @@ impl Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Status,
+    Node(String),
     Metrics,
     Events(Option<String>),
     Operator(String, OperatorOp),
     Logs(String),
+    /// A file of the web view.
+    Page(&'static web::Page),
 }
 
 impl Route {
@@ -138,7 +153,10 @@ impl Route {
                 "/api/events" => Some(Self::Events(
                     query.strip_prefix("node=").map(str::to_string),
                 )),
-                _ => node("/api/logs/").map(Self::Logs),
+                _ => node("/api/logs/")
+                    .map(Self::Logs)
+                    .or_else(|| node("/api/nodes/").map(Self::Node))
+                    .or_else(|| web::page(&Method::GET, path_and_query).map(Self::Page)),
             }
         } else if *method == Method::POST {
             let force = query.split('&').any(|q| q == "force=true");
@@ -168,13 +186,14 @@ impl Api {
         match route {
             Route::Status => {
                 let sh = lock(&self.shared);
-                Reply::json(200, &status_view(&sh.state, &sh.alerts))
+                Reply::json(200, &status_view(&sh.state, &sh.alerts, now()))
             }
+            Route::Node(node) => self.node(node),
             Route::Metrics => {
                 let sh = lock(&self.shared);
                 Reply {
                     code: 200,
-                    body: sh.metrics.render(&sh.state),
+                    body: sh.metrics.render(&sh.state).into(),
                     kind: PROMETHEUS,
                 }
             }
@@ -187,6 +206,47 @@ impl Api {
             },
             Route::Operator(node, op) => self.operator(node, *op),
             Route::Logs(node) => self.logs(node),
+            Route::Page(page) => Reply {
+                code: 200,
+                body: page.body.into(),
+                kind: page.kind,
+            },
+        }
+    }
+
+    /// `node` as `/api/status` shows it, with its repairs from the event log.
+    fn node(&self, node: &str) -> Reply {
+        let view = {
+            let sh = lock(&self.shared);
+            match sh.state.nodes.get(node) {
+                Some(n) => node_view(node, n),
+                None => return Reply::error(404, format!("no node {node}")),
+            }
+        };
+        // Read after the state: a transition committed in between only adds a step the state
+        // will show at the next poll. Backwards from the newest event, until the start of the
+        // oldest repair shown, or NODE_PAGE_SCAN events.
+        let enough = |events: &[crate::store::LoggedEvent]| {
+            events
+                .iter()
+                .filter(|e| e.transition.to == Stage::Step(RepairStep::Queued))
+                .count()
+                >= MAX_REPAIRS_SHOWN
+        };
+        match self.store.recent_events(node, NODE_PAGE_SCAN, enough) {
+            Ok(events) => {
+                let transitions: Vec<_> = events.into_iter().map(|e| e.transition).collect();
+                let now = now();
+                Reply::json(
+                    200,
+                    &NodeDetail {
+                        now,
+                        repairs: repairs_of(&transitions, &view, now),
+                        node: view,
+                    },
+                )
+            }
+            Err(e) => Reply::error(500, e.to_string()),
         }
     }
 
@@ -254,6 +314,13 @@ mod tests {
             Some(Route::Logs("w1".into()))
         );
         assert_eq!(
+            ok(Method::GET, "/api/nodes/w1"),
+            Some(Route::Node("w1".into()))
+        );
+        for p in ["/", "/?x=1", "/ui/app.js", "/ui/style.css"] {
+            assert!(matches!(ok(Method::GET, p), Some(Route::Page(_))), "{p}");
+        }
+        assert_eq!(
             ok(Method::POST, "/api/repair/w1?force=true"),
             Some(Route::Operator(
                 "w1".into(),
@@ -270,7 +337,11 @@ mod tests {
             (Method::DELETE, "/api/release/w1"),
             (Method::GET, "/api/logs/"),
             (Method::GET, "/api/logs/a/b"),
-            (Method::GET, "/"),
+            (Method::GET, "/api/nodes/"),
+            (Method::POST, "/"),
+            (Method::GET, "/ui/"),
+            (Method::GET, "/ui/../app.js"),
+            (Method::GET, "/index.html"),
         ] {
             let r = Route::parse(&m, p).unwrap_err();
             assert_eq!(r.code, 404, "{m} {p}");

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+    HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -283,10 +284,11 @@ where
 /// The answer to `req`: refused by the guard, or its route's answer within the route's budget.
 async fn answer(listener: &Listener, ctx: &Ctx, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
-    if let Err(refused) = listener.check(&parts.method, &parts.headers) {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let public = super::web::page(&parts.method, path).is_some();
+    if let Err(refused) = listener.check(&parts.method, &parts.headers, public) {
         return refused;
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let route = match Route::parse(&parts.method, path) {
         Ok(r) => r,
         Err(none) => return none,
@@ -339,13 +341,23 @@ async fn answer(listener: &Listener, ctx: &Ctx, req: Request<Incoming>) -> Reply
 
 /// `reply` as an HTTP response.
 fn respond(reply: Reply) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+    let body = match reply.body {
+        std::borrow::Cow::Borrowed(b) => Bytes::from_static(b.as_bytes()),
+        std::borrow::Cow::Owned(b) => Bytes::from(b),
+    };
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() =
         StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.kind));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(super::web::CONTENT_SECURITY_POLICY),
+    );
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if reply.code == 401 {
         h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }

@@ -1,0 +1,304 @@
+//! A repair the test steps through: `lazarus serve` (a real process) over worker w1 and standby
+//! s1, w1's `command` boot provider starting a real host-mode agent, and w1's image a named pipe
+//! the test feeds, so the copy advances only when the test says. For tests of what an operator
+//! sees (`lazarus watch`, the web view) while a repair moves.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use super::*;
+use lazarus_controller::api::{NodeView, StatusView};
+use lazarus_controller::api_client::ApiClient;
+
+pub const MIB: usize = 1 << 20;
+/// The image's size: four of the agent's 4 MiB copy chunks, so a quarter fed shows as progress.
+pub const IMAGE_LEN: usize = 16 * MIB;
+/// The bearer token of the TCP listener, when there is one.
+pub const TOKEN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
+
+/// The controller, its lab, and the rescue agent its attach command starts (stopped by pid).
+pub struct RepairLab {
+    /// Agents started by the attach command, killed by the pids they wrote down. First, so that
+    /// it is dropped before the lab folder holding the pid file.
+    agent_pids: PathBuf,
+    pub lab: Lab,
+    /// The API's Unix socket.
+    pub socket: PathBuf,
+    /// The TCP listener (`HOST:PORT`) and its token file, if asked for.
+    pub tcp: Option<(String, PathBuf)>,
+    pub log: PathBuf,
+    controller: Child,
+    pub image: Vec<u8>,
+    /// The write end of the image pipe, once the agent has opened it.
+    feed: Option<std::fs::File>,
+    fed: usize,
+}
+
+impl Drop for RepairLab {
+    fn drop(&mut self) {
+        let _ = self.controller.kill();
+        let _ = self.controller.wait();
+        for pid in std::fs::read_to_string(&self.agent_pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+        {
+            // Only a pid still running the agent: one that exited may belong to another process.
+            if std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lazarus-agent"))
+            {
+                lazarus_testkit::kill_pid(pid);
+            }
+        }
+    }
+}
+
+impl RepairLab {
+    /// Starts the controller (with a TCP listener and token when `tcp`) and waits until both
+    /// nodes are healthy. `net` keeps the agents of tests running at once apart (127.0.`net`.1).
+    pub fn start(net: u8, tcp: bool) -> Self {
+        Self::start_with(net, tcp, None)
+    }
+
+    /// As [`Self::start`], with `promotion` as the `[promotion]` hook.
+    pub fn start_with(net: u8, tcp: bool, promotion: Option<&std::path::Path>) -> Self {
+        let lab = Lab::new();
+        let image = noise(IMAGE_LEN, 77);
+        lab.fifo_image("worker.img");
+        let disk = lab.path("w1-disk.img");
+        std::fs::write(&disk, noise(IMAGE_LEN + 4 * MIB, 78)).unwrap();
+        let flag = lab.flag("w1-flag.img");
+        let up = lab.path("w1-up");
+        std::fs::write(&up, "").unwrap();
+        let socket = lab.path("api.sock");
+        let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let agent_pids = lab.path("agents.pids");
+        let tcp = tcp.then(|| {
+            let token_file = lab.path("api.token");
+            std::fs::write(&token_file, TOKEN).unwrap();
+            std::fs::set_permissions(
+                &token_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            (format!("127.0.0.1:{}", free_port("127.0.0.1")), token_file)
+        });
+        let api = match &tcp {
+            None => format!("api = {{ socket = \"{}\" }}", socket.display()),
+            Some((listen, token)) => format!(
+                "api = {{ socket = \"{}\", listen = \"{listen}\", token_file = \"{}\" }}",
+                socket.display(),
+                token.display()
+            ),
+        };
+        let attach = format!(
+            "exec {} serve --host --listen 127.0.{net}.1:7460 --key-file {} --controller-pub {} \
+             --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:{net:02x}:01 \
+             >> {} 2>&1 & echo $! >> {}",
+            agent_bin().display(),
+            lab.key_path.display(),
+            lab.public_path.display(),
+            lab.path("w1-work").display(),
+            lab.export.display(),
+            flag.display(),
+            lab.path("w1-agent.log").display(),
+            agent_pids.display(),
+        );
+        let config = lab.path("cluster.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[controller]
+{api}
+ready = "{ready}"
+{keys}
+[policy]
+health_interval = "1s"
+# A check that fails here fails at once (the file is gone); the long timeout only keeps a
+# loaded machine's slow fork from failing a healthy node.
+health_timeout = "900ms"
+failure_threshold = 2
+recovery_threshold = 1
+poll_interval = "300ms"
+{promotion}
+[nfs]
+server = "127.0.0.1"
+export = "/export"
+
+[images.worker]
+path = "images/worker.img"
+format = "raw"
+size = {size}
+sha256 = "{sha}"
+
+[[nodes]]
+name = "w1"
+role = "worker"
+macs = ["52:54:00:00:{net:02x}:01"]
+image = "worker"
+health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
+boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
+rescue = {{ address = "127.0.{net}.1", prefix_len = 8 }}
+disk = {{ path = "{disk}" }}
+allow_weak_selector = true
+flag = {{ path = "{flag}" }}
+
+[[nodes]]
+name = "s1"
+role = "standby"
+macs = ["52:54:00:00:{net:02x}:02"]
+image = "worker"
+health = {{ kind = "exec", command = ["true"] }}
+boot = {{ provider = "manual" }}
+rescue = {{ address = "127.0.{net}.2", prefix_len = 8 }}
+disk = {{ path = "/nonexistent" }}
+allow_weak_selector = true
+"#,
+                keys = lab.key_config(&["w1", "s1"]),
+                promotion = promotion.map_or(String::new(), |p| format!(
+                    "\n[promotion]\ncommand = [\"{}\"]\n",
+                    p.display()
+                )),
+                size = image.len(),
+                sha = sha(&image),
+                up = up.display(),
+                attach = attach.replace('"', "\\\""),
+                disk = disk.display(),
+                flag = flag.display(),
+            ),
+        )
+        .unwrap();
+        let log = lab.path("controller.log");
+        let controller = serve(&config, &lab.path("data"), &log);
+        let r = Self {
+            agent_pids,
+            lab,
+            socket,
+            tcp,
+            log,
+            controller,
+            image,
+            feed: None,
+            fed: 0,
+        };
+        r.wait_for("both nodes healthy", Duration::from_secs(20), |s| {
+            s.nodes.iter().all(|n| n.state == "healthy")
+        });
+        r
+    }
+
+    /// `unix:SOCKET`, for `--api`.
+    pub fn unix_api(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    pub fn status(&self) -> Option<StatusView> {
+        ApiClient::unix(&self.socket).status().ok()
+    }
+
+    /// `node` as the API shows it now.
+    pub fn node(&self, node: &str) -> NodeView {
+        let s = self.status().expect("the API answers");
+        s.nodes.into_iter().find(|n| n.name == node).unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "controller:\n{}\nagent:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(self.lab.path("w1-agent.log")).unwrap_or_default()
+        )
+    }
+
+    /// Polls the API until `pred` holds.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&StatusView) -> bool,
+    ) -> StatusView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if let Some(s) = s.as_ref().filter(|s| pred(s)) {
+                return s.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// w1 fails its health checks from now on.
+    pub fn kill_worker(&self) {
+        std::fs::remove_file(self.lab.path("w1-up")).unwrap();
+    }
+
+    /// Feeds the next `len` bytes of the image to the agent (opening the pipe the first time,
+    /// once the agent reads it).
+    pub fn feed(&mut self, len: usize) {
+        if self.feed.is_none() {
+            let path = self.lab.export.join("images/worker.img");
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Opening a pipe for writing waits for its reader: on a thread, so a reader that
+            // never comes fails the test instead of hanging it.
+            std::thread::spawn(move || {
+                let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
+            });
+            let f = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the agent never read the image\n{}", self.logs()))
+                .unwrap();
+            self.feed = Some(f);
+        }
+        let end = (self.fed + len).min(self.image.len());
+        let f = self.feed.as_mut().unwrap();
+        f.write_all(&self.image[self.fed..end]).unwrap();
+        f.flush().unwrap();
+        self.fed = end;
+        if self.fed == self.image.len() {
+            self.feed = None; // end of the image
+        }
+    }
+
+    /// Feeds the rest of the image, then brings the restored w1 up (its health check passes
+    /// once it is told to reboot) and waits until it is healthy again.
+    pub fn finish(&mut self) {
+        self.feed(self.image.len() - self.fed);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let state = self.status().map(|s| {
+                s.nodes
+                    .into_iter()
+                    .find(|n| n.name == "w1")
+                    .map(|n| n.state)
+                    .unwrap_or_default()
+            });
+            match state.as_deref() {
+                Some("rebooting" | "verifying") => {
+                    std::fs::write(self.lab.path("w1-up"), "").unwrap();
+                }
+                Some("healthy") if self.lab.path("w1-up").exists() => return,
+                Some("quarantined") => panic!("w1 quarantined\n{}", self.logs()),
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "w1 did not come back: {state:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether w1's disk now holds the image.
+    pub fn disk_holds_the_image(&self) -> bool {
+        std::fs::read(self.lab.path("w1-disk.img")).unwrap()[..self.image.len()] == self.image[..]
+    }
+}
