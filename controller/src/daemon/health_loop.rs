@@ -1,53 +1,148 @@
-//! The health loop: every `health_interval`, checks every node not under repair (and restored
-//! nodes being verified) in parallel and sends each result to the event loop. Deciding what a
-//! result means is the state machine's job.
+//! The health scheduler: every node not under repair (and every restored node being verified)
+//! is checked once per `health_interval`, on a schedule of its own, on the daemon's runtime.
+//!
+//! - **Per-node schedule.** Each node has one task with its own timer; the nodes' first checks
+//!   are spread evenly over the first interval, so 10,000 checks a second arrive as a steady
+//!   stream, not a burst. A slow node delays nobody: a node's check that is still running when its
+//!   next one falls due skips that round ([`MissedTickBehavior::Skip`]), so at most one check of
+//!   a node is in flight and the other nodes keep their interval.
+//! - **Per-check deadline.** A check has `health_timeout` from its start to answer; at the
+//!   deadline it fails on its own (the socket is dropped), whatever the other checks do.
+//! - **Bounded concurrency.** At most [`MAX_CHECKS`] checks are in flight at once (sockets and
+//!   the blocking pool of `exec` checks are finite). A check that cannot start before its node's
+//!   next round is skipped and counted ([`Checking::skipped`]), never reported as a failure: the
+//!   node did nothing wrong.
+//!
+//! Results go to the event loop as [`Event::Health`]; what a result means is the state
+//! machine's job. Which nodes are checked, the event loop says after each commit
+//! ([`Checking::update`]).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use super::shared::{lock, Shared};
-use crate::cluster::{Cluster, Node};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::cluster::Cluster;
 use crate::health;
-use crate::repair::{Event, RepairStep};
+use crate::repair::{ClusterState, Event, RepairStep};
 
-/// Runs until the event loop is gone.
-pub fn run(cluster: &Cluster, shared: &Mutex<Shared>, tx: &Sender<Event>) {
-    loop {
-        let checking: Vec<&Node> = {
-            let sh = lock(shared);
-            cluster
+/// Health checks in flight at once, all nodes together.
+pub const MAX_CHECKS: usize = 1024;
+
+/// Which nodes are health-checked (by index in the cluster file), and counters.
+#[derive(Debug)]
+pub struct Checking {
+    index: HashMap<String, usize>,
+    wanted: Vec<AtomicBool>,
+    /// Checks done since the start.
+    pub done: AtomicU64,
+    /// Rounds skipped because [`MAX_CHECKS`] checks were in flight until the next round.
+    pub skipped: AtomicU64,
+}
+
+impl Checking {
+    /// The nodes of `cluster`, each checked or not as `state` says.
+    pub fn new(cluster: &Cluster, state: &ClusterState) -> Self {
+        let this = Self {
+            index: cluster
                 .nodes
                 .iter()
-                .filter(|n| {
-                    sh.state.nodes.get(n.name.as_str()).is_some_and(|s| {
-                        s.repair
-                            .as_ref()
-                            .is_none_or(|r| r.step == RepairStep::Verifying)
-                    })
-                })
-                .collect()
-        };
-        let timeout = cluster.policy.health_timeout;
-        let results: Vec<(String, bool)> = std::thread::scope(|s| {
-            let handles: Vec<_> = checking
+                .enumerate()
+                .map(|(i, n)| (n.name.to_string(), i))
+                .collect(),
+            wanted: cluster
+                .nodes
                 .iter()
-                .map(|n| {
-                    s.spawn(move || {
-                        let result = health::check(&n.health, timeout);
-                        if let Err(e) = &result {
-                            log::debug!("{}: health check failed: {e}", n.name);
-                        }
-                        (n.name.to_string(), result.is_ok())
-                    })
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
-        for (node, ok) in results {
-            if tx.send(Event::Health { node, ok }).is_err() {
-                return;
-            }
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            done: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        };
+        for n in &cluster.nodes {
+            this.update(n.name.as_str(), state);
         }
-        std::thread::sleep(cluster.policy.health_interval);
+        this
+    }
+
+    /// Re-reads whether `node` is checked from `state` (after a commit that changed it).
+    pub fn update(&self, node: &str, state: &ClusterState) {
+        if let Some(&i) = self.index.get(node) {
+            let wanted = state.nodes.get(node).is_some_and(|s| {
+                s.repair
+                    .as_ref()
+                    .is_none_or(|r| r.step == RepairStep::Verifying)
+            });
+            self.wanted[i].store(wanted, Ordering::Relaxed);
+        }
+    }
+
+    fn wanted(&self, i: usize) -> bool {
+        self.wanted[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Starts one checking task per node on `rt`; each ends when the event loop is gone.
+pub fn start(rt: &Handle, cluster: Arc<Cluster>, checking: Arc<Checking>, tx: Sender<Event>) {
+    let limit = Arc::new(Semaphore::new(MAX_CHECKS));
+    let interval = cluster.policy.health_interval;
+    let count = cluster.nodes.len().max(1);
+    let first = Instant::now();
+    for i in 0..cluster.nodes.len() {
+        // Spread the nodes' rounds evenly over one interval.
+        let offset = interval.mul_f64(i as f64 / count as f64);
+        rt.spawn(node_checks(
+            cluster.clone(),
+            i,
+            first + offset,
+            limit.clone(),
+            checking.clone(),
+            tx.clone(),
+        ));
+    }
+}
+
+/// Checks node `i` every interval from `first`, until the event loop is gone.
+async fn node_checks(
+    cluster: Arc<Cluster>,
+    i: usize,
+    first: Instant,
+    limit: Arc<Semaphore>,
+    checking: Arc<Checking>,
+    tx: Sender<Event>,
+) {
+    let (interval, timeout) = (
+        cluster.policy.health_interval,
+        cluster.policy.health_timeout,
+    );
+    let mut rounds = tokio::time::interval_at(first, interval);
+    rounds.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        let due = rounds.tick().await;
+        if !checking.wanted(i) {
+            continue;
+        }
+        // A check that cannot start before the next round gives its place to that round.
+        let Ok(Ok(permit)) = tokio::time::timeout_at(due + interval, limit.acquire()).await else {
+            checking.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let node = &cluster.nodes[i];
+        let result = health::check_async(&node.health, timeout).await;
+        drop(permit);
+        checking.done.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            log::debug!("{}: health check failed: {e}", node.name);
+        }
+        let event = Event::Health {
+            node: node.name.to_string(),
+            ok: result.is_ok(),
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
     }
 }

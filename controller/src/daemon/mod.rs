@@ -1,10 +1,12 @@
 //! `lazarus serve`: the controller daemon, wired from its parts.
 //!
 //! One thread owns the state ([`event_loop`]) and runs [`crate::repair::step`] on every event,
-//! committing the new state and its transitions to the store *before* carrying out the actions.
-//! Health checks ([`health_loop`]), `Ready` announcements ([`ready`]), timers and the outcomes of
-//! actions ([`executor`]) arrive as events on one channel; actions run on their own threads and
-//! report back. Agents are reached through one pool of connections ([`pool`]). The HTTP API
+//! committing the new state and the transitions of a batch of events to the store *before*
+//! carrying out their actions. Health checks ([`health_loop`]), `Ready` announcements
+//! ([`ready`]), timers and the outcomes of actions ([`executor`]) arrive as events on one
+//! channel. Health checks, the timer and actions run on one tokio runtime (the "core": one
+//! thread for sockets and timers, a bounded blocking pool for commands and agent calls), each
+//! kind with its own bound on concurrency, and report back. Agents are reached through one pool of connections ([`pool`]). The HTTP API
 //! ([`http`]) reads what the event loop publishes ([`shared`]) and sends operator decisions as
 //! events. A restart loads the committed state and resumes.
 //!
@@ -52,6 +54,27 @@ pub enum DaemonError {
     MediaDir(std::path::PathBuf, std::io::Error),
     #[error("node {0}: {1}")]
     Provider(lazarus_proto::NodeName, crate::provider::ProviderError),
+    #[error("starting the core runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The core runtime: one thread for the sockets and timers of health checks and the poll timer,
+/// and a blocking pool sized for the executor's bounds and `exec` health checks.
+fn core_runtime() -> Result<tokio::runtime::Handle, DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("lazarus-core")
+        .max_blocking_threads(
+            executor::MAX_AGENT_CALLS + executor::MAX_COMMANDS + health_loop::MAX_CHECKS / 4,
+        )
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("lazarus-core".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .map_err(DaemonError::Runtime)?;
+    Ok(handle)
 }
 
 /// Runs the daemon until the process is stopped.
@@ -118,26 +141,24 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         )?);
         std::thread::spawn(move || listener.listen(ready));
     }
-    {
-        let (cluster, shared, tx) = (cluster.clone(), shared.clone(), tx.clone());
-        std::thread::spawn(move || health_loop::run(&cluster, &shared, &tx));
-    }
+    let core = core_runtime()?;
+    let checking = Arc::new(health_loop::Checking::new(&cluster, &state));
+    health_loop::start(&core, cluster.clone(), checking.clone(), tx.clone());
     {
         let (tx, every) = (tx.clone(), cluster.policy.poll_interval);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(every);
-            if tx.send(Event::Tick).is_err() {
-                return;
+        core.spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if tx.send(Event::Tick).is_err() {
+                    return;
+                }
             }
         });
     }
     let _ = tx.send(Event::Resume);
-    let executor = Arc::new(Executor {
-        cluster,
-        pool,
-        shared: shared.clone(),
-        tx,
-    });
-    event_loop::run(state, rx, &policy, &store, &shared, &executor);
+    let executor = Arc::new(Executor::new(cluster, pool, shared.clone(), tx, core));
+    event_loop::run(state, rx, &policy, &store, &shared, &executor, &checking);
     Ok(())
 }
