@@ -8,8 +8,8 @@
 //!   a node is in flight and the other nodes keep their interval.
 //! - **Per-check deadline.** A check has `health_timeout` from its start to answer; at the
 //!   deadline it fails on its own (the socket is dropped), whatever the other checks do.
-//! - **Bounded concurrency.** At most [`MAX_CHECKS`] checks are in flight at once (sockets and
-//!   the blocking pool of `exec` checks are finite). A check that cannot start before its node's
+//! - **Bounded concurrency.** At most [`MAX_CHECKS`] checks are in flight at once, and of them at
+//!   most [`MAX_EXEC_CHECKS`] `exec` checks (each a process and a thread of the blocking pool). A check that cannot start before its node's
 //!   next round is skipped and counted ([`Checking::skipped`]), never reported as a failure: the
 //!   node did nothing wrong.
 //!
@@ -26,12 +26,14 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, HealthCheck};
 use crate::health;
 use crate::repair::{ClusterState, Event, RepairStep};
 
 /// Health checks in flight at once, all nodes together.
 pub const MAX_CHECKS: usize = 1024;
+/// `exec` health checks running at once (within [`MAX_CHECKS`]).
+pub const MAX_EXEC_CHECKS: usize = 64;
 
 /// Which nodes are health-checked (by index in the cluster file), and counters.
 #[derive(Debug)]
@@ -87,7 +89,10 @@ impl Checking {
 
 /// Starts one checking task per node on `rt`; each ends when the event loop is gone.
 pub fn start(rt: &Handle, cluster: Arc<Cluster>, checking: Arc<Checking>, tx: Sender<Event>) {
-    let limit = Arc::new(Semaphore::new(MAX_CHECKS));
+    let limit = Limits {
+        checks: Arc::new(Semaphore::new(MAX_CHECKS)),
+        exec: Arc::new(Semaphore::new(MAX_EXEC_CHECKS)),
+    };
     let interval = cluster.policy.health_interval;
     let count = cluster.nodes.len().max(1);
     let first = Instant::now();
@@ -105,12 +110,19 @@ pub fn start(rt: &Handle, cluster: Arc<Cluster>, checking: Arc<Checking>, tx: Se
     }
 }
 
+/// The bounds on checks in flight.
+#[derive(Clone)]
+struct Limits {
+    checks: Arc<Semaphore>,
+    exec: Arc<Semaphore>,
+}
+
 /// Checks node `i` every interval from `first`, until the event loop is gone.
 async fn node_checks(
     cluster: Arc<Cluster>,
     i: usize,
     first: Instant,
-    limit: Arc<Semaphore>,
+    limit: Limits,
     checking: Arc<Checking>,
     tx: Sender<Event>,
 ) {
@@ -125,14 +137,22 @@ async fn node_checks(
         if !checking.wanted(i) {
             continue;
         }
-        // A check that cannot start before the next round gives its place to that round.
-        let Ok(Ok(permit)) = tokio::time::timeout_at(due + interval, limit.acquire()).await else {
+        let node = &cluster.nodes[i];
+        // A check that cannot start before the next round gives its place to that round; its
+        // deadline starts with the check, not with the wait.
+        let permits = async {
+            let exec = match node.health {
+                HealthCheck::Exec { .. } => Some(limit.exec.acquire().await.ok()?),
+                _ => None,
+            };
+            Some((limit.checks.acquire().await.ok()?, exec))
+        };
+        let Ok(Some(permits)) = tokio::time::timeout_at(due + interval, permits).await else {
             checking.skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let node = &cluster.nodes[i];
         let result = health::check_async(&node.health, timeout).await;
-        drop(permit);
+        drop(permits);
         checking.done.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             log::debug!("{}: health check failed: {e}", node.name);

@@ -59,13 +59,14 @@ pub enum DaemonError {
 }
 
 /// The core runtime: one thread for the sockets and timers of health checks and the poll timer,
-/// and a blocking pool sized for the executor's bounds and `exec` health checks.
+/// and a blocking pool sized for the executor's bounds, `exec` health checks and the host-name
+/// lookups of `http` checks.
 fn core_runtime() -> Result<tokio::runtime::Handle, DaemonError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("lazarus-core")
         .max_blocking_threads(
-            executor::MAX_AGENT_CALLS + executor::MAX_COMMANDS + health_loop::MAX_CHECKS / 4,
+            executor::MAX_AGENT_CALLS + executor::MAX_COMMANDS + health_loop::MAX_EXEC_CHECKS + 16,
         )
         .build()
         .map_err(DaemonError::Runtime)?;
