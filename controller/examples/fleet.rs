@@ -3,7 +3,7 @@
 //! `bench controller nodes=N checks_per_s=X cpu_pct=Y p99_detect_s=Z repairs=R` and the goals.
 //!
 //! `fleet --nodes N --lazarus PATH [--repairs R] [--standbys S] [--window SECS] [--net B]
-//! [--workdir DIR]`. 10,000 nodes need about 2 × N open files: raise `ulimit -n` first (the
+//! [--workdir DIR]`. N nodes need about N + 4,096 open files: raise `ulimit -n` first (the
 //! simulator raises its soft limit to the hard one).
 
 #[path = "../tests/sim/mod.rs"]
@@ -32,11 +32,10 @@ fn main() -> Result<()> {
     }
     let lazarus = lazarus.context("--lazarus PATH is needed")?;
     let limit = sim::raise_nofile();
-    if limit < 2 * nodes as u64 + 1024 {
-        bail!(
-            "{nodes} nodes need `ulimit -n` of at least {} (now {limit})",
-            2 * nodes + 1024
-        );
+    // A listening socket per node, plus connections in flight and the agents of repairs.
+    let need = nodes as u64 + 4096;
+    if limit < need {
+        bail!("{nodes} nodes need `ulimit -n` of at least {need} (now {limit})");
     }
     let tmp = tempfile::tempdir()?;
     let workdir = workdir.map_or(tmp.path().to_owned(), Into::into);
