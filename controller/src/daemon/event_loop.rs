@@ -18,13 +18,12 @@
 //! result would cost more than the checks).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::executor::Executor;
 use super::health_loop::Checking;
 use super::shared::{lock, now, Shared};
-use crate::repair::{self, ClusterState, Event, RepairPolicy};
+use crate::repair::{self, Action, ClusterState, Event, RepairPolicy};
 use crate::store::Store;
 
 /// The most events decided in one batch (one commit).
@@ -34,15 +33,16 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// The longest a changed state stays unpublished to the API.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
-/// Decides events until every sender is gone.
+/// Decides events until every sender is gone, handing each action to `act` (the executor) once
+/// the decision it came from is committed; commits what is left unsaved before returning.
 pub fn run(
     mut state: ClusterState,
     events: Receiver<Event>,
     policy: &RepairPolicy,
     store: &Store,
     shared: &Mutex<Shared>,
-    executor: &Arc<Executor>,
     checking: &Checking,
+    mut act: impl FnMut(Action),
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Changed since the last commit / the last publication.
@@ -52,7 +52,14 @@ pub fn run(
         match events.recv_timeout(PUBLISH_EVERY) {
             Ok(event) => batch.push(event),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                if unsaved {
+                    if let Err(e) = store.commit(&state, &[]) {
+                        log::error!("{e}");
+                    }
+                }
+                return;
+            }
         }
         while batch.len() < MAX_BATCH {
             match events.try_recv() {
@@ -100,7 +107,7 @@ pub fn run(
             log::info!("{}: {} -> {} ({})", t.node, t.from, t.to, t.reason);
         }
         for action in actions {
-            executor.execute(action);
+            act(action);
         }
     }
 }
@@ -109,5 +116,114 @@ pub fn run(
 fn refresh(checking: &Checking, state: &ClusterState) {
     for node in state.nodes.keys() {
         checking.update(node, state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Fencing, Role};
+    use crate::repair::{NodeState, RepairStep, Stage};
+
+    fn policy() -> RepairPolicy {
+        RepairPolicy {
+            failure_threshold: 3,
+            recovery_threshold: 2,
+            max_concurrent_repairs: 5,
+            max_unhealthy: 10,
+            retries: 2,
+            poll_interval: 2,
+            fence_timeout: 60,
+            attach_timeout: 120,
+            ready_timeout: 600,
+            recover_timeout: 3600,
+            reboot_timeout: 120,
+            verify_timeout: 600,
+            can_fence: (0..20).map(|i| format!("w{i}")).collect(),
+            has_promotion_hook: true,
+            fencing: Fencing::Required,
+        }
+    }
+
+    fn node(role: Role) -> NodeState {
+        NodeState {
+            role,
+            healthy: true,
+            ok_streak: 0,
+            fail_streak: 0,
+            repair: None,
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_events_is_committed_before_any_of_its_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut state = ClusterState::default();
+        for i in 0..20 {
+            state.nodes.insert(format!("w{i}"), node(Role::Worker));
+        }
+        for i in 0..5 {
+            state.nodes.insert(format!("s{i}"), node(Role::Standby));
+        }
+        store.commit(&state, &[]).unwrap();
+        let checking = Checking::from_names(state.nodes.keys().cloned(), &state);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Three rounds of checks of 25 nodes, w3 and w7 failing, all waiting as one batch.
+        for _ in 0..3 {
+            for name in state.nodes.keys() {
+                let ok = name != "w3" && name != "w7";
+                tx.send(Event::Health {
+                    node: name.clone(),
+                    ok,
+                })
+                .unwrap();
+            }
+        }
+        drop(tx);
+        let shared = Mutex::new(Shared::default());
+        let mut acted = Vec::new();
+        run(state, rx, &policy(), &store, &shared, &checking, |action| {
+            // What is acted on is already in the store: the state and the transition.
+            let committed = store.load().unwrap().unwrap();
+            if let Action::Fence { node } = &action {
+                let step = committed.nodes[node].repair.as_ref().map(|r| r.step);
+                assert_eq!(step, Some(RepairStep::Fencing), "{node}");
+                assert!(store
+                    .events(Some(node))
+                    .unwrap()
+                    .iter()
+                    .any(|e| { e.transition.to == Stage::Step(RepairStep::Fencing) }));
+            }
+            acted.push(action);
+        });
+        let fenced: Vec<_> = acted
+            .iter()
+            .filter_map(|a| match a {
+                Action::Fence { node } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fenced, ["w3", "w7"]);
+        // One batch, one commit: the log holds both repairs' transitions, in order.
+        let log = store.events(None).unwrap();
+        assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            log.iter()
+                .filter(|e| e.transition.to == Stage::FAILING)
+                .count(),
+            2
+        );
+        // The streak counters of healthy nodes were saved too (on the way out at the latest).
+        let saved = store.load().unwrap().unwrap();
+        assert_eq!(saved.nodes["w0"].ok_streak, 3);
+        // The health scheduler no longer checks the nodes under repair.
+        assert!(!checking.is_wanted("w3") && checking.is_wanted("w0"));
+        assert_eq!(
+            lock(&shared).state,
+            saved,
+            "the API sees what was committed"
+        );
     }
 }

@@ -49,25 +49,28 @@ pub struct Checking {
 impl Checking {
     /// The nodes of `cluster`, each checked or not as `state` says.
     pub fn new(cluster: &Cluster, state: &ClusterState) -> Self {
+        Self::from_names(cluster.nodes.iter().map(|n| n.name.to_string()), state)
+    }
+
+    /// The nodes `names` (in the cluster file's order), each checked or not as `state` says.
+    pub fn from_names(names: impl IntoIterator<Item = String>, state: &ClusterState) -> Self {
+        let index: HashMap<String, usize> =
+            names.into_iter().enumerate().map(|(i, n)| (n, i)).collect();
         let this = Self {
-            index: cluster
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.name.to_string(), i))
-                .collect(),
-            wanted: cluster
-                .nodes
-                .iter()
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            wanted: (0..index.len()).map(|_| AtomicBool::new(false)).collect(),
+            index,
             done: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         };
-        for n in &cluster.nodes {
-            this.update(n.name.as_str(), state);
+        for node in this.index.keys() {
+            this.update(node, state);
         }
         this
+    }
+
+    /// Whether `node` is health-checked now.
+    pub fn is_wanted(&self, node: &str) -> bool {
+        self.index.get(node).is_some_and(|&i| self.wanted(i))
     }
 
     /// Re-reads whether `node` is checked from `state` (after a commit that changed it).

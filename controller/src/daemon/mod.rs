@@ -160,6 +160,8 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     }
     let _ = tx.send(Event::Resume);
     let executor = Arc::new(Executor::new(cluster, pool, shared.clone(), tx, core));
-    event_loop::run(state, rx, &policy, &store, &shared, &executor, &checking);
+    event_loop::run(state, rx, &policy, &store, &shared, &checking, |action| {
+        executor.execute(action)
+    });
     Ok(())
 }
