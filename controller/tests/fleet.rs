@@ -78,6 +78,19 @@ fn a_simulated_fleet_is_checked_every_interval_and_failed_nodes_come_back_as_sta
         workers, 180,
         "each failed worker's place was taken by a standby"
     );
+    let metrics = lazarus_controller::api_client::ApiClient::unix(&fleet.api_socket)
+        .get("/metrics")
+        .unwrap();
+    let checks: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lazarus_health_checks_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(checks >= 1000, "{metrics}");
+    assert!(
+        metrics.contains("lazarus_repairs_succeeded_total 5\n"),
+        "{metrics}"
+    );
     let text = std::fs::read_to_string(&fleet.log).unwrap();
     assert!(
         text.contains("agent reports RECOVERED"),

@@ -4,10 +4,12 @@
 //!
 //! Concurrency is bounded per kind: at most [`MAX_AGENT_CALLS`] commands to agents and
 //! [`MAX_COMMANDS`] operator commands (providers, hooks) run at once, each on the runtime's
-//! blocking pool; the rest wait their turn in order. Alerts are recorded at once. Each action
+//! blocking pool; the rest wait their turn in order. A node has at most one poll waiting or in
+//! flight: a slow agent is not sent a new poll every tick. Alerts are recorded at once. Each action
 //! keeps its own deadline (the step's timeout, the agent client's), so waiting for a turn never
 //! lets a step run past its budget unnoticed: the state machine times the step out.
 
+use std::collections::HashSet;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub struct Executor {
     rt: Handle,
     agent_calls: Arc<Semaphore>,
     commands: Arc<Semaphore>,
+    /// Nodes with a poll waiting for its turn or in flight: one at a time, not one per tick.
+    polls: Mutex<HashSet<String>>,
 }
 
 impl Executor {
@@ -58,6 +62,7 @@ impl Executor {
             rt,
             agent_calls: Arc::new(Semaphore::new(MAX_AGENT_CALLS)),
             commands: Arc::new(Semaphore::new(MAX_COMMANDS)),
+            polls: Mutex::default(),
         }
     }
 
@@ -78,14 +83,27 @@ impl Executor {
             | Action::Rejoined { .. }
             | Action::Promote { .. } => self.commands.clone(),
         };
+        let poll = match &action {
+            Action::Poll { node } => {
+                if !lock(&self.polls).insert(node.clone()) {
+                    return;
+                }
+                Some(node.clone())
+            }
+            _ => None,
+        };
         let this = self.clone();
         self.rt.spawn(async move {
             let Ok(_permit) = limit.acquire_owned().await else {
                 return;
             };
-            let tx = this.tx.clone();
-            if let Ok(Some(event)) = tokio::task::spawn_blocking(move || this.run(action)).await {
-                let _ = tx.send(event);
+            let worker = this.clone();
+            let event = tokio::task::spawn_blocking(move || worker.run(action)).await;
+            if let Some(node) = poll {
+                lock(&this.polls).remove(&node);
+            }
+            if let Ok(Some(event)) = event {
+                let _ = this.tx.send(event);
             }
         });
     }
