@@ -91,7 +91,12 @@ impl Checking {
 }
 
 /// Starts one checking task per node on `rt`; each ends when the event loop is gone.
-pub fn start(rt: &Handle, cluster: Arc<Cluster>, checking: Arc<Checking>, tx: Sender<Event>) {
+pub fn start_checks(
+    rt: &Handle,
+    cluster: Arc<Cluster>,
+    checking: Arc<Checking>,
+    tx: Sender<Event>,
+) {
     let limit = Limits {
         checks: Arc::new(Semaphore::new(MAX_CHECKS)),
         exec: Arc::new(Semaphore::new(MAX_EXEC_CHECKS)),
@@ -167,5 +172,83 @@ async fn node_checks(
         if tx.send(event).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A cluster of `nodes` (name, health line), checked every 300 ms with a 250 ms timeout.
+    fn cluster(nodes: &[(&str, String)]) -> Cluster {
+        let mut text = "[controller]\nsigning_key = \"/nonexistent/c.key\"\n\
+                        agent_keys = \"/nonexistent/agents\"\n\
+                        [policy]\nhealth_interval = \"300ms\"\nhealth_timeout = \"250ms\"\n\
+                        [nfs]\nserver = \"127.0.0.1\"\nexport = \"/export\"\n\
+                        [images.w]\npath = \"w.img\"\nformat = \"raw\"\nsize = 1048576\n"
+            .to_string();
+        text.push_str(&format!("sha256 = \"{}\"\n", "00".repeat(32)));
+        for (i, (name, health)) in nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\nrole = \"worker\"\nmacs = [\"52:54:00:00:50:{i:02x}\"]\n\
+                 image = \"w\"\nhealth = {health}\nboot = {{ provider = \"manual\" }}\n\
+                 rescue = {{ address = \"127.0.0.{}\", prefix_len = 8 }}\n\
+                 disk = {{ path = \"/nonexistent\" }}\nallow_weak_selector = true\n",
+                i + 1
+            ));
+        }
+        Cluster::parse(&text, "cluster.toml").unwrap()
+    }
+
+    #[test]
+    fn a_node_that_never_answers_fails_on_its_own_deadline_and_delays_no_other_node() {
+        let live = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Accepts (the kernel does) and never answers: an HTTP check of it hangs.
+        let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = format!(
+            "{{ kind = \"tcp\", target = \"{}\" }}",
+            live.local_addr().unwrap()
+        );
+        let http = format!(
+            "{{ kind = \"http\", url = \"http://{}/healthz\" }}",
+            mute.local_addr().unwrap()
+        );
+        let cluster = Arc::new(cluster(&[("a", tcp.clone()), ("slow", http), ("b", tcp)]));
+        let state = ClusterState::initial(&cluster, 0);
+        let checking = Arc::new(Checking::new(&cluster, &state));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = rt.handle().clone();
+        let driver = std::thread::spawn(move || {
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(3000)).await });
+        });
+        start_checks(&handle, cluster.clone(), checking.clone(), tx);
+        driver.join().unwrap();
+        let mut seen: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+        while let Ok(Event::Health { node, ok }) = rx.try_recv() {
+            seen.entry(node).or_default().push(ok);
+        }
+        // Ten rounds of 300 ms in 3 s (one or two lost to a loaded machine). A loop that waited
+        // for the slowest check before sleeping would manage 3 s / 550 ms = 5.
+        for fast in ["a", "b"] {
+            let results = &seen[fast];
+            assert!(
+                results.len() >= 8,
+                "{fast}: {} checks in 3 s",
+                results.len()
+            );
+            assert!(results.iter().all(|ok| *ok), "{fast}");
+        }
+        // The mute node fails each round at its own 250 ms deadline, round after round.
+        let slow = &seen["slow"];
+        assert!(slow.len() >= 7, "slow: {} checks in 3 s", slow.len());
+        assert!(slow.iter().all(|ok| !*ok));
+        assert_eq!(checking.skipped.load(Ordering::Relaxed), 0);
     }
 }

@@ -145,7 +145,7 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     let core = core_runtime()?;
     let checking = Arc::new(health_loop::Checking::new(&cluster, &state));
     shared::lock(&shared).metrics.health = Some(checking.clone());
-    health_loop::start(&core, cluster.clone(), checking.clone(), tx.clone());
+    health_loop::start_checks(&core, cluster.clone(), checking.clone(), tx.clone());
     {
         let (tx, every) = (tx.clone(), cluster.policy.poll_interval);
         core.spawn(async move {
