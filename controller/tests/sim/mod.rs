@@ -17,6 +17,9 @@
 //! - The promotion and standby hooks report `promoted FAILED` and `standby NODE` the same way,
 //!   so the simulator times failure-to-promotion and sees each repair end.
 //!
+//! The controller logs to `controller.log` in the work folder, at the level in `LAZARUS_SIM_LOG`
+//! (`info` by default).
+//!
 //! Used by `tests/fleet.rs` (a small fleet under `cargo test`) and `examples/fleet.rs` (the
 //! `bench controller` lines of `scripts/bench`).
 #![allow(dead_code)]
@@ -78,10 +81,11 @@ pub struct Seen {
     pub failed_at: HashMap<String, Instant>,
     pub promoted_at: HashMap<String, Instant>,
     pub standby_at: HashMap<String, Instant>,
+    /// `attach` commands run (rescue boots).
     pub attached: usize,
+    /// Plans started by agents (a resent plan of a running recovery is not counted).
     pub recovers: usize,
-    /// The highest fraction of a recovery reported in a `Status` (progress seen by the
-    /// controller's polls).
+    /// `GetStatus` polls answered, all agents.
     pub polls: usize,
 }
 
@@ -212,7 +216,7 @@ impl Fleet {
             .arg("--data-dir")
             .arg(w.join("data"))
             .env(
-                "RUST_LOG",
+                "LAZARUS_LOG",
                 std::env::var("LAZARUS_SIM_LOG").unwrap_or("info".into()),
             )
             .stdout(Stdio::null())
@@ -510,7 +514,7 @@ impl Ctl {
             // a rescue agent left from an earlier attempt goes away.
             (Some("off"), Some(i)) => {
                 if let Some(a) = self.nodes[i].agent.lock().unwrap().take() {
-                    a.gone.store(true, Ordering::Relaxed);
+                    a.end();
                 }
                 true
             }
@@ -528,7 +532,7 @@ impl Ctl {
     fn boot_rescue(&self, i: usize) -> Result<()> {
         let n = self.nodes[i].clone();
         if let Some(old) = n.agent.lock().unwrap().take() {
-            old.gone.store(true, Ordering::Relaxed);
+            old.end();
         }
         let mut boot = [0u8; 16];
         lazarus_node::random::fill(&mut boot)?;
@@ -537,6 +541,7 @@ impl Ctl {
             key: n.key.clone(),
             public: self.public,
             gone: AtomicBool::new(false),
+            conns: Mutex::default(),
             state: Mutex::new(AgentState::default()),
             recover: self.recover,
             seen: self.seen.clone(),
@@ -628,6 +633,9 @@ struct Agent {
     public: PublicKey,
     /// The boot is over (rebooted or powered off).
     gone: AtomicBool,
+    /// The controller's connections to this boot, closed when it ends (a machine that reboots
+    /// or loses power answers nothing more on them).
+    conns: Mutex<Vec<TcpStream>>,
     state: Mutex<AgentState>,
     recover: Duration,
     seen: Arc<Mutex<Seen>>,
@@ -722,7 +730,7 @@ impl Agent {
             if rebooting {
                 // The reply to `Reboot` is out; the node restarts into its restored system.
                 std::thread::sleep(Duration::from_millis(200));
-                self.gone.store(true, Ordering::Relaxed);
+                self.end();
                 drop(l);
                 restore.up();
                 return;
@@ -730,14 +738,31 @@ impl Agent {
         }
     }
 
-    /// One connection: the controller's signed commands, each answered under the agent key.
+    /// Ends this boot: no more answers, its connections closed.
+    fn end(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// One connection, closed when it ends (its clone kept for [`Self::end`] must not hold it
+    /// open).
     fn serve(&self, mut s: TcpStream) {
         let _ = s.set_nonblocking(false);
         let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+        if let Ok(c) = s.try_clone() {
+            self.conns.lock().unwrap().push(c);
+        }
+        self.answer(&mut s);
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// The controller's signed commands, each answered under the agent key.
+    fn answer(&self, s: &mut TcpStream) {
         let mut opener = CommandOpener::new(self.public, self.boot_id);
         while !self.gone.load(Ordering::Relaxed) {
-            let Ok(frame) = read_frame_before(&mut s, Instant::now() + Duration::from_secs(60))
-            else {
+            let Ok(frame) = read_frame_before(s, Instant::now() + Duration::from_secs(60)) else {
                 return;
             };
             let Ok((request, reply_to)) = opener.open(&frame) else {
@@ -772,7 +797,7 @@ impl Agent {
             let Ok(reply) = reply_to.seal_reply(&self.key, &response) else {
                 return;
             };
-            if write_frame(&mut s, &reply).is_err() {
+            if write_frame(s, &reply).is_err() {
                 return;
             }
         }
