@@ -16,7 +16,7 @@ fn a_simulated_fleet_is_checked_every_interval_and_failed_nodes_come_back_as_sta
     let opts = sim::Options {
         nodes: 200,
         standbys: 20,
-        // A second octet of its own (127.N.x.y), drawn at random: two runs at once on one machine
+        // A second octet of its own (127.N.x.y), from the process id: two runs at once on one machine
         // (two worktrees' tests) rarely share it.
         net: 150 + (std::process::id() % 100) as u8,
         interval: Duration::from_secs(1),
