@@ -107,13 +107,14 @@ fn main() -> Result<()> {
         && (nodes < 10_000 || cpu_pct <= 50.0)
         && p99 <= goal_detect
         && standby_again == repairs;
+    let rss = fleet.controller_rss_mib()?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     println!(
         "bench controller nodes={nodes} checks_per_s={checks_per_s:.0} cpu_pct={cpu_pct:.1} \
          p99_detect_s={p99:.2} repairs={standby_again} \
          goals: checks_per_s>={goal_checks:.0} cpu_pct<=50 p99_detect_s<={goal_detect:.0} \
-         repairs={repairs} met={} (repair_cpu_pct={repair_cpu:.1} load={})",
+         repairs={repairs} met={} (repair_cpu_pct={repair_cpu:.1} rss_mib={rss:.0} load={})",
         if met { "yes" } else { "NO" },
         load.join("/"),
     );

@@ -282,6 +282,18 @@ impl Fleet {
         cpu_seconds(self.controller.id())
     }
 
+    /// The controller's resident memory in MiB (`VmRSS` of `/proc/PID/status`).
+    pub fn controller_rss_mib(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.controller.id()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    }
+
     /// The controller's status over its API (`GET /api/status`).
     pub fn status(&self) -> Result<lazarus_controller::api::StatusView> {
         Ok(lazarus_controller::api_client::ApiClient::unix(&self.api_socket).status()?)
