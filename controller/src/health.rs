@@ -39,6 +39,27 @@ pub enum HealthError {
     Task(String),
 }
 
+impl HealthError {
+    /// Whether the check failed for want of something on this machine (file descriptors, local
+    /// ports, buffers): it says nothing about the node, and must not count against it.
+    pub fn is_local(&self) -> bool {
+        use rustix::io::Errno;
+        let io = match self {
+            Self::Tcp(_, e) | Self::Http { source: e, .. } => e,
+            _ => return false,
+        };
+        [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ]
+        .iter()
+        .any(|e| io.raw_os_error() == Some(e.raw_os_error()))
+    }
+}
+
 /// Runs one check within `timeout`, blocking the caller; `Err` says why it failed.
 pub fn check(health: &HealthCheck, timeout: Duration) -> Result<(), HealthError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -140,6 +161,21 @@ mod tests {
     use std::time::Instant;
 
     const T: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_check_that_found_no_file_descriptor_or_port_here_is_not_held_against_the_node() {
+        let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let errno = |e: rustix::io::Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        for (e, local) in [
+            (rustix::io::Errno::MFILE, true),
+            (rustix::io::Errno::ADDRNOTAVAIL, true),
+            (rustix::io::Errno::CONNREFUSED, false),
+            (rustix::io::Errno::HOSTUNREACH, false),
+        ] {
+            assert_eq!(HealthError::Tcp(target, errno(e)).is_local(), local, "{e}");
+        }
+        assert!(!HealthError::Deadline(T).is_local());
+    }
 
     #[test]
     fn tcp_checks_follow_a_real_listener() {

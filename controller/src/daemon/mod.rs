@@ -58,6 +58,20 @@ pub enum DaemonError {
     Runtime(std::io::Error),
 }
 
+/// Raises the soft open-file limit to the hard one (a service manager's soft default, 1,024, is
+/// what 1,024 health checks in flight would need alone) and returns the soft limit in force.
+fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            log::warn!("raising the open-file limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 /// The core runtime: one thread for the sockets and timers of health checks and the poll timer,
 /// and a blocking pool sized for the executor's bounds, `exec` health checks and the host-name
 /// lookups of `http` checks.
@@ -145,7 +159,9 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
     let core = core_runtime()?;
     let checking = Arc::new(health_loop::Checking::new(&cluster, &state));
     shared::lock(&shared).metrics.health = Some(checking.clone());
-    health_loop::start_checks(&core, cluster.clone(), checking.clone(), tx.clone());
+    let bound = health_loop::check_bound(raise_nofile());
+    log::info!("controller: at most {bound} health checks in flight");
+    health_loop::start_checks(&core, cluster.clone(), checking.clone(), tx.clone(), bound);
     {
         let (tx, every) = (tx.clone(), cluster.policy.poll_interval);
         core.spawn(async move {
