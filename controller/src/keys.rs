@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use sha2::Digest;
+
 use lazarus_node::keyfile::{self, KeyFileError};
 use lazarus_proto::{AgentKey, NodeName, SigningKey};
 
@@ -51,6 +53,7 @@ impl Keys {
         let signing = keyfile::load_controller(&cluster.controller.signing_key)
             .map_err(KeysError::Signing)?;
         let mut agents = BTreeMap::new();
+        let mut owners = std::collections::HashMap::new();
         for n in &cluster.nodes {
             let path = agent_key_path(cluster, &n.name);
             if !n.repair_media().is_empty() && !path.exists() {
@@ -61,7 +64,9 @@ impl Keys {
                 path: path.clone(),
                 source,
             })?;
-            if let Some((other, _)) = agents.iter().find(|(_, k)| **k == key) {
+            // By a digest of each key (not the key), so 10,000 nodes are not compared pairwise.
+            let digest: [u8; 32] = sha2::Sha256::digest(key.to_hex().as_bytes()).into();
+            if let Some(other) = owners.insert(digest, n.name.clone()) {
                 log::warn!(
                     "{} and {other} share an agent key: either one's medium speaks for both",
                     n.name

@@ -1,10 +1,21 @@
-//! The action executor: carries out each action the state machine asks for on its own thread
-//! (a boot provider's command, the promotion hook, a command to an agent) and sends its outcome
-//! back to the event loop as an event. It decides nothing.
+//! The action executor: carries out each action the state machine asks for (a boot provider's
+//! command, the promotion hook, a command to an agent) on the daemon's runtime and sends its
+//! outcome back to the event loop as an event. It decides nothing.
+//!
+//! Concurrency is bounded per kind: at most [`MAX_AGENT_CALLS`] commands to agents and
+//! [`MAX_COMMANDS`] operator commands (providers, hooks) run at once, each on the runtime's
+//! blocking pool; the rest wait their turn in order. A node has at most one poll waiting or in
+//! flight: a slow agent is not sent a new poll every tick. Alerts are recorded at once. Each action
+//! keeps its own deadline (the step's timeout, the agent client's), so waiting for a turn never
+//! lets a step run past its budget unnoticed: the state machine times the step out.
 
+use std::collections::HashSet;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
 
 use lazarus_proto::{Request, Status};
 
@@ -18,6 +29,11 @@ use crate::provider::{self, Op};
 use crate::repair::{Action, ActionError, ActionKind, ClusterState, Event};
 use crate::store::Store;
 
+/// Commands to agents (recover, poll, reboot) in flight at once.
+pub const MAX_AGENT_CALLS: usize = 128;
+/// Operator commands (boot providers, hooks) running at once.
+pub const MAX_COMMANDS: usize = 64;
+
 /// What actions are carried out with.
 pub struct Executor {
     pub cluster: Arc<Cluster>,
@@ -27,14 +43,75 @@ pub struct Executor {
     pub store: Arc<Store>,
     /// The per-repair media server, if configured.
     pub media: Option<Arc<Media>>,
+    rt: Handle,
+    agent_calls: Arc<Semaphore>,
+    commands: Arc<Semaphore>,
+    /// Nodes with a poll waiting for its turn or in flight: one at a time, not one per tick.
+    polls: Mutex<HashSet<String>>,
 }
 
 impl Executor {
-    /// Carries out `action` on its own thread; its outcome comes back as an event.
+    /// An executor running actions on `rt`.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        pool: Arc<AgentPool>,
+        shared: Arc<Mutex<Shared>>,
+        tx: Sender<Event>,
+        store: Arc<Store>,
+        media: Option<Arc<Media>>,
+        rt: Handle,
+    ) -> Self {
+        Self {
+            cluster,
+            pool,
+            shared,
+            tx,
+            store,
+            media,
+            rt,
+            agent_calls: Arc::new(Semaphore::new(MAX_AGENT_CALLS)),
+            commands: Arc::new(Semaphore::new(MAX_COMMANDS)),
+            polls: Mutex::default(),
+        }
+    }
+
+    /// Carries out `action` once its kind has a free slot; its outcome comes back as an event.
     pub fn execute(self: &Arc<Self>, action: Action) {
+        let limit = match &action {
+            Action::Alert { .. } => {
+                // Nothing to wait for: recorded here and now.
+                let _ = self.run(action);
+                return;
+            }
+            Action::Recover { .. } | Action::Poll { .. } | Action::Reboot { .. } => {
+                self.agent_calls.clone()
+            }
+            Action::Fence { .. }
+            | Action::Attach { .. }
+            | Action::Detach { .. }
+            | Action::Rejoined { .. }
+            | Action::Promote { .. } => self.commands.clone(),
+        };
+        let poll = match &action {
+            Action::Poll { node } => {
+                if !lock(&self.polls).insert(node.clone()) {
+                    return;
+                }
+                Some(node.clone())
+            }
+            _ => None,
+        };
         let this = self.clone();
-        std::thread::spawn(move || {
-            if let Some(event) = this.run(action) {
+        self.rt.spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else {
+                return;
+            };
+            let worker = this.clone();
+            let event = tokio::task::spawn_blocking(move || worker.run(action)).await;
+            if let Some(node) = poll {
+                lock(&this.polls).remove(&node);
+            }
+            if let Ok(Some(event)) = event {
                 let _ = this.tx.send(event);
             }
         });

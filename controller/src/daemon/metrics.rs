@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::health_loop::Checking;
 
 use crate::repair::{ClusterState, RepairStep, Stage, Time, Transition};
 
@@ -16,6 +20,8 @@ pub struct Metrics {
     pub step_seconds: BTreeMap<RepairStep, u64>,
     /// What each node is doing and since when.
     pub current: BTreeMap<String, (Stage, Time)>,
+    /// The health scheduler's counters, once it runs.
+    pub health: Option<Arc<Checking>>,
 }
 
 impl Metrics {
@@ -62,6 +68,18 @@ impl Metrics {
             "Repairs that ended in quarantine.",
             self.repairs_quarantined,
         );
+        if let Some(h) = &self.health {
+            counter(
+                "lazarus_health_checks_total",
+                "Health checks done.",
+                h.done.load(Ordering::Relaxed),
+            );
+            counter(
+                "lazarus_health_checks_skipped_total",
+                "Health check rounds skipped: every check slot busy until the node's next round.",
+                h.skipped.load(Ordering::Relaxed),
+            );
+        }
         out.push_str(
             "# HELP lazarus_step_seconds_total Seconds spent in each repair step, all repairs.\n\
              # TYPE lazarus_step_seconds_total counter\n",

@@ -1,10 +1,12 @@
 //! `lazarus serve`: the controller daemon, wired from its parts.
 //!
 //! One thread owns the state ([`event_loop`]) and runs [`crate::repair::step`] on every event,
-//! committing the new state and its transitions to the store *before* carrying out the actions.
-//! Health checks ([`health_loop`]), `Ready` announcements ([`ready`]), timers and the outcomes of
-//! actions ([`executor`]) arrive as events on one channel; actions run on their own threads and
-//! report back. Agents are reached through one pool of connections ([`pool`]). The HTTP API
+//! committing the new state and the transitions of a batch of events to the store *before*
+//! carrying out their actions. Health checks ([`health_loop`]), `Ready` announcements
+//! ([`ready`]), timers and the outcomes of actions ([`executor`]) arrive as events on one
+//! channel. Health checks, the timer and actions run on one tokio runtime (the "core": one
+//! thread for sockets and timers, a bounded blocking pool for commands and agent calls), each
+//! kind with its own bound on concurrency, and report back. Agents are reached through one pool of connections ([`pool`]). The HTTP API
 //! ([`http`]) reads what the event loop publishes ([`shared`]) and sends operator decisions as
 //! events. A restart loads the committed state and resumes.
 //!
@@ -54,6 +56,42 @@ pub enum DaemonError {
     IsoTools(lazarus_initramfs::iso::IsoError),
     #[error("node {0}: {1}")]
     Provider(lazarus_proto::NodeName, crate::provider::ProviderError),
+    #[error("starting the core runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Raises the soft open-file limit to the hard one (a service manager's soft default, 1,024, is
+/// what 1,024 health checks in flight would need alone) and returns the soft limit in force.
+fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            log::warn!("raising the open-file limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The core runtime: one thread for the sockets and timers of health checks and the poll timer,
+/// and a blocking pool sized for the executor's bounds, `exec` health checks and the host-name
+/// lookups of `http` checks.
+fn core_runtime() -> Result<tokio::runtime::Handle, DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("lazarus-core")
+        .max_blocking_threads(
+            executor::MAX_AGENT_CALLS + executor::MAX_COMMANDS + health_loop::MAX_EXEC_CHECKS + 16,
+        )
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("lazarus-core".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .map_err(DaemonError::Runtime)?;
+    Ok(handle)
 }
 
 /// Runs the daemon until the process is stopped.
@@ -147,28 +185,44 @@ pub fn serve(config: &Path, data_dir: &Path) -> Result<(), DaemonError> {
         )?);
         std::thread::spawn(move || listener.listen(ready));
     }
-    {
-        let (cluster, shared, tx) = (cluster.clone(), shared.clone(), tx.clone());
-        std::thread::spawn(move || health_loop::run(&cluster, &shared, &tx));
-    }
+    let core = core_runtime()?;
+    let checking = Arc::new(health_loop::Checking::new(&cluster, &state));
+    shared::lock(&shared).metrics.health = Some(checking.clone());
+    let bound = health_loop::check_bound(raise_nofile());
+    log::info!("controller: at most {bound} health checks in flight");
+    health_loop::start_checks(&core, cluster.clone(), checking.clone(), tx.clone(), bound);
     {
         let (tx, every) = (tx.clone(), cluster.policy.poll_interval);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(every);
-            if tx.send(Event::Tick).is_err() {
-                return;
+        core.spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if tx.send(Event::Tick).is_err() {
+                    return;
+                }
             }
         });
     }
     let _ = tx.send(Event::Resume);
-    let executor = Arc::new(Executor {
+    let executor = Arc::new(Executor::new(
         cluster,
         pool,
-        shared: shared.clone(),
+        shared.clone(),
         tx,
-        store: store.clone(),
+        store.clone(),
         media,
-    });
-    event_loop::run(state, rx, &policy, &store, &shared, &executor);
+        core,
+    ));
+    event_loop::run(
+        state,
+        rx,
+        &policy,
+        &store,
+        &shared,
+        &checking,
+        |committed| executor.revoke_ended(committed),
+        |action| executor.execute(action),
+    );
     Ok(())
 }
