@@ -56,6 +56,8 @@ fn plan(id: &str, image: &[u8], restore: Option<RestoreSpec>) -> Plan {
             sha256: sha(image),
             layout: ImageLayout::WholeDisk,
             bmap: None,
+            index: None,
+            mode: lazarus_proto::CopyMode::Auto,
         },
         target: DiskSelector {
             serial: Some("LZNODE01".into()),
