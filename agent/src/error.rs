@@ -106,6 +106,7 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (510, "Image::ReadTarget", "reading the target back (to compare it with the chunk index) failed"),
     (511, "Image::ChunkMismatch", "an image chunk's SHA-256 is not the chunk index's (or a chunk is missing); the disk header was zeroed"),
     (512, "Image::Checkpoint", "a copy checkpoint could not be recorded in the flag"),
+    (513, "Image::SourceStalled", "the image source (NFS server) gave nothing for longer than the stall limit; the disk header was zeroed and the next Recover resumes the copy"),
     (600, "Partitions::Open", "the disk could not be opened to re-read its partitions"),
     (601, "Partitions::Gpt", "the written disk's GPT is unreadable or invalid"),
     (602, "Partitions::Remove", "a stale partition could not be removed from the kernel's view"),
@@ -202,6 +203,7 @@ impl AgentError {
                 ImageError::ReadTarget { .. } => 510,
                 ImageError::ChunkMismatch { .. } => 511,
                 ImageError::Checkpoint(_) => 512,
+                ImageError::SourceStalled { .. } => 513,
             },
             Self::Partitions(_, e) => match e {
                 PartitionError::Open(_) => 600,

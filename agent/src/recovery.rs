@@ -32,7 +32,7 @@ use crate::error::FlagLookupError;
 use crate::error::{AgentError, BmapCheckError, IndexCheckError, PlanError};
 use crate::image::{
     sample, write_differential, write_image_with, Bmap, Checkpoints, ChunkIndex, ChunkSource,
-    CopySpec, ImageError, Kept, Progress, Target, Verification,
+    CopySpec, ImageError, Kept, Progress, Target, Verification, WatchedFile, WatchedRead,
 };
 use crate::platform::{FlagSite, Platform};
 use lazarus_node::backup::{restore_backup, ExtractOptions, ExtractReport, RestoreRequest};
@@ -314,7 +314,15 @@ fn run_steps(
                 &checkpoints,
             )?
         }
-        _ => write_image_with(image, &target, &spec, progress, None)?,
+        // Read on a thread of its own: a vanished server is a pause, and Abort takes effect
+        // while a read is blocked (image::stall).
+        _ => write_image_with(
+            WatchedRead::new(image, progress),
+            &target,
+            &spec,
+            progress,
+            None,
+        )?,
     };
     let counters = progress.counters();
     log::info!(
@@ -443,7 +451,7 @@ pub fn copy_with_index(
     match differential_from {
         None => {
             log::info!("copy mode: full");
-            let source = image.try_clone().map_err(ImageError::Read)?;
+            let source = WatchedRead::new(image.try_clone().map_err(ImageError::Read)?, progress);
             Ok(write_image_with(
                 source,
                 target,
@@ -456,13 +464,13 @@ pub fn copy_with_index(
             log::info!(
                 "copy mode: differential (chunks below byte {from} read back first, the rest written)"
             );
+            let file = image.try_clone().map_err(ImageError::Read)?;
             let source = match spec.format {
-                lazarus_proto::ImageFormat::Raw => ChunkSource::File(image),
+                lazarus_proto::ImageFormat::Raw => {
+                    ChunkSource::Watched(WatchedFile::new(file, progress))
+                }
                 format => ChunkSource::Stream {
-                    reader: crate::image::decoder(
-                        format,
-                        image.try_clone().map_err(ImageError::Read)?,
-                    ),
+                    reader: crate::image::decoder(format, WatchedRead::new(file, progress)),
                     pos: 0,
                 },
             };

@@ -341,6 +341,9 @@ pub struct CopyCounters {
     pub fetched: u64,
     /// Bytes written to the target.
     pub written: u64,
+    /// While the image source gives nothing (an NFS server gone): since when, in Unix seconds.
+    /// The copy waits for it, up to the agent's stall limit.
+    pub source_stalled_since: Option<u64>,
 }
 
 /// The agent's lifecycle. `// WIRE: append only`.

@@ -122,7 +122,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
         (
             Response::Status(sample_status()),
             "0102020202020202020202020202020202040103800880200204046e332d31008020808292c906\
-             01046e332d310115036261640001086120286669666f29000000",
+             01046e332d310115036261640001086120286669666f2900000000",
         ),
         (
             Response::Logs(Logs {
@@ -511,6 +511,7 @@ fn response() -> impl Strategy<Value = Response> {
                         checked: bytes_done / 3,
                         fetched: bytes_total / 5,
                         written: bytes_done / 7,
+                        source_stalled_since: (bytes_done % 2 == 0).then_some(bytes_total),
                     },
                 }
             },

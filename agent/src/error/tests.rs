@@ -145,6 +145,11 @@ fn examples() -> Vec<AgentError> {
         }
         .into(),
         ImageError::Checkpoint(io::Error::other("x")).into(),
+        ImageError::SourceStalled {
+            secs: 600,
+            last: String::new(),
+        }
+        .into(),
         AgentError::Partitions(p(), PartitionError::Open(io())),
         AgentError::Partitions(
             p(),

@@ -16,11 +16,12 @@
 //! - Chunks touching kept ranges are compared outside those ranges only (the flag record's
 //!   slots differ from the image by design).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use lazarus_node::index::{Chunk, ChunkIndex};
 
@@ -33,6 +34,8 @@ use super::{
 pub enum ChunkSource<'a> {
     /// A raw image: any chunk, in any order (`pread`), so only differing chunks cross the network.
     File(&'a File),
+    /// The same, read on a thread the copy can abandon (a stalled NFS server; an abort).
+    Watched(super::WatchedFile<'a>),
     /// A stream (a decompressed zstd image): chunks in increasing order, skipping forward by
     /// reading and dropping.
     Stream {
@@ -48,6 +51,10 @@ impl ChunkSource<'_> {
                 f.read_exact_at(buf, offset).map_err(ImageError::Read)?;
                 Ok(buf.len() as u64)
             }
+            ChunkSource::Watched(w) => {
+                w.read_at(buf, offset).map_err(super::stall::image_error)?;
+                Ok(buf.len() as u64)
+            }
             ChunkSource::Stream { reader, pos } => {
                 if offset < *pos {
                     return Err(ImageError::Read(io::Error::other(
@@ -56,8 +63,8 @@ impl ChunkSource<'_> {
                 }
                 let skip = offset - *pos;
                 let skipped = io::copy(&mut reader.by_ref().take(skip), &mut io::sink())
-                    .map_err(ImageError::Read)?;
-                let got = fill(reader, buf).map_err(ImageError::Read)?;
+                    .map_err(super::stall::image_error)?;
+                let got = fill(reader, buf).map_err(super::stall::image_error)?;
                 *pos += skipped + got as u64;
                 if skipped < skip || got < buf.len() {
                     return Err(ImageError::TooShort {
@@ -71,12 +78,17 @@ impl ChunkSource<'_> {
     }
 
     fn random_access(&self) -> bool {
-        matches!(self, ChunkSource::File(_))
+        matches!(self, ChunkSource::File(_) | ChunkSource::Watched(_))
     }
 }
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Checking threads: two per core, so one thread's read is in flight while another hashes.
+fn checkers() -> usize {
+    2 * threads()
 }
 
 /// Reads chunk `i` of the target into `buf`; returns the slice.
@@ -185,6 +197,255 @@ pub fn write_differential(
     result
 }
 
+/// Chunks waiting to be fetched and written, in the order pushed; closed once no more come.
+struct Queue {
+    state: Mutex<(VecDeque<usize>, bool)>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn push(&self, i: usize) {
+        lock(&self.state).0.push_back(i);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        lock(&self.state).1 = true;
+        self.ready.notify_all();
+    }
+
+    /// The next chunk; `None` once closed and empty, or when `stop` says so.
+    fn pop(&self, stop: &dyn Fn() -> bool) -> Option<usize> {
+        let mut st = lock(&self.state);
+        loop {
+            if stop() {
+                return None;
+            }
+            if let Some(i) = st.0.pop_front() {
+                return Some(i);
+            }
+            if st.1 {
+                return None;
+            }
+            st = match self
+                .ready
+                .wait_timeout(st, std::time::Duration::from_millis(100))
+            {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// What the checking and writing threads share.
+struct Run<'s, 'a> {
+    target: &'s Target,
+    spec: &'s CopySpec,
+    idx: &'s ChunkIndex,
+    progress: &'s Progress,
+    checkpoints: Option<&'s Checkpoints<'a>>,
+    header_len: usize,
+    /// The verified first MiB, from the disk (chunk 0 matched) or the source.
+    header: Mutex<Option<Vec<u8>>>,
+    settled: Settled,
+    queue: Queue,
+    failed: AtomicBool,
+    written: AtomicU64,
+}
+
+impl Run<'_, '_> {
+    fn stop(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Reads target chunk `i` and compares it with the index: `Ok(true)` when it matches (or,
+    /// touching kept ranges, when that must be decided by the caller: `Err` never), else false.
+    fn check(&self, i: usize, buf: &mut AlignedBuf) -> Result<Checked, ImageError> {
+        let r = self.idx.range(i);
+        if self.spec.keep.outside(r.clone()) != [r.clone()] {
+            let _ = read_target(self.target, self.idx, i, buf)?;
+            self.progress
+                .checked
+                .fetch_add(r.end - r.start, Ordering::Relaxed);
+            return Ok(Checked::Kept);
+        }
+        let data = read_target(self.target, self.idx, i, buf)?;
+        self.progress
+            .checked
+            .fetch_add(r.end - r.start, Ordering::Relaxed);
+        if self.idx.matches(i, data) {
+            self.progress
+                .done
+                .fetch_add(r.end - r.start, Ordering::Relaxed);
+            if i == 0 {
+                *lock(&self.header) = Some(data[..self.header_len].to_vec());
+            }
+            self.settled
+                .mark(i, self.idx, self.target, self.checkpoints, self.progress)?;
+            Ok(Checked::Matches)
+        } else {
+            Ok(Checked::Differs)
+        }
+    }
+
+    /// Checks the chunks `to_check[next..]` (shared counter) on this thread; with `queue_bad`,
+    /// chunks that differ (or touch kept ranges) go straight to the write queue.
+    fn check_worker(
+        &self,
+        to_check: &[usize],
+        next: &AtomicUsize,
+        queue_bad: bool,
+        bad: &Mutex<Vec<usize>>,
+        kept: &Mutex<Vec<usize>>,
+    ) -> Result<(), ImageError> {
+        let mut buf = AlignedBuf::new(self.idx.chunk_size() as usize);
+        loop {
+            if self.stop() {
+                return Ok(());
+            }
+            let Some(&i) = to_check.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return Ok(());
+            };
+            if self.progress.aborted() {
+                return Err(ImageError::Aborted);
+            }
+            match self.check(i, &mut buf)? {
+                Checked::Matches => {}
+                _ if queue_bad => self.queue.push(i),
+                Checked::Differs => lock(bad).push(i),
+                Checked::Kept => lock(kept).push(i),
+            }
+        }
+    }
+
+    /// Fetches, checks and writes queued chunks until the queue is closed and empty.
+    fn write_worker(&self, source: &Mutex<&mut ChunkSource<'_>>) -> Result<(), ImageError> {
+        let idx = self.idx;
+        let mut buf = AlignedBuf::new(idx.chunk_size() as usize);
+        loop {
+            if self.progress.aborted() {
+                return Err(ImageError::Aborted);
+            }
+            // Taken and read under the source's lock: a stream source only skips forward.
+            let i = {
+                let mut src = lock(source);
+                let Some(i) = self.queue.pop(&|| self.stop() || self.progress.aborted()) else {
+                    if self.progress.aborted() {
+                        return Err(ImageError::Aborted);
+                    }
+                    return Ok(());
+                };
+                if let Chunk::Data(_) = idx.chunks()[i] {
+                    let r = idx.range(i);
+                    let len = (r.end - r.start) as usize;
+                    let got = src.read_chunk(&mut buf.as_mut_slice()[..len], r.start)?;
+                    self.progress.fetched.fetch_add(got, Ordering::Relaxed);
+                }
+                i
+            };
+            let r = idx.range(i);
+            let len = (r.end - r.start) as usize;
+            let n = match idx.chunks()[i] {
+                Chunk::Hole => {
+                    if i == 0 {
+                        *lock(&self.header) = Some(vec![0; self.header_len]);
+                    }
+                    write_hole(self.target, self.spec, r.clone(), i == 0, self.header_len)?
+                }
+                Chunk::Data(_) => {
+                    let data = &buf.as_slice()[..len];
+                    if !idx.matches(i, data) {
+                        return Err(mismatch(idx, i));
+                    }
+                    let skip = if i == 0 {
+                        *lock(&self.header) = Some(data[..self.header_len].to_vec());
+                        self.header_len
+                    } else {
+                        0
+                    };
+                    write_runs(
+                        self.target,
+                        &data[skip..],
+                        r.start + skip as u64,
+                        0,
+                        &self.spec.keep,
+                    )?
+                }
+            };
+            self.written.fetch_add(n, Ordering::Relaxed);
+            self.progress.written.fetch_add(n, Ordering::Relaxed);
+            self.progress
+                .done
+                .fetch_add(r.end - r.start, Ordering::Relaxed);
+            self.settled
+                .mark(i, idx, self.target, self.checkpoints, self.progress)?;
+        }
+    }
+
+    fn zero_header(&self, zeroed: &AtomicBool) -> Result<(), ImageError> {
+        self.spec
+            .keep
+            .write_zeroes(self.target, 0..self.header_len as u64)
+            .and_then(|()| self.target.sync())
+            .map_err(ImageError::Sync)?;
+        zeroed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What a check found.
+enum Checked {
+    Matches,
+    Differs,
+    /// Touches kept ranges: compared against the image outside them, later.
+    Kept,
+}
+
+/// Runs `n` threads of `work`; the first error wins (and stops the others through `run`).
+fn on_threads<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    run: &'s Run<'_, '_>,
+    n: usize,
+    work: impl Fn() -> Result<(), ImageError> + Send + Sync + 's,
+) -> Vec<std::thread::ScopedJoinHandle<'s, Result<(), ImageError>>> {
+    let work = std::sync::Arc::new(work);
+    (0..n)
+        .map(|_| {
+            let work = work.clone();
+            s.spawn(move || {
+                let r = work();
+                if r.is_err() {
+                    run.failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+        })
+        .collect()
+}
+
+fn joined(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<(), ImageError>>>,
+) -> Result<(), ImageError> {
+    let mut first = Ok(());
+    for h in handles {
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(ImageError::Read(io::Error::other("a copy thread panicked"))));
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
 #[allow(clippy::too_many_arguments)]
 fn differential(
     source: &mut ChunkSource<'_>,
@@ -196,210 +457,125 @@ fn differential(
     checkpoints: Option<&Checkpoints<'_>>,
     zeroed: &AtomicBool,
 ) -> Result<CopyReport, ImageError> {
-    let header_len = HEADER_LEN.min(spec.size) as usize;
-    let chunk_len = idx.chunk_size() as usize;
+    let run = Run {
+        target,
+        spec,
+        idx,
+        progress,
+        checkpoints,
+        header_len: HEADER_LEN.min(spec.size) as usize,
+        header: Mutex::new(None),
+        settled: Settled::new(idx.len(), 1),
+        queue: Queue::new(),
+        failed: AtomicBool::new(false),
+        written: AtomicU64::new(0),
+    };
     let to_check: Vec<usize> = (0..idx.len())
         .filter(|&i| idx.range(i).start < check_below)
         .collect();
-    // The verified first MiB, from the disk (chunk 0 matched) or the source.
-    let header: Mutex<Option<Vec<u8>>> = Mutex::new(None);
-    let bad = Mutex::new(Vec::new());
-    let kept_chunks = Mutex::new(Vec::new());
-
-    // Check: every core reads and compares target chunks.
+    let blind: Vec<usize> = (0..idx.len())
+        .filter(|&i| idx.range(i).start >= check_below)
+        .collect();
+    let (bad, kept) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
     let next = AtomicUsize::new(0);
-    let results: Vec<Result<(), ImageError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads())
-            .map(|_| {
-                s.spawn(|| -> Result<(), ImageError> {
-                    let mut buf = AlignedBuf::new(chunk_len);
-                    loop {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&i) = to_check.get(n) else {
-                            return Ok(());
-                        };
-                        if progress.aborted() {
-                            return Err(ImageError::Aborted);
-                        }
-                        let r = idx.range(i);
-                        let touches_kept = spec.keep.outside(r.clone()) != [r.clone()];
-                        let data = read_target(target, idx, i, &mut buf)?;
-                        progress
-                            .checked
-                            .fetch_add(r.end - r.start, Ordering::Relaxed);
-                        if touches_kept {
-                            lock(&kept_chunks).push(i);
-                        } else if idx.matches(i, data) {
-                            progress.done.fetch_add(r.end - r.start, Ordering::Relaxed);
-                            if i == 0 {
-                                *lock(&header) = Some(data[..header_len].to_vec());
-                            }
-                        } else {
-                            lock(&bad).push(i);
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join().unwrap_or_else(|_| {
-                    Err(ImageError::Read(io::Error::other(
-                        "checker thread panicked",
-                    )))
-                })
-            })
-            .collect()
-    });
-    results.into_iter().collect::<Result<(), ImageError>>()?;
+    let source = Mutex::new(source);
 
-    // Chunks holding kept ranges: fetched (when the source can seek) and compared outside them.
-    let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
-    for i in kept_chunks.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        if !source.random_access() {
-            bad.push(i);
-            continue;
-        }
-        let r = idx.range(i);
-        let len = (r.end - r.start) as usize;
-        let mut image = AlignedBuf::new(chunk_len);
-        let got = source.read_chunk(&mut image.as_mut_slice()[..len], r.start)?;
-        progress.fetched.fetch_add(got, Ordering::Relaxed);
-        let image = &image.as_slice()[..len];
-        if !idx.matches(i, image) {
-            return Err(mismatch(idx, i));
-        }
-        let mut disk = AlignedBuf::new(chunk_len);
-        let disk = read_target(target, idx, i, &mut disk)?;
-        if equal_outside_kept(spec, r.start, image, disk) {
-            progress.done.fetch_add(r.end - r.start, Ordering::Relaxed);
-            if i == 0 {
-                *lock(&header) = Some(image[..header_len].to_vec());
-            }
-        } else {
-            bad.push(i);
-        }
-    }
-    bad.extend((0..idx.len()).filter(|&i| idx.range(i).start >= check_below));
-    bad.sort_unstable();
-    bad.dedup();
-    if bad.is_empty() {
-        return Ok(CopyReport {
-            bytes: spec.size,
-            written: 0,
-            sparse: false,
-        });
-    }
-
-    // Something changes: the header goes first (zeroed, flushed), and comes back last.
-    spec.keep
-        .write_zeroes(target, 0..header_len as u64)
-        .and_then(|()| target.sync())
-        .map_err(ImageError::Sync)?;
-    zeroed.store(true, Ordering::Relaxed);
-    let written = AtomicU64::new(0);
-    // A chunk not rewritten is settled already; checkpoints follow the rewritten ones.
-    let settled = Settled::new(idx.len(), 1);
-    {
-        let mut is_bad = vec![false; idx.len()];
-        for &i in &bad {
-            is_bad[i] = true;
-        }
-        for (i, b) in is_bad.iter().enumerate() {
-            if !b {
-                settled.mark(i, idx, target, None, progress)?;
+    if !blind.is_empty() && lock(&source).random_access() {
+        // A resume: chunks past the checkpoint are written whatever the check finds, so the
+        // header goes now and checking the prefix overlaps with writing the rest (reads and
+        // hashing beside writes). Chunk 0 is checked first, before its header is zeroed.
+        if to_check.first() == Some(&0) {
+            next.store(1, Ordering::Relaxed);
+            let mut buf = AlignedBuf::new(idx.chunk_size() as usize);
+            match run.check(0, &mut buf)? {
+                Checked::Matches => {}
+                _ => run.queue.push(0),
             }
         }
-    }
-    let source = Mutex::new((source, 0usize));
-    let failed = AtomicBool::new(false);
-    let results: Vec<Result<(), ImageError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads())
-            .map(|_| {
-                s.spawn(|| -> Result<(), ImageError> {
-                    let mut buf = AlignedBuf::new(chunk_len);
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        if progress.aborted() {
-                            return Err(ImageError::Aborted);
-                        }
-                        // Chunks are taken in order under the source's lock, so a stream
-                        // source only ever skips forward.
-                        let i = {
-                            let mut src = lock(&source);
-                            let Some(&i) = bad.get(src.1) else {
-                                return Ok(());
-                            };
-                            src.1 += 1;
-                            if let Chunk::Data(_) = idx.chunks()[i] {
-                                let r = idx.range(i);
-                                let len = (r.end - r.start) as usize;
-                                let got =
-                                    src.0.read_chunk(&mut buf.as_mut_slice()[..len], r.start)?;
-                                progress.fetched.fetch_add(got, Ordering::Relaxed);
-                            }
-                            i
-                        };
-                        let r = idx.range(i);
-                        let len = (r.end - r.start) as usize;
-                        let n = match idx.chunks()[i] {
-                            Chunk::Hole => write_hole(target, spec, r.clone(), i == 0, header_len)?,
-                            Chunk::Data(_) => {
-                                let data = &buf.as_slice()[..len];
-                                if !idx.matches(i, data) {
-                                    return Err(mismatch(idx, i));
-                                }
-                                let skip = if i == 0 {
-                                    *lock(&header) = Some(data[..header_len].to_vec());
-                                    header_len
-                                } else {
-                                    0
-                                };
-                                write_runs(
-                                    target,
-                                    &data[skip..],
-                                    r.start + skip as u64,
-                                    0,
-                                    &spec.keep,
-                                )?
-                            }
-                        };
-                        if i == 0 && idx.chunks()[0] == Chunk::Hole {
-                            *lock(&header) = Some(vec![0; header_len]);
-                        }
-                        written.fetch_add(n, Ordering::Relaxed);
-                        progress.written.fetch_add(n, Ordering::Relaxed);
-                        progress.done.fetch_add(r.end - r.start, Ordering::Relaxed);
-                        settled.mark(i, idx, target, checkpoints, progress)?;
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                let r = w.join().unwrap_or_else(|_| {
-                    Err(ImageError::Read(io::Error::other("writer thread panicked")))
-                });
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
+        run.zero_header(zeroed)?;
+        for &i in &blind {
+            run.queue.push(i);
+        }
+        let checking = AtomicUsize::new(checkers());
+        std::thread::scope(|s| {
+            let checks = on_threads(s, &run, checkers(), || {
+                let r = run.check_worker(&to_check, &next, true, &bad, &kept);
+                if checking.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    run.queue.close();
                 }
                 r
-            })
-            .collect()
-    });
-    results.into_iter().collect::<Result<(), ImageError>>()?;
+            });
+            let writes = on_threads(s, &run, threads(), || run.write_worker(&source));
+            let checked = joined(checks);
+            run.queue.close();
+            let wrote = joined(writes);
+            checked.and(wrote)
+        })?;
+    } else {
+        std::thread::scope(|s| {
+            joined(on_threads(s, &run, checkers(), || {
+                run.check_worker(&to_check, &next, false, &bad, &kept)
+            }))
+        })?;
+        // Chunks holding kept ranges: fetched (when the source can seek) and compared outside
+        // them.
+        let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
+        for i in kept.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            let mut src = lock(&source);
+            if !src.random_access() {
+                bad.push(i);
+                continue;
+            }
+            let r = idx.range(i);
+            let len = (r.end - r.start) as usize;
+            let mut image = AlignedBuf::new(idx.chunk_size() as usize);
+            let got = src.read_chunk(&mut image.as_mut_slice()[..len], r.start)?;
+            progress.fetched.fetch_add(got, Ordering::Relaxed);
+            let image = &image.as_slice()[..len];
+            if !idx.matches(i, image) {
+                return Err(mismatch(idx, i));
+            }
+            let mut disk = AlignedBuf::new(idx.chunk_size() as usize);
+            let disk = read_target(target, idx, i, &mut disk)?;
+            if equal_outside_kept(spec, r.start, image, disk) {
+                progress.done.fetch_add(r.end - r.start, Ordering::Relaxed);
+                if i == 0 {
+                    *lock(&run.header) = Some(image[..run.header_len].to_vec());
+                }
+                run.settled.mark(i, idx, target, checkpoints, progress)?;
+            } else {
+                bad.push(i);
+            }
+        }
+        bad.extend(&blind);
+        bad.sort_unstable();
+        bad.dedup();
+        if bad.is_empty() {
+            return Ok(CopyReport {
+                bytes: spec.size,
+                written: 0,
+                sparse: false,
+            });
+        }
+        // Something changes: the header goes first (zeroed, flushed), and comes back last.
+        run.zero_header(zeroed)?;
+        for i in bad {
+            run.queue.push(i);
+        }
+        run.queue.close();
+        std::thread::scope(|s| {
+            joined(on_threads(s, &run, threads(), || run.write_worker(&source)))
+        })?;
+    }
+
     target.sync().map_err(ImageError::Sync)?;
-    let header = lock(&header).take().ok_or_else(|| mismatch(idx, 0))?;
+    let header = lock(&run.header).take().ok_or_else(|| mismatch(idx, 0))?;
     let n = write_runs(target, &header, 0, 0, &spec.keep)?;
     target.sync().map_err(ImageError::Sync)?;
     progress.written.fetch_add(n, Ordering::Relaxed);
     Ok(CopyReport {
         bytes: spec.size,
-        written: written.into_inner() + n,
+        written: run.written.into_inner() + n,
         sparse: false,
     })
 }

@@ -26,6 +26,7 @@ pub mod bmap;
 mod buf;
 mod diff;
 mod keep;
+mod stall;
 mod target;
 mod verify;
 
@@ -42,6 +43,7 @@ pub use diff::{sample, write_differential, ChunkSource};
 pub use keep::Kept;
 pub use lazarus_node::index::{Chunk, ChunkIndex};
 pub use lazarus_node::zstd::ZstdFrames;
+pub use stall::{WatchedFile, WatchedRead};
 pub use target::Target;
 pub use verify::Verification;
 
@@ -92,7 +94,17 @@ pub struct Progress {
     fetched: AtomicU64,
     written: AtomicU64,
     checkpoint: AtomicU64,
+    /// Unix seconds since when the source gave nothing (0: it is flowing).
+    stalled_since: AtomicU64,
+    /// Stall report and limit in milliseconds (0: the defaults).
+    stall_report_ms: AtomicU64,
+    stall_limit_ms: AtomicU64,
 }
+
+/// A source silent this long is reported as stalled in `Status`.
+pub const STALL_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A source silent this long fails the copy (code 513); the next `Recover` resumes it.
+pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Progress {
     pub fn done(&self) -> u64 {
@@ -118,6 +130,7 @@ impl Progress {
             checked: self.checked.load(Ordering::Relaxed),
             fetched: self.fetched.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
+            source_stalled_since: self.stalled_since(),
         }
     }
 
@@ -125,6 +138,58 @@ impl Progress {
     /// from verified bytes, and flushed (0 before the first).
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Relaxed)
+    }
+
+    /// When a silent source is reported as stalled, and when it fails the copy.
+    pub fn set_stall_times(&self, report: std::time::Duration, limit: std::time::Duration) {
+        self.stall_report_ms
+            .store(report.as_millis() as u64, Ordering::Relaxed);
+        self.stall_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stall_times(&self) -> (std::time::Duration, std::time::Duration) {
+        let ms = |a: &AtomicU64, d: std::time::Duration| match a.load(Ordering::Relaxed) {
+            0 => d,
+            v => std::time::Duration::from_millis(v),
+        };
+        (
+            ms(&self.stall_report_ms, STALL_REPORT),
+            ms(&self.stall_limit_ms, STALL_LIMIT),
+        )
+    }
+
+    /// Unix seconds since when the source has given nothing, while it is stalled.
+    pub fn stalled_since(&self) -> Option<u64> {
+        match self.stalled_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub(crate) fn mark_stalled(&self, waited: std::time::Duration, last_error: Option<&str>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let since = now.saturating_sub(waited.as_secs()).max(1);
+        if self
+            .stalled_since
+            .compare_exchange(0, since, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            log::warn!(
+                "source stalled since {since} (unix seconds; nothing for {} s{}); waiting for it",
+                waited.as_secs(),
+                last_error.map_or(String::new(), |e| format!(", last error: {e}"))
+            );
+        }
+    }
+
+    pub(crate) fn clear_stall(&self) {
+        let was = self.stalled_since.swap(0, Ordering::Relaxed);
+        if was != 0 {
+            log::info!("source back after a stall since {was}; the copy goes on");
+        }
     }
 
     /// Starts from a checkpoint recorded by an earlier attempt (what a failure reports until
@@ -238,6 +303,8 @@ pub enum ImageError {
     ChunkMismatch { chunk: usize, start: u64, end: u64 },
     #[error("recording a checkpoint: {0}")]
     Checkpoint(io::Error),
+    #[error("the image source gave nothing for {secs} s{}; the next Recover resumes the copy", if last.is_empty() { String::new() } else { format!(" (last error: {last})") })]
+    SourceStalled { secs: u64, last: String },
 }
 
 /// Wraps a raw or zstd source as the logical image stream.
@@ -370,8 +437,8 @@ fn copy_verified(
                     return Ok(());
                 };
                 let want = (spec.size - offset).min(chunk_len as u64) as usize;
-                let got =
-                    fill(&mut source, &mut buf.as_mut_slice()[..want]).map_err(ImageError::Read)?;
+                let got = fill(&mut source, &mut buf.as_mut_slice()[..want])
+                    .map_err(stall::image_error)?;
                 if got < want {
                     return Err(ImageError::TooShort {
                         got: offset + got as u64,
@@ -386,7 +453,7 @@ fn copy_verified(
                 }
             }
             let mut probe = [0u8; 1];
-            if fill(&mut source, &mut probe).map_err(ImageError::Read)? > 0 {
+            if fill(&mut source, &mut probe).map_err(stall::image_error)? > 0 {
                 return Err(ImageError::TooLong {
                     expected: spec.size,
                 });
