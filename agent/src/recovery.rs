@@ -297,7 +297,10 @@ fn run_steps(
         Ok(())
     };
     let checkpoints = Checkpoints {
-        every: CHECKPOINT_EVERY,
+        every: match &spec.verify {
+            Verification::Index(idx) => checkpoint_every(plan.image.size, idx.chunk_size()),
+            _ => CHECKPOINT_EVERY,
+        },
         record: &record,
     };
     let report = match &spec.verify {
@@ -390,8 +393,13 @@ fn run_steps(
 }
 
 /// Bytes of settled chunks between two durable checkpoints (an `fdatasync` and a flag write
-/// each): 8 for a 2 GiB image.
+/// each) at most: 8 for a 2 GiB image. Smaller images checkpoint every eighth of their size
+/// (at least one chunk), so a slow copy of a small image still leaves some.
 const CHECKPOINT_EVERY: u64 = 256 << 20;
+
+fn checkpoint_every(size: u64, chunk: u32) -> u64 {
+    (size / 8).clamp(chunk as u64, CHECKPOINT_EVERY)
+}
 /// Chunks `auto` reads to decide whether a disk without a flag naming the image is worth a
 /// differential run.
 const AUTO_SAMPLE: usize = 16;
