@@ -275,6 +275,7 @@ fn copy_indexed(o: CopyIndexed) -> anyhow::Result<()> {
     let progress = Progress::default();
     let start = std::time::Instant::now();
     let report = copy_with_index(
+        &o.image,
         &source,
         &dest,
         &spec,

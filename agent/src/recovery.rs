@@ -32,7 +32,7 @@ use crate::error::FlagLookupError;
 use crate::error::{AgentError, BmapCheckError, IndexCheckError, PlanError};
 use crate::image::{
     sample, write_differential, write_image_with, Bmap, Checkpoints, ChunkIndex, ChunkSource,
-    CopySpec, ImageError, Kept, Progress, Target, Verification, WatchedFile, WatchedRead,
+    CopySpec, ImageError, Kept, Progress, Reopen, Target, Verification, WatchedFile, WatchedRead,
 };
 use crate::platform::{FlagSite, Platform};
 use lazarus_node::backup::{restore_backup, ExtractOptions, ExtractReport, RestoreRequest};
@@ -307,6 +307,7 @@ fn run_steps(
         Verification::Index(idx) => {
             let idx = idx.clone();
             copy_with_index(
+                &image_path,
                 &image,
                 &target,
                 &spec,
@@ -320,7 +321,7 @@ fn run_steps(
         // Read on a thread of its own: a vanished server is a pause, and Abort takes effect
         // while a read is blocked (image::stall).
         _ => write_image_with(
-            WatchedRead::new(image, progress),
+            WatchedRead::new(Reopen::new(image_path.clone(), image), progress),
             &target,
             &spec,
             progress,
@@ -435,6 +436,7 @@ impl Resume {
 /// the index. So a wrong or stale checkpoint costs time, never correctness.
 #[allow(clippy::too_many_arguments)]
 pub fn copy_with_index(
+    image_path: &Path,
     image: &File,
     target: &Target,
     spec: &CopySpec,
@@ -459,7 +461,8 @@ pub fn copy_with_index(
     match differential_from {
         None => {
             log::info!("copy mode: full");
-            let source = WatchedRead::new(image.try_clone().map_err(ImageError::Read)?, progress);
+            let file = image.try_clone().map_err(ImageError::Read)?;
+            let source = WatchedRead::new(Reopen::new(image_path.to_owned(), file), progress);
             Ok(write_image_with(
                 source,
                 target,
@@ -473,6 +476,7 @@ pub fn copy_with_index(
                 "copy mode: differential (chunks below byte {from} read back first, the rest written)"
             );
             let file = image.try_clone().map_err(ImageError::Read)?;
+            let file = Reopen::new(image_path.to_owned(), file);
             let source = match spec.format {
                 lazarus_proto::ImageFormat::Raw => {
                     ChunkSource::Watched(WatchedFile::new(file, progress))

@@ -506,6 +506,131 @@ fn a_vm_killed_mid_copy_resumes_after_reboot_and_ends_recovered() {
     vm.kill();
 }
 
+/// Waits until `done(status)` or `timeout`; returns the status and when it came.
+fn wait_status(
+    c: &mut AgentClient,
+    timeout: Duration,
+    done: impl Fn(&Status) -> bool,
+) -> Option<(Status, Instant)> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(s) = c.status_of(&Request::GetStatus) {
+            if done(&s) {
+                return Some((s, Instant::now()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn a_vanished_nfs_server_pauses_the_copy_and_abort_works_while_a_read_is_blocked() {
+    if !lazarus_testkit::require(
+        "a_vanished_nfs_server_pauses_the_copy_and_abort_works_while_a_read_is_blocked",
+        available(),
+    ) {
+        return;
+    }
+    let run = RunDir::new("stall").unwrap();
+    let dir = &run.path;
+    let art = artifacts(dir).expect("building the kernel, agent and initramfs");
+    let worker = disk::worker_image(dir).unwrap();
+    let (export, image) = (&worker.export, &worker.bytes);
+    let idx = lazarus_node::index::build(&worker.path, 1 << 20, 2)
+        .unwrap()
+        .encode();
+    std::fs::write(export.join("images/worker.idx"), &idx).unwrap();
+    let full = |id: &str| {
+        let mut p = plan(id, image, None);
+        p.image.index = Some(IndexRef {
+            path: "images/worker.idx".into(),
+            sha256: sha(&idx),
+        });
+        p.image.mode = CopyMode::Full;
+        p
+    };
+    let oldroot = dir.join("oldroot");
+    std::fs::create_dir_all(&oldroot).unwrap();
+    let node_disk = dir.join("node-1.img");
+    disk::build(&node_disk, &oldroot, disk::DISK_MIB).unwrap();
+    let ns = Netns::create(&format!("lz-e2e-s{}", std::process::id())).unwrap();
+    let nfs = Nfs::start(&ns, dir, export).unwrap();
+    let (vm, _, mut c) = boot_node(&ns, dir, &art, &node_disk);
+
+    // 1. The server goes away mid-copy: a pause reported within 30 s, then the copy goes on
+    //    when the server is back, and ends RECOVERED with the disk matching.
+    c.status_of(&Request::Recover(Box::new(full("e2e-stall-1"))))
+        .unwrap();
+    let copying = |s: &Status| s.step == Some(Step::CopyImage) && s.copy.fetched > 0;
+    wait_status(&mut c, PLAN_TIMEOUT, copying).expect("the copy never started");
+    drop(nfs);
+    let gone = Instant::now();
+    let (s, at) = wait_status(&mut c, Duration::from_secs(60), |s| {
+        s.copy.source_stalled_since.is_some() || s.phase != Phase::Recovering
+    })
+    .expect("no status");
+    assert_eq!(s.phase, Phase::Recovering, "{s:?}\n{}", vm.serial_log());
+    let reported = at - gone;
+    eprintln!(
+        "lab: stall reported {:.1} s after the server died",
+        reported.as_secs_f64()
+    );
+    assert!(reported < Duration::from_secs(30), "{reported:?}");
+    let nfs = Nfs::start(&ns, dir, export).unwrap();
+    let back = Instant::now();
+    let s = wait_done(&mut c);
+    eprintln!(
+        "lab: after the server came back, {:.1} s to {:?}: {:?}",
+        back.elapsed().as_secs_f64(),
+        s.phase,
+        s.copy
+    );
+    assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", vm.serial_log());
+    let mut written = vec![0u8; image.len()];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut written, 0)
+        .unwrap();
+    assert!(written == *image, "the disk does not hold the image");
+
+    // 2. Again, and this time Abort while the read is blocked: FAILED (507) within seconds.
+    c.status_of(&Request::Recover(Box::new(full("e2e-stall-2"))))
+        .unwrap();
+    wait_status(&mut c, PLAN_TIMEOUT, copying).expect("the second copy never started");
+    drop(nfs);
+    wait_status(&mut c, Duration::from_secs(60), |s| {
+        s.copy.source_stalled_since.is_some() || s.phase != Phase::Recovering
+    })
+    .expect("no stall");
+    let asked = Instant::now();
+    c.status_of(&Request::Abort).unwrap();
+    let (s, at) = wait_status(&mut c, Duration::from_secs(60), |s| {
+        s.phase != Phase::Recovering
+    })
+    .expect("the abort never took effect");
+    let took = at - asked;
+    eprintln!(
+        "lab: Abort during a blocked read took {:.1} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        (s.phase, s.error.as_ref().map(|e| e.code)),
+        (Phase::Failed, Some(507)),
+        "{s:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let mut head = vec![0u8; MIB as usize];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "header not zeroed after the abort"
+    );
+}
+
 /// node-1's backup key: `lazarus backup` signs with it; the plan carries its public half.
 fn backup_key() -> lazarus_proto::SigningKey {
     lazarus_proto::SigningKey::from_seed([0x5b; 32])

@@ -266,8 +266,8 @@ impl Run<'_, '_> {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Reads target chunk `i` and compares it with the index: `Ok(true)` when it matches (or,
-    /// touching kept ranges, when that must be decided by the caller: `Err` never), else false.
+    /// Reads target chunk `i` and compares it with the index; a matching chunk is settled (and
+    /// chunk 0 gives the header back). A chunk touching kept ranges is left to the caller.
     fn check(&self, i: usize, buf: &mut AlignedBuf) -> Result<Checked, ImageError> {
         let r = self.idx.range(i);
         if self.spec.keep.outside(r.clone()) != [r.clone()] {

@@ -43,7 +43,7 @@ pub use diff::{sample, write_differential, ChunkSource};
 pub use keep::Kept;
 pub use lazarus_node::index::{Chunk, ChunkIndex};
 pub use lazarus_node::zstd::ZstdFrames;
-pub use stall::{WatchedFile, WatchedRead};
+pub use stall::{Reopen, WatchedFile, WatchedRead};
 pub use target::Target;
 pub use verify::Verification;
 

@@ -7,15 +7,14 @@
 //! nothing: past the report time (10 s) [`Progress::stalled_since`] says since when, for
 //! `Status`; past the limit (10 min by default, [`Progress::set_stall_times`]) the copy fails with
 //! [`ImageError::SourceStalled`]. Reads that fail the way a soft NFS mount fails while its
-//! server is away (`EIO`, `ETIMEDOUT`, unreachable, refused, reset) are retried every second at
-//! the same offset until the limit, so a server that comes back lets the copy go on where it
+//! server is away (`EIO`, `ETIMEDOUT`, unreachable, refused, reset, a stale handle) are retried
+//! every second at the same offset, through a new open of the file ([`Reopen`]), until the limit, so a server that comes back lets the copy go on where it
 //! stopped. An abandoned thread ends when its blocked read returns and finds nobody waiting.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ImageError, Progress};
@@ -64,6 +63,7 @@ fn transient(e: &io::Error) -> bool {
         Errno::HOSTUNREACH,
         Errno::CONNREFUSED,
         Errno::CONNRESET,
+        Errno::STALE,
     ]
     .iter()
     .any(|e| e.raw_os_error() == code)
@@ -184,6 +184,62 @@ impl Read for WatchedRead<'_> {
     }
 }
 
+/// The image file by path, reopened after a failed read: after an NFS server restart the old
+/// open state may be gone for good (a restarted server without a grace period refuses to
+/// reclaim it), while a new open works. Reads go on from the same offset.
+pub struct Reopen {
+    path: std::path::PathBuf,
+    file: Option<File>,
+    pos: u64,
+}
+
+impl Reopen {
+    /// `file` already open on `path` (the first open's error is the caller's to report).
+    pub fn new(path: std::path::PathBuf, file: File) -> Self {
+        Self {
+            path,
+            file: Some(file),
+            pos: 0,
+        }
+    }
+
+    fn file(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            let f = File::open(&self.path)?;
+            log::info!("reopened {} at byte {}", self.path.display(), self.pos);
+            self.file = Some(f);
+        }
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no file"))
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let result = self.file().and_then(|f| f.read_exact_at(buf, offset));
+        if result.is_err() {
+            self.file = None;
+        }
+        result
+    }
+}
+
+impl Read for Reopen {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let pos = self.pos;
+        let result = self.file().and_then(|f| f.read_at(buf, pos));
+        match result {
+            Ok(n) => {
+                self.pos += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+}
+
 /// A random-access source (a raw image) whose `pread`s run on their own thread.
 pub struct WatchedFile<'p> {
     req: SyncSender<(u64, usize)>,
@@ -192,15 +248,14 @@ pub struct WatchedFile<'p> {
 }
 
 impl<'p> WatchedFile<'p> {
-    pub fn new(file: File, progress: &'p Progress) -> Self {
+    pub fn new(mut file: Reopen, progress: &'p Progress) -> Self {
         let (req, requests) = sync_channel::<(u64, usize)>(1);
         let (tx, rx) = sync_channel(1);
-        let file = Arc::new(file);
         std::thread::spawn(move || {
             for (offset, len) in requests {
                 let ok = attempt(&tx, || {
                     let mut v = vec![0u8; len];
-                    file.read_exact_at(&mut v, offset)?;
+                    file.read_at(&mut v, offset)?;
                     Ok(v)
                 });
                 if !ok {
