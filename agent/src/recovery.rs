@@ -481,6 +481,11 @@ pub fn copy_with_index(
                 lazarus_proto::ImageFormat::Raw => {
                     ChunkSource::Watched(WatchedFile::new(file, progress))
                 }
+                // A packed image: chunks decoded alone from their frames.
+                lazarus_proto::ImageFormat::Zstd if idx.frame(0).is_some() => ChunkSource::Packed {
+                    file: WatchedFile::new(file, progress),
+                    index: idx,
+                },
                 format => ChunkSource::Stream {
                     reader: crate::image::decoder(format, WatchedRead::new(file, progress)),
                     pos: 0,

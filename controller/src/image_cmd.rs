@@ -64,7 +64,11 @@ pub fn check_index(idx_path: &Path, image: Option<&Path>) -> Result<String, Imag
     let mut line = format!(
         "{}: version {}, {} chunks of {} bytes, image {} bytes, sha256 {}",
         idx_path.display(),
-        index::VERSION,
+        if idx.frame(0).is_some() {
+            index::VERSION_PACKED
+        } else {
+            index::VERSION
+        },
         idx.len(),
         idx.chunk_size(),
         idx.image_size(),
@@ -90,4 +94,44 @@ pub fn check_index(idx_path: &Path, image: Option<&Path>) -> Result<String, Imag
         line.push_str(&format!("; {} matches it", image.display()));
     }
     Ok(line)
+}
+
+/// Packs `image` as seekable zstd (one frame per chunk) into `out`, with its packed index in
+/// `index_out`; returns the summary printed to the operator.
+pub fn pack(
+    image: &Path,
+    out: &Path,
+    index_out: &Path,
+    chunk: u32,
+    threads: usize,
+) -> Result<String, ImageCmdError> {
+    let start = std::time::Instant::now();
+    let tmp = out.with_extension("zst.tmp");
+    let write_err = |e| ImageCmdError::Write(out.display().to_string(), e);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(write_err)?);
+    let idx = index::pack(image, &mut file, chunk, threads)
+        .map_err(|e| ImageCmdError::Read(image.display().to_string(), e))?;
+    let file = file.into_inner().map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    std::fs::rename(&tmp, out).map_err(write_err)?;
+    let packed = std::fs::metadata(out).map_err(write_err)?.len();
+    let bytes = idx.encode();
+    let itmp = index_out.with_extension("idx.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&itmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&itmp, index_out)
+    };
+    write().map_err(|e| ImageCmdError::Write(index_out.display().to_string(), e))?;
+    Ok(format!(
+        "packed {} bytes into {packed} ({} frames of {} bytes each, {threads} threads, {:.2} s)\n\
+         format = \"zstd\"\nindex = {{ path = \"{}\", sha256 = \"{}\" }}",
+        idx.image_size(),
+        idx.len(),
+        idx.chunk_size(),
+        start.elapsed().as_secs_f64(),
+        index_out.display(),
+        index::sha256(&bytes)
+    ))
 }

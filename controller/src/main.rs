@@ -237,6 +237,21 @@ enum ImageCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Pack IMAGE as seekable zstd (one independent frame per chunk, compressed on every core)
+    /// with a packed index holding each frame's offset: a differential repair then fetches and
+    /// decodes only the chunks it needs. The output is also an ordinary zstd stream.
+    Pack {
+        image: PathBuf,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Where the packed index goes.
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long, default_value_t = lazarus_node::index::DEFAULT_CHUNK)]
+        chunk_size: u32,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Check an index file; with --image, also that the image matches it chunk by chunk.
     Check {
         index: PathBuf,
@@ -470,6 +485,17 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
                 let threads = threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
                 image_cmd::build_index(&image, &output, chunk_size, threads)?
+            }
+            ImageCommand::Pack {
+                image,
+                output,
+                index,
+                chunk_size,
+                threads,
+            } => {
+                let threads = threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                image_cmd::pack(&image, &output, &index, chunk_size, threads)?
             }
             ImageCommand::Check { index, image } => {
                 image_cmd::check_index(&index, image.as_deref())?

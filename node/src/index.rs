@@ -18,6 +18,11 @@
 //!  64+33n  32  SHA-256 of every byte before it
 //! ```
 //!
+//! Version 2 is a *packed* index (`lazarus image pack`): the same, with each entry followed by
+//! the offset (u64) and length (u32) of the chunk's own zstd frame in the packed image (entries
+//! of 45 bytes). The packed image is those frames back to back, so it is also one ordinary
+//! multi-frame zstd stream of the whole image; a reader decodes any chunk alone from its frame.
+//!
 //! The last chunk may be short (the image's tail). A hole's bytes are all zero: it is checked
 //! with a compare against zero, never hashed. The trailing digest catches a torn or damaged file
 //! with a clear error even where no plan digest is at hand (`lazarus image index --check`).
@@ -34,8 +39,10 @@ use sha2::Digest;
 
 /// The file's first bytes.
 pub const MAGIC: &[u8; 8] = b"LZRIDX\r\n";
-/// The format version this build reads and writes.
+/// The format version this build writes for a plain index; it reads it and [`VERSION_PACKED`].
 pub const VERSION: u32 = 1;
+/// The version of an index with frame offsets into a packed (seekable zstd) image.
+pub const VERSION_PACKED: u32 = 2;
 /// The chunk size `lazarus image index` uses unless told otherwise.
 pub const DEFAULT_CHUNK: u32 = 4 << 20;
 /// Smallest chunk: the copy engine's held-back header (1 MiB) must lie in chunk 0.
@@ -44,6 +51,7 @@ pub const MIN_CHUNK: u32 = 1 << 20;
 pub const MAX_CHUNK: u32 = 16 << 20;
 const HEAD_LEN: usize = 64;
 const ENTRY_LEN: usize = 33;
+const FRAME_LEN: usize = 12;
 /// Refuse an index describing more chunks than this (a 64 TiB image at 4 MiB, 67 MB of index):
 /// the file is read into memory.
 pub const MAX_CHUNKS: u64 = 1 << 24;
@@ -63,6 +71,8 @@ pub struct ChunkIndex {
     chunk_size: u32,
     image_size: u64,
     chunks: Vec<Chunk>,
+    /// Per chunk, its zstd frame in a packed image: (offset, length).
+    frames: Option<Vec<(u64, u32)>>,
 }
 
 /// Why an index was refused.
@@ -88,6 +98,8 @@ pub enum IndexError {
     Reserved,
     #[error("index: its own checksum does not match (torn or damaged file)")]
     Checksum,
+    #[error("index: the frame of chunk {0} does not follow the one before it")]
+    Frames(u64),
 }
 
 impl ChunkIndex {
@@ -98,7 +110,20 @@ impl ChunkIndex {
             chunk_size,
             image_size,
             chunks,
+            frames: None,
         })
+    }
+
+    /// The same index with the frames of a packed image (one per chunk, back to back from 0).
+    pub fn with_frames(mut self, frames: Vec<(u64, u32)>) -> Result<Self, IndexError> {
+        check_frames(&frames, self.len(), self.chunk_size)?;
+        self.frames = Some(frames);
+        Ok(self)
+    }
+
+    /// Chunk `i`'s zstd frame in the packed image (offset, length), for a packed index.
+    pub fn frame(&self, i: usize) -> Option<(u64, u32)> {
+        self.frames.as_ref().and_then(|f| f.get(i).copied())
     }
 
     pub fn chunk_size(&self) -> u32 {
@@ -154,14 +179,18 @@ impl ChunkIndex {
 
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEAD_LEN + ENTRY_LEN * self.len() + 32);
+        let mut out = Vec::with_capacity(HEAD_LEN + (ENTRY_LEN + FRAME_LEN) * self.len() + 32);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        let version = match self.frames {
+            Some(_) => VERSION_PACKED,
+            None => VERSION,
+        };
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
         out.extend_from_slice(&self.image_size.to_le_bytes());
         out.extend_from_slice(&(self.len() as u64).to_le_bytes());
         out.resize(HEAD_LEN, 0);
-        for c in &self.chunks {
+        for (i, c) in self.chunks.iter().enumerate() {
             match c {
                 Chunk::Data(d) => {
                     out.push(0);
@@ -171,6 +200,10 @@ impl ChunkIndex {
                     out.push(1);
                     out.extend_from_slice(&[0; 32]);
                 }
+            }
+            if let Some((offset, len)) = self.frame(i) {
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
             }
         }
         let sum = sha256(&out);
@@ -186,12 +219,14 @@ impl ChunkIndex {
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         let version = u32_at(8);
-        if version != VERSION {
-            return Err(IndexError::Version(version));
-        }
+        let entry = match version {
+            VERSION => ENTRY_LEN,
+            VERSION_PACKED => ENTRY_LEN + FRAME_LEN,
+            v => return Err(IndexError::Version(v)),
+        };
         let (chunk_size, image_size, count) = (u32_at(12), u64_at(16), u64_at(24));
         check_shape(chunk_size, image_size, count)?;
-        let expected = HEAD_LEN as u64 + ENTRY_LEN as u64 * count + 32;
+        let expected = HEAD_LEN as u64 + entry as u64 * count + 32;
         if bytes.len() as u64 != expected {
             return Err(IndexError::Length {
                 got: bytes.len(),
@@ -206,11 +241,11 @@ impl ChunkIndex {
             return Err(IndexError::Reserved);
         }
         let chunks = body[HEAD_LEN..]
-            .chunks_exact(ENTRY_LEN)
+            .chunks_exact(entry)
             .enumerate()
             .map(|(i, e)| {
                 let mut d = [0u8; 32];
-                d.copy_from_slice(&e[1..]);
+                d.copy_from_slice(&e[1..33]);
                 match e[0] {
                     0 => Ok(Chunk::Data(Sha256(d))),
                     1 if d == [0; 32] => Ok(Chunk::Hole),
@@ -219,12 +254,45 @@ impl ChunkIndex {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let frames = (version == VERSION_PACKED).then(|| {
+            body[HEAD_LEN..]
+                .chunks_exact(entry)
+                .map(|e| {
+                    let mut o = [0u8; 8];
+                    o.copy_from_slice(&e[33..41]);
+                    let mut l = [0u8; 4];
+                    l.copy_from_slice(&e[41..45]);
+                    (u64::from_le_bytes(o), u32::from_le_bytes(l))
+                })
+                .collect::<Vec<_>>()
+        });
+        if let Some(f) = &frames {
+            check_frames(f, chunks.len(), chunk_size)?;
+        }
         Ok(Self {
             chunk_size,
             image_size,
             chunks,
+            frames,
         })
     }
+}
+
+/// Frames back to back from 0, one per chunk, none empty and none larger than a chunk could
+/// compress to (zstd's worst case adds about 1/128; a reader allocates a frame's length).
+fn check_frames(frames: &[(u64, u32)], chunks: usize, chunk_size: u32) -> Result<(), IndexError> {
+    let max = chunk_size as u64 + chunk_size as u64 / 64 + 4096;
+    if frames.len() != chunks {
+        return Err(IndexError::Frames(frames.len() as u64));
+    }
+    let mut at = 0u64;
+    for (i, &(offset, len)) in frames.iter().enumerate() {
+        if offset != at || len == 0 || len as u64 > max {
+            return Err(IndexError::Frames(i as u64));
+        }
+        at = offset + len as u64;
+    }
+    Ok(())
 }
 
 fn check_shape(chunk_size: u32, image_size: u64, count: u64) -> Result<(), IndexError> {
@@ -256,6 +324,7 @@ pub fn build(path: &Path, chunk_size: u32, threads: usize) -> io::Result<ChunkIn
         chunk_size,
         image_size,
         chunks: Vec::new(),
+        frames: None,
     };
     let next = AtomicUsize::new(0);
     let results = Mutex::new(vec![Chunk::Hole; count as usize]);
@@ -292,6 +361,57 @@ pub fn build(path: &Path, chunk_size: u32, threads: usize) -> io::Result<ChunkIn
         chunks: results.into_inner().unwrap_or_else(|p| p.into_inner()),
         ..shape
     })
+}
+
+/// Packs the raw image at `path` as one zstd frame per chunk (`threads` workers compress, the
+/// frames go to `out` in order) and returns its packed index.
+pub fn pack(
+    path: &Path,
+    out: &mut impl io::Write,
+    chunk_size: u32,
+    threads: usize,
+) -> io::Result<ChunkIndex> {
+    let idx = build(path, chunk_size, threads)?;
+    let file = File::open(path)?;
+    let next = AtomicUsize::new(0);
+    let frames: Mutex<Vec<Option<Vec<u8>>>> = Mutex::new(vec![None; idx.len()]);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> io::Result<()> {
+                    let mut buf = vec![0u8; chunk_size as usize];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= idx.len() {
+                            return Ok(());
+                        }
+                        let r = idx.range(i);
+                        let data = &mut buf[..(r.end - r.start) as usize];
+                        file.read_exact_at(data, r.start)?;
+                        let frame = ruzstd::encoding::compress_to_vec(
+                            &data[..],
+                            ruzstd::encoding::CompressionLevel::Fastest,
+                        );
+                        frames.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(frame);
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+        })
+    })?;
+    let mut table = Vec::with_capacity(idx.len());
+    let mut at = 0u64;
+    for frame in frames.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let frame = frame.ok_or_else(|| io::Error::other("a chunk was not compressed"))?;
+        out.write_all(&frame)?;
+        table.push((at, frame.len() as u32));
+        at += frame.len() as u64;
+    }
+    idx.with_frames(table)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// The SHA-256 of `data`.
@@ -392,9 +512,16 @@ mod tests {
             b[n..].copy_from_slice(&sum.0);
             b
         };
+        let mut v3 = good.clone();
+        v3[8] = 3;
+        assert_eq!(ChunkIndex::decode(&reseal(v3)), Err(IndexError::Version(3)));
+        // A plain index relabelled as packed has the wrong length for one.
         let mut v2 = good.clone();
         v2[8] = 2;
-        assert_eq!(ChunkIndex::decode(&reseal(v2)), Err(IndexError::Version(2)));
+        assert!(matches!(
+            ChunkIndex::decode(&reseal(v2)),
+            Err(IndexError::Length { .. })
+        ));
         let mut odd = good.clone();
         odd[12..16].copy_from_slice(&(3u32 << 20).to_le_bytes());
         assert!(matches!(
@@ -422,6 +549,44 @@ mod tests {
             ChunkIndex::decode(&reseal(reserved)),
             Err(IndexError::Reserved)
         );
+    }
+
+    #[test]
+    fn a_packed_image_decodes_whole_and_chunk_by_chunk() {
+        use std::io::Read;
+        let (d, img, plain) = built();
+        let mut packed = Vec::new();
+        let idx = pack(&d.path().join("img"), &mut packed, 1 << 20, 3).unwrap();
+        assert_eq!(idx.chunks(), plain.chunks());
+        assert!(packed.len() < img.len() / 2, "{} bytes", packed.len());
+        // One ordinary zstd stream of the whole image.
+        let mut whole = Vec::new();
+        crate::zstd::ZstdFrames::new(&packed[..])
+            .read_to_end(&mut whole)
+            .unwrap();
+        assert!(whole == img);
+        // Each chunk alone from its frame.
+        for i in 0..idx.len() {
+            let (off, len) = idx.frame(i).unwrap();
+            let mut out = Vec::new();
+            crate::zstd::ZstdFrames::new(&packed[off as usize..off as usize + len as usize])
+                .read_to_end(&mut out)
+                .unwrap();
+            let r = idx.range(i);
+            assert!(out == img[r.start as usize..r.end as usize], "chunk {i}");
+        }
+        // Version 2 round trip; a plain reader's version check and the frame table's.
+        let bytes = idx.encode();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+        assert_eq!(ChunkIndex::decode(&bytes).unwrap(), idx);
+        assert!(plain.clone().with_frames(vec![(0, 5); idx.len()]).is_err());
+        assert!(plain.clone().with_frames(vec![(0, 5)]).is_err());
+        let mut gap = bytes.clone();
+        gap[64 + 45 + 33] ^= 1; // chunk 1's offset
+        let n = gap.len() - 32;
+        let sum = sha256(&gap[..n]);
+        gap[n..].copy_from_slice(&sum.0);
+        assert_eq!(ChunkIndex::decode(&gap), Err(IndexError::Frames(1)));
     }
 
     #[test]

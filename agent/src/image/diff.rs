@@ -36,6 +36,13 @@ pub enum ChunkSource<'a> {
     File(&'a File),
     /// The same, read on a thread the copy can abandon (a stalled NFS server; an abort).
     Watched(super::WatchedFile<'a>),
+    /// A packed image (`lazarus image pack`): each chunk decoded alone from its own zstd frame,
+    /// whose place the packed index gives; any chunk, in any order, and only its compressed
+    /// bytes cross the network.
+    Packed {
+        file: super::WatchedFile<'a>,
+        index: &'a ChunkIndex,
+    },
     /// A stream (a decompressed zstd image): chunks in increasing order, skipping forward by
     /// reading and dropping.
     Stream {
@@ -54,6 +61,28 @@ impl ChunkSource<'_> {
             ChunkSource::Watched(w) => {
                 w.read_at(buf, offset).map_err(super::stall::image_error)?;
                 Ok(buf.len() as u64)
+            }
+            ChunkSource::Packed { file, index } => {
+                let i = index.chunk_at(offset);
+                let (at, len) = index.frame(i).ok_or_else(|| {
+                    ImageError::Read(io::Error::other("the index has no frame table"))
+                })?;
+                let mut frame = vec![0u8; len as usize];
+                file.read_at(&mut frame, at)
+                    .map_err(super::stall::image_error)?;
+                let mut decoder = lazarus_node::zstd::ZstdFrames::new(&frame[..]);
+                let got = fill(&mut decoder, buf).map_err(ImageError::Read)?;
+                let mut probe = [0u8; 1];
+                let extra = fill(&mut decoder, &mut probe).map_err(ImageError::Read)?;
+                if got < buf.len() || extra > 0 || index.range(i).start != offset {
+                    let r = index.range(i);
+                    return Err(ImageError::ChunkMismatch {
+                        chunk: i,
+                        start: r.start,
+                        end: r.end,
+                    });
+                }
+                Ok(len as u64)
             }
             ChunkSource::Stream { reader, pos } => {
                 if offset < *pos {
@@ -78,7 +107,10 @@ impl ChunkSource<'_> {
     }
 
     fn random_access(&self) -> bool {
-        matches!(self, ChunkSource::File(_) | ChunkSource::Watched(_))
+        matches!(
+            self,
+            ChunkSource::File(_) | ChunkSource::Watched(_) | ChunkSource::Packed { .. }
+        )
     }
 }
 

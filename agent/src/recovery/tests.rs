@@ -509,3 +509,44 @@ fn an_index_that_is_not_the_plans_fails_with_its_code_before_the_disk_changes() 
         Err(PlanError::DifferentialWithoutIndex)
     ));
 }
+
+#[test]
+fn a_packed_zstd_image_is_fetched_frame_by_frame_where_the_disk_differs() {
+    use std::os::unix::fs::FileExt;
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    let mut packed = Vec::new();
+    let idx = lazarus_node::index::pack(
+        &fake.export.join("images/system.img"),
+        &mut packed,
+        1 << 20,
+        2,
+    )
+    .unwrap();
+    fs::write(fake.export.join("images/system.img.zst"), &packed).unwrap();
+    let bytes = idx.encode();
+    fs::write(fake.export.join("images/system.idx"), &bytes).unwrap();
+    plan.image.path = "images/system.img.zst".into();
+    plan.image.format = lazarus_proto::ImageFormat::Zstd;
+    plan.image.index = Some(lazarus_proto::IndexRef {
+        path: "images/system.idx".into(),
+        sha256: lazarus_node::index::sha256(&bytes),
+    });
+    // First a full copy (the packed image is an ordinary zstd stream too).
+    recover(&fake, &plan, &Progress::default(), &fake).expect("recovers");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+    // Chunk 2 damaged: only its frame is fetched.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fake.disk.dev_path)
+        .unwrap()
+        .write_all_at(&[0xee], (2 << 20) + 5)
+        .unwrap();
+    plan.plan_id = "fake-2".into();
+    let p = Progress::default();
+    recover(&fake, &plan, &p, &fake).expect("recovers the damage");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+    let c = p.counters();
+    assert_eq!(c.fetched, idx.frame(2).unwrap().1 as u64, "{c:?}");
+    assert_eq!(c.written, 2 << 20, "{c:?}");
+}
