@@ -205,7 +205,9 @@ impl Reopen {
 
     fn file(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
-            let f = File::open(&self.path)?;
+            let mut f = File::open(&self.path)?;
+            // Sequential reads go on from where they stopped (a pipe cannot, and fails here).
+            io::Seek::seek(&mut f, io::SeekFrom::Start(self.pos))?;
             log::info!("reopened {} at byte {}", self.path.display(), self.pos);
             self.file = Some(f);
         }
@@ -225,8 +227,8 @@ impl Reopen {
 
 impl Read for Reopen {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let pos = self.pos;
-        let result = self.file().and_then(|f| f.read_at(buf, pos));
+        // Plain read(2), not pread: the source may be a pipe.
+        let result = self.file().and_then(|mut f| f.read(buf));
         match result {
             Ok(n) => {
                 self.pos += n as u64;
