@@ -114,13 +114,16 @@ impl ChunkSource<'_> {
     }
 }
 
+/// Writing threads: one per core, at most 8 (each holds a chunk buffer).
 fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
 }
 
-/// Checking threads: two per core, so one thread's read is in flight while another hashes.
+/// Checking threads: two per core, so one thread's read is in flight while another hashes; at
+/// most 16 (a chunk buffer each: 64 MiB at 4 MiB chunks, whatever the machine's core count,
+/// since the rescue system lives in RAM).
 fn checkers() -> usize {
-    2 * threads()
+    (2 * threads()).min(16)
 }
 
 /// Reads chunk `i` of the target into `buf`; returns the slice.

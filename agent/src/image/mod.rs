@@ -407,7 +407,7 @@ fn copy_verified(
     };
     let chunk_len = index.map_or(CHUNK_LEN, |i| i.chunk_size() as usize);
     let hashers = match index {
-        Some(_) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        Some(_) => std::thread::available_parallelism().map_or(2, |n| n.get().min(16)),
         None => 1,
     };
     // A chunk is settled once written and verified.
