@@ -5,9 +5,18 @@
 //! bench CASE lazarus_mb_s=X peer=NAME peer_mb_s=Y ratio=Z
 //! ```
 //!
-//! Cases: `dense` (2 GiB of random data, vs `dd bs=4M oflag=direct conv=fsync`), `sparse` (a
-//! 2 GiB ext4 image holding about 400 MiB of files, vs `bmaptool copy` with its `.bmap`), `zstd`
-//! (that image zstd-compressed, vs `zstd -dc | dd bs=4M oflag=direct conv=fsync`).
+//! Cases: `dense` (2 GiB of random data verified by its chunk index on every core, vs `dd bs=4M
+//! oflag=direct conv=fsync`), `sparse` (a 2 GiB ext4 image holding about 400 MiB of files, vs
+//! `bmaptool copy` with its `.bmap`), `zstd` (that image zstd-compressed, vs `zstd -dc | dd
+//! bs=4M oflag=direct conv=fsync`); then, with the dense image's chunk index:
+//!
+//! - `diff1`: the device holds the image with 1% of its chunks damaged (4 KiB of noise in each,
+//!   at random): a differential run vs `dd` rewriting it all (ratio: dd's time over ours);
+//!   `nfs-bytes` says what the differential run fetched from the source, in % of the image;
+//! - `resume`: a full indexed copy killed (SIGKILL) once its flag's checkpoint reached 50%, then
+//!   resumed: the resumed run's time over a full `dd` copy's (goal <= 0.6);
+//! - `verify`: the device holds the intact image: a differential run (reads and compares,
+//!   writes nothing) vs `dd` reading the device (ratio: dd's time over ours).
 //!
 //! Every run writes to a fresh loop device (direct I/O) over a fresh sparse file, with the source
 //! read into the page cache first, as it would arrive over NFS without competing with the target
@@ -69,6 +78,7 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 struct Images {
     dense: PathBuf,
     dense_sha: String,
+    dense_idx: PathBuf,
     sparse: PathBuf,
     bmap: PathBuf,
     zst: PathBuf,
@@ -118,7 +128,13 @@ fn prepare(dir: &Path) -> anyhow::Result<Images> {
             zst.display()
         ))?;
     }
+    let dense_idx = dir.join("dense.idx");
+    if !dense_idx.exists() {
+        let idx = lazarus_node::index::build(&dense, lazarus_node::index::DEFAULT_CHUNK, 2)?;
+        std::fs::write(&dense_idx, idx.encode())?;
+    }
     Ok(Images {
+        dense_idx,
         dense_sha: sha256_of(&dense)?,
         sparse_sha: sha256_of(&sparse)?,
         dense,
@@ -166,6 +182,201 @@ fn timed_run(
     Ok(secs)
 }
 
+/// A fresh loop device (direct I/O) over a fresh sparse file of `size` + 64 MiB.
+struct Dev {
+    dev: String,
+    backing: PathBuf,
+}
+
+impl Dev {
+    fn new(dir: &Path, size: u64) -> anyhow::Result<Self> {
+        let backing = dir.join("target.img");
+        let _ = std::fs::remove_file(&backing);
+        std::fs::File::create(&backing)?.set_len(size + (64 << 20))?;
+        let dev = sh(&format!(
+            "losetup -f --show --direct-io=on '{}'",
+            backing.display()
+        ))?;
+        Ok(Self { dev, backing })
+    }
+
+    fn holds(&self, size: u64, sha: &str) -> anyhow::Result<()> {
+        let got = sh(&format!(
+            "head -c {size} {} | openssl dgst -sha256 -r",
+            self.dev
+        ))?;
+        if !got.starts_with(sha) {
+            bail!("{} does not hold the image", self.dev);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = sh(&format!("losetup -d {}", self.dev));
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+fn timed(cmd: &str) -> anyhow::Result<(f64, String)> {
+    let start = Instant::now();
+    let out = sh(cmd)?;
+    Ok((start.elapsed().as_secs_f64(), out))
+}
+
+/// The number after `name ` in the agent's summary line.
+fn counter(out: &str, name: &str) -> u64 {
+    out.split(&format!("{name} "))
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The indexed cases: diff1 (+ nfs-bytes), resume, verify.
+fn indexed_cases(
+    agent: &str,
+    dir: &Path,
+    img: &Images,
+    rounds: usize,
+    wanted: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let size = 2 * GIB;
+    let fill = format!(
+        "dd if='{}' of={{dev}} bs=4M oflag=direct conv=fsync status=none",
+        img.dense.display()
+    );
+    let ours = |mode: &str, dev: &str, flag: Option<&Path>| {
+        format!(
+            "{agent} copy --image '{}' --target {dev} --sha256 {} --index '{}' --mode {mode}{}",
+            img.dense.display(),
+            img.dense_sha,
+            img.dense_idx.display(),
+            flag.map_or(String::new(), |f| format!(" --flag '{}'", f.display()))
+        )
+    };
+    let chunks = (size >> 22) as usize;
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    sh(&format!("cat '{}' > /dev/null", img.dense.display()))?;
+
+    // diff1: 1% of the chunks damaged.
+    let (mut a, mut b, mut fetched) = (Vec::new(), Vec::new(), 0);
+    for round in 0..if wanted("diff1") { rounds } else { 0 } {
+        for ours_turn in [true, false] {
+            let d = Dev::new(dir, size)?;
+            sh(&fill.replace("{dev}", &d.dev))?;
+            {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&d.dev)?;
+                for _ in 0..chunks.div_ceil(100) {
+                    let c = rand() as usize % chunks;
+                    let at = (c as u64) * (4 << 20) + (rand() % ((4 << 20) - 4096)) / 4096 * 4096;
+                    f.write_all_at(&[0xa5; 4096], at)?;
+                }
+                f.sync_all()?;
+            }
+            if ours_turn {
+                let (t, out) = timed(&ours("differential", &d.dev, None))?;
+                fetched = counter(&out, "fetched");
+                a.push(t);
+            } else {
+                b.push(timed(&format!("{fill} ").replace("{dev}", &d.dev))?.0);
+            }
+            if round == 0 {
+                d.holds(size, &img.dense_sha)?;
+            }
+        }
+    }
+    if wanted("diff1") {
+        let (ta, tb) = (median(a), median(b));
+        println!(
+            "bench diff1 lazarus_s={ta:.2} peer=dd peer_s={tb:.2} ratio={:.2}",
+            tb / ta
+        );
+        println!(
+            "bench nfs-bytes fetched={fetched} image={size} pct={:.2}",
+            fetched as f64 * 100.0 / size as f64
+        );
+    }
+
+    // resume: killed at a 50% checkpoint, then resumed; vs a full dd copy.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..if wanted("resume") { rounds } else { 0 } {
+        let d = Dev::new(dir, size)?;
+        let flag = dir.join("flag.img");
+        let _ = std::fs::remove_file(&flag);
+        lazarus_node::flag_store::FlagStore::format(&flag, false)?;
+        let cmd = ours("full", &d.dev, Some(&flag));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {cmd}"))
+            .spawn()?;
+        let start = Instant::now();
+        loop {
+            let rec = lazarus_node::flag_store::FlagStore::open(&flag)?.read()?;
+            if rec.bytes_done >= size / 2 {
+                break;
+            }
+            if child.try_wait()?.is_some() || start.elapsed().as_secs() > 120 {
+                bail!("resume: the copy ended before its 50% checkpoint");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill()?;
+        child.wait()?;
+        a.push(timed(&ours("auto", &d.dev, Some(&flag)))?.0);
+        if round == 0 {
+            d.holds(size, &img.dense_sha)?;
+        }
+        drop(d);
+        let d = Dev::new(dir, size)?;
+        b.push(timed(&fill.replace("{dev}", &d.dev))?.0);
+    }
+    if wanted("resume") {
+        let (ta, tb) = (median(a), median(b));
+        println!(
+            "bench resume lazarus_s={ta:.2} peer=dd-full peer_s={tb:.2} ratio={:.2}",
+            ta / tb
+        );
+    }
+    if !wanted("verify") {
+        return Ok(());
+    }
+
+    // verify: the intact image on the device.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let d = Dev::new(dir, size)?;
+    sh(&fill.replace("{dev}", &d.dev))?;
+    for _ in 0..rounds {
+        let (t, out) = timed(&ours("differential", &d.dev, None))?;
+        if counter(&out, "written") != 0 {
+            bail!("verify: an intact disk was written: {out}");
+        }
+        a.push(t);
+        b.push(
+            timed(&format!(
+                "dd if={} of=/dev/null bs=4M count={} iflag=direct status=none",
+                d.dev,
+                size >> 22
+            ))?
+            .0,
+        );
+    }
+    let (ta, tb) = (median(a), median(b));
+    println!(
+        "bench verify lazarus_s={ta:.2} peer=dd-read peer_s={tb:.2} ratio={:.2}",
+        tb / ta
+    );
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -191,7 +402,12 @@ fn main() -> anyhow::Result<()> {
         (
             "dense",
             img.dense.clone(),
-            format!("{agent} copy --image '{}' --target {{dev}} --sha256 {}", img.dense.display(), img.dense_sha),
+            format!(
+                "{agent} copy --image '{}' --target {{dev}} --sha256 {} --index '{}' --mode full",
+                img.dense.display(),
+                img.dense_sha,
+                img.dense_idx.display()
+            ),
             "dd",
             format!("dd if='{}' of={{dev}} bs=4M oflag=direct conv=fsync status=none", img.dense.display()),
             img.dense_sha.clone(),
@@ -220,7 +436,15 @@ fn main() -> anyhow::Result<()> {
             img.sparse_sha.clone(),
         ),
     ];
+    let only = get("--cases");
+    let wanted = |name: &str| match only.as_deref() {
+        None => true,
+        Some(o) => o.split(',').any(|c| c == name),
+    };
     for (name, source, ours, peer, theirs, sha) in &cases {
+        if !wanted(name) {
+            continue;
+        }
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             // The first round also checks that each tool left the image on the device.
@@ -234,6 +458,9 @@ fn main() -> anyhow::Result<()> {
             "bench {name} lazarus_mb_s={sa:.0} peer={peer} peer_mb_s={sb:.0} ratio={:.2}",
             sa / sb
         );
+    }
+    if ["diff1", "resume", "verify"].iter().any(|c| wanted(c)) {
+        indexed_cases(&agent, &dir, &img, rounds, &wanted)?;
     }
     Ok(())
 }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 mod steps;
 pub use steps::{
-    BmapCheckError, FlagLookupError, MountError, PartitionError, PlanError, SourceError,
+    BmapCheckError, FlagLookupError, IndexCheckError, MountError, PartitionError, PlanError,
+    SourceError,
 };
 
 use crate::disk::SelectError;
@@ -33,6 +34,8 @@ pub enum AgentError {
     ImageOpen(PathBuf, io::Error),
     #[error("block map {0}: {1}")]
     Bmap(PathBuf, BmapCheckError),
+    #[error("chunk index {0}: {1}")]
+    Index(PathBuf, IndexCheckError),
     #[error("choosing the target disk: {0}")]
     Disk(#[from] SelectError),
     #[error("opening target {0}: {1}")]
@@ -78,6 +81,9 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (305, "Bmap::Digest", "the block map's SHA-256 is not the plan's"),
     (306, "Bmap::NotUtf8", "the block map is not UTF-8 text"),
     (307, "Bmap::Size", "the block map describes an image of another size than the plan's"),
+    (308, "Index::Parse", "the chunk index is not a valid index file (bad magic, version, fields or own checksum)"),
+    (309, "Index::Digest", "the chunk index's SHA-256 is not the plan's"),
+    (310, "Index::Size", "the chunk index describes an image of another size than the plan's"),
     (400, "Disk::Empty", "the disk selector names nothing"),
     (401, "Disk::NoMatch", "no disk matches the selector"),
     (402, "Disk::Ambiguous", "several disks match the selector; none was written"),
@@ -97,6 +103,10 @@ pub const CODES: &[(u32, &str, &str)] = &[
     (507, "Image::Aborted", "the copy was aborted on request; the disk header was zeroed"),
     (508, "Image::RangeMismatch", "a block-map range's SHA-256 did not match"),
     (509, "Image::DataOutsideMap", "the image holds data where its block map says none"),
+    (510, "Image::ReadTarget", "reading the target back (to compare it with the chunk index) failed"),
+    (511, "Image::ChunkMismatch", "an image chunk's SHA-256 is not the chunk index's (or a chunk is missing); the disk header was zeroed"),
+    (512, "Image::Checkpoint", "a copy checkpoint could not be recorded in the flag"),
+    (513, "Image::SourceStalled", "the image source (NFS server) gave nothing for longer than the stall limit; the disk header was zeroed and the next Recover resumes the copy"),
     (600, "Partitions::Open", "the disk could not be opened to re-read its partitions"),
     (601, "Partitions::Gpt", "the written disk's GPT is unreadable or invalid"),
     (602, "Partitions::Remove", "a stale partition could not be removed from the kernel's view"),
@@ -157,6 +167,11 @@ impl AgentError {
                 SourceError::MountPoint(..) => 304,
             },
             Self::ImageOpen(..) => 301,
+            Self::Index(_, e) => match e {
+                IndexCheckError::Parse(_) => 308,
+                IndexCheckError::Digest { .. } => 309,
+                IndexCheckError::Size { .. } => 310,
+            },
             Self::Bmap(_, e) => match e {
                 BmapCheckError::Parse(_) => 302,
                 BmapCheckError::Digest { .. } => 305,
@@ -185,6 +200,10 @@ impl AgentError {
                 ImageError::Aborted => 507,
                 ImageError::RangeMismatch { .. } => 508,
                 ImageError::DataOutsideMap { .. } => 509,
+                ImageError::ReadTarget { .. } => 510,
+                ImageError::ChunkMismatch { .. } => 511,
+                ImageError::Checkpoint(_) => 512,
+                ImageError::SourceStalled { .. } => 513,
             },
             Self::Partitions(_, e) => match e {
                 PartitionError::Open(_) => 600,

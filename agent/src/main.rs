@@ -9,19 +9,25 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use lazarus_agent::image::{write_image, Bmap, CopySpec, Progress, Target, Verification};
+use lazarus_agent::image::{
+    write_image, Bmap, Checkpoints, ChunkIndex, CopySpec, Progress, Target, Verification,
+};
 use lazarus_agent::logring::LogRing;
 use lazarus_agent::platform::HostMachine;
+use lazarus_agent::recovery::{copy_with_index, Resume};
 use lazarus_agent::service::Agent;
 use lazarus_agent::{announce, server, sys};
+use lazarus_node::flag_store::{FlagStore, FlagUpdate};
 use lazarus_node::keyfile;
+use lazarus_proto::flag::FlagState;
+use lazarus_proto::CopyMode;
 use lazarus_proto::{BootId, ImageFormat, Sha256};
 
 const USAGE: &str =
     "usage: lazarus-agent serve --host --listen ADDR --controller-pub FILE --key-file FILE --workdir DIR \
 [--export-dir DIR] [--flag PATH] [--controller HOST:PORT] [--mac MAC]
        lazarus-agent copy --image FILE --target PATH (--sha256 HEX | --bmap FILE) \
-[--format raw|zstd] [--size BYTES]";
+[--format raw|zstd] [--size BYTES] [--index FILE [--mode full|differential|auto] [--flag FILE]]";
 
 /// Options of `serve --host`.
 struct HostOptions {
@@ -118,6 +124,7 @@ fn serve_host(opts: HostOptions) -> anyhow::Result<()> {
 fn copy(args: &[String]) -> anyhow::Result<()> {
     let (mut image, mut target, mut format, mut size, mut sha, mut bmap) =
         (None, None, ImageFormat::Raw, None, None, None);
+    let (mut index, mut mode, mut flag) = (None, CopyMode::Auto, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -136,10 +143,31 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
                 sha = Some(Sha256::from_hex(value()?).context("--sha256 needs 64 hex characters")?)
             }
             "--bmap" => bmap = Some(PathBuf::from(value()?)),
+            "--index" => index = Some(PathBuf::from(value()?)),
+            "--flag" => flag = Some(PathBuf::from(value()?)),
+            "--mode" => {
+                mode = match value()?.as_str() {
+                    "full" => CopyMode::Full,
+                    "differential" => CopyMode::Differential,
+                    "auto" => CopyMode::Auto,
+                    other => bail!("unknown mode {other:?} (full, differential or auto)"),
+                }
+            }
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     let image = image.context("--image is required")?;
+    if let Some(index) = index {
+        return copy_indexed(CopyIndexed {
+            image,
+            target: target.context("--target is required")?,
+            format,
+            sha: sha.context("--index needs --sha256 too (the flag names the image by it)")?,
+            index,
+            mode,
+            flag,
+        });
+    }
     let target = target.context("--target is required")?;
     let verify = match (sha, &bmap) {
         (Some(d), None) => Verification::Whole(d),
@@ -185,6 +213,86 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
             ""
         },
         report.bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+struct CopyIndexed {
+    image: PathBuf,
+    target: PathBuf,
+    format: ImageFormat,
+    sha: Sha256,
+    index: PathBuf,
+    mode: CopyMode,
+    flag: Option<PathBuf>,
+}
+
+/// `copy --index`: the recovery's indexed copy (full, differential or auto; resumed from the
+/// flag's checkpoint, recorded there as it goes), without the rest of a recovery.
+fn copy_indexed(o: CopyIndexed) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(&o.index).with_context(|| format!("reading {}", o.index.display()))?;
+    let idx = ChunkIndex::decode(&bytes)?;
+    let size = idx.image_size();
+    let store = o.flag.as_deref().map(FlagStore::open).transpose()?;
+    let prior = store.as_ref().and_then(|s| s.read().ok());
+    let resume = Resume::of(prior.as_ref(), o.sha, size);
+    let update = |state: FlagState, done: u64| FlagUpdate {
+        state,
+        bytes_done: done,
+        bytes_total: size,
+        image_sha256: o.sha,
+        plan_id: "copy".into(),
+        ..FlagUpdate::default()
+    };
+    if let Some(s) = &store {
+        s.write_guarded(&update(FlagState::Recovering, resume.from.unwrap_or(0)))?;
+    }
+    let record = |upto: u64| -> std::io::Result<()> {
+        if let Some(s) = &store {
+            s.write_guarded(&update(FlagState::Recovering, upto))
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    };
+    let checkpoints = Checkpoints {
+        every: std::env::var("LAZARUS_CHECKPOINT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256 << 20),
+        record: &record,
+    };
+    let source =
+        std::fs::File::open(&o.image).with_context(|| format!("opening {}", o.image.display()))?;
+    let dest =
+        Target::open(&o.target).with_context(|| format!("opening {}", o.target.display()))?;
+    let spec = CopySpec {
+        format: o.format,
+        size,
+        verify: Verification::Index(Arc::new(idx.clone())),
+        keep: Default::default(),
+    };
+    let progress = Progress::default();
+    let start = std::time::Instant::now();
+    let report = copy_with_index(
+        &o.image,
+        &source,
+        &dest,
+        &spec,
+        &idx,
+        o.mode,
+        resume,
+        &progress,
+        &checkpoints,
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(s) = &store {
+        s.write_guarded(&update(FlagState::Recovered, size))?;
+    }
+    let c = progress.counters();
+    println!(
+        "copied {} bytes in {secs:.3} s: checked {}, fetched {}, written {} bytes, verified",
+        report.bytes, c.checked, c.fetched, c.written
     );
     Ok(())
 }

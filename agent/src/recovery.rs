@@ -29,11 +29,15 @@ use lazarus_proto::{FlagLocation, ImageLayout, Plan, Step};
 
 use crate::disk::{self, DiskInfo};
 use crate::error::FlagLookupError;
-use crate::error::{AgentError, BmapCheckError, PlanError};
-use crate::image::{write_image, Bmap, CopySpec, ImageError, Kept, Progress, Target, Verification};
+use crate::error::{AgentError, BmapCheckError, IndexCheckError, PlanError};
+use crate::image::{
+    sample, write_differential, write_image_with, Bmap, Checkpoints, ChunkIndex, ChunkSource,
+    CopySpec, ImageError, Kept, Progress, Reopen, Target, Verification, WatchedFile, WatchedRead,
+};
 use crate::platform::{FlagSite, Platform};
 use lazarus_node::backup::{restore_backup, ExtractOptions, ExtractReport, RestoreRequest};
 use lazarus_node::flag_store::{FlagStore, FlagUpdate};
+use lazarus_proto::CopyMode;
 
 /// Callbacks from a running recovery to whoever reports its status.
 pub trait Observer: Sync {
@@ -56,6 +60,12 @@ pub fn validate(plan: &Plan) -> Result<(), PlanError> {
     relative(&plan.image.path)?;
     if let Some(b) = &plan.image.bmap {
         relative(&b.path)?;
+    }
+    if let Some(i) = &plan.image.index {
+        relative(&i.path)?;
+    }
+    if plan.image.mode == CopyMode::Differential && plan.image.index.is_none() {
+        return Err(PlanError::DifferentialWithoutIndex);
     }
     let t = &plan.target;
     if t.by_id.is_none() && t.serial.is_none() && t.path.is_none() && t.size.is_none() {
@@ -123,10 +133,16 @@ pub fn recover(
         Err(err) => {
             log::error!("plan {} failed: {err} (code {})", plan.plan_id, err.code());
             if let Some(site) = &flag {
+                // With an index, bytes_done is the last durable checkpoint (what a resume
+                // reads back first); otherwise how far the copy got.
+                let done = match plan.image.index {
+                    Some(_) => progress.checkpoint(),
+                    None => progress.done(),
+                };
                 let update = FlagUpdate {
                     state: FlagState::Failed,
                     error_code: err.code(),
-                    bytes_done: progress.done(),
+                    bytes_done: done,
                     bytes_total: plan.image.size,
                     image_sha256: plan.image.sha256,
                     plan_id: plan.plan_id.clone(),
@@ -238,8 +254,16 @@ fn run_steps(
         }
         Err(e) => return Err(e),
     };
-    // Write-ahead: RECOVERING is durable before the disk changes.
-    observer.flag(&FlagStore::open(&flag_path)?.write_guarded(&recovering(0))?);
+    // What the disk's flag says of an earlier attempt at this image: the identity `auto`
+    // trusts, and the checkpoint a resume reads back from (a hint only: see `copy_with_index`).
+    let prior = FlagStore::open(&flag_path)?.read().ok();
+    let resume = Resume::of(prior.as_ref(), plan.image.sha256, plan.image.size);
+    let resume_from = resume.from;
+    progress.set_checkpoint(resume_from.unwrap_or(0));
+    // Write-ahead: RECOVERING is durable before the disk changes. It keeps the checkpoint, so
+    // a second interruption before the first new one still has it.
+    observer
+        .flag(&FlagStore::open(&flag_path)?.write_guarded(&recovering(resume_from.unwrap_or(0)))?);
     *flag = Some(FlagSite::device(flag_path.clone()));
     let keep = match plan.image.layout {
         ImageLayout::WholeDisk => keep_flag(&image_path, plan, &flag_path, &target)?,
@@ -260,11 +284,57 @@ fn run_steps(
         verify,
         keep: Kept::new(keep),
     };
-    let report = write_image(image, &target, &spec, progress)?;
+    let site = flag.clone();
+    let record = |upto: u64| -> std::io::Result<()> {
+        let site = site
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no flag"))?;
+        let rec = site
+            .open()
+            .and_then(|s| s.write_guarded(&recovering(upto)))
+            .map_err(std::io::Error::other)?;
+        observer.flag(&rec);
+        Ok(())
+    };
+    let checkpoints = Checkpoints {
+        every: match &spec.verify {
+            Verification::Index(idx) => checkpoint_every(plan.image.size, idx.chunk_size()),
+            _ => CHECKPOINT_EVERY,
+        },
+        record: &record,
+    };
+    let report = match &spec.verify {
+        Verification::Index(idx) => {
+            let idx = idx.clone();
+            copy_with_index(
+                &image_path,
+                &image,
+                &target,
+                &spec,
+                &idx,
+                plan.image.mode,
+                resume,
+                progress,
+                &checkpoints,
+            )?
+        }
+        // Read on a thread of its own: a vanished server is a pause, and Abort takes effect
+        // while a read is blocked (image::stall).
+        _ => write_image_with(
+            WatchedRead::new(Reopen::new(image_path.clone(), image), progress),
+            &target,
+            &spec,
+            progress,
+            None,
+        )?,
+    };
+    let counters = progress.counters();
     log::info!(
-        "image written: {} bytes verified, {} bytes written{}",
+        "image written: {} bytes verified, {} bytes written ({} checked on the disk, {} fetched){}",
         report.bytes,
         report.written,
+        counters.checked,
+        counters.fetched,
         if report.sparse {
             " (zero blocks skipped)"
         } else {
@@ -321,6 +391,117 @@ fn run_steps(
     observer.flag(&record);
     log::info!("plan {} recovered", plan.plan_id);
     Ok(record)
+}
+
+/// Bytes of settled chunks between two durable checkpoints (an `fdatasync` and a flag write
+/// each) at most: 8 for a 2 GiB image. Smaller images checkpoint every eighth of their size
+/// (at least one chunk), so a slow copy of a small image still leaves some.
+const CHECKPOINT_EVERY: u64 = 256 << 20;
+
+fn checkpoint_every(size: u64, chunk: u32) -> u64 {
+    (size / 8).clamp(chunk as u64, CHECKPOINT_EVERY)
+}
+/// Chunks `auto` reads to decide whether a disk without a flag naming the image is worth a
+/// differential run.
+const AUTO_SAMPLE: usize = 16;
+
+/// What the disk's flag says of an earlier attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The flag names this image (any state): the disk held it, or part of it.
+    pub same_image: bool,
+    /// The checkpoint of an unfinished attempt at this image.
+    pub from: Option<u64>,
+}
+
+impl Resume {
+    /// What `prior` (the record on the disk's flag before this attempt) says about an image of
+    /// this digest and size.
+    pub fn of(prior: Option<&FlagRecord>, sha256: lazarus_proto::Sha256, size: u64) -> Self {
+        let same = prior.filter(|r| r.image_sha256 == sha256 && r.bytes_total == size);
+        Self {
+            same_image: same.is_some(),
+            from: same
+                .filter(|r| r.state != FlagState::Recovered)
+                .map(|r| r.bytes_done.min(size)),
+        }
+    }
+}
+
+/// Full or differential, as the plan's mode, the disk's flag and a sample decide.
+///
+/// A checkpoint only decides which chunks are read back before being written (those below it)
+/// and which are written without a look (those past it). It is never trusted to skip a chunk:
+/// every chunk either matches on the disk in this run or is written from bytes checked against
+/// the index. So a wrong or stale checkpoint costs time, never correctness.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_with_index(
+    image_path: &Path,
+    image: &File,
+    target: &Target,
+    spec: &CopySpec,
+    idx: &ChunkIndex,
+    mode: CopyMode,
+    resume: Resume,
+    progress: &Progress,
+    checkpoints: &Checkpoints<'_>,
+) -> Result<crate::image::CopyReport, AgentError> {
+    let size = spec.size;
+    let differential_from = match mode {
+        CopyMode::Full => None,
+        CopyMode::Differential => Some(resume.from.unwrap_or(size)),
+        CopyMode::Auto if resume.from.is_some() => resume.from,
+        CopyMode::Auto if resume.same_image => Some(size),
+        CopyMode::Auto => {
+            let (matching, sampled) = sample(target, idx, spec, AUTO_SAMPLE)?;
+            log::info!("auto: {matching} of {sampled} sampled chunks on the disk match the index");
+            (sampled > 0 && matching * 2 >= sampled).then_some(size)
+        }
+    };
+    match differential_from {
+        None => {
+            log::info!("copy mode: full");
+            let file = image.try_clone().map_err(ImageError::Read)?;
+            let source = WatchedRead::new(Reopen::new(image_path.to_owned(), file), progress);
+            Ok(write_image_with(
+                source,
+                target,
+                spec,
+                progress,
+                Some(checkpoints),
+            )?)
+        }
+        Some(from) => {
+            log::info!(
+                "copy mode: differential (chunks below byte {from} read back first, the rest written)"
+            );
+            let file = image.try_clone().map_err(ImageError::Read)?;
+            let file = Reopen::new(image_path.to_owned(), file);
+            let source = match spec.format {
+                lazarus_proto::ImageFormat::Raw => {
+                    ChunkSource::Watched(WatchedFile::new(file, progress))
+                }
+                // A packed image: chunks decoded alone from their frames.
+                lazarus_proto::ImageFormat::Zstd if idx.frame(0).is_some() => ChunkSource::Packed {
+                    file: WatchedFile::new(file, progress),
+                    index: idx,
+                },
+                format => ChunkSource::Stream {
+                    reader: crate::image::decoder(format, WatchedRead::new(file, progress)),
+                    pos: 0,
+                },
+            };
+            Ok(write_differential(
+                source,
+                target,
+                spec,
+                idx,
+                from,
+                progress,
+                Some(checkpoints),
+            )?)
+        }
+    }
 }
 
 /// When a whole-disk image defines its own flag partition (the plan's label, or `lazarus-flag`
@@ -404,6 +585,26 @@ fn verification(
     source_root: &Path,
     image: &lazarus_proto::ImageSpec,
 ) -> Result<Verification, AgentError> {
+    if let Some(index) = &image.index {
+        let path = source_root.join(relative(&index.path)?);
+        let bytes = std::fs::read(&path).map_err(|e| AgentError::ImageOpen(path.clone(), e))?;
+        let fail = |e| AgentError::Index(path.clone(), e);
+        let got = lazarus_proto::Sha256(<sha2::Sha256 as sha2::Digest>::digest(&bytes).into());
+        if got != index.sha256 {
+            return Err(fail(IndexCheckError::Digest {
+                got,
+                want: index.sha256,
+            }));
+        }
+        let idx = ChunkIndex::decode(&bytes).map_err(|e| fail(IndexCheckError::Parse(e)))?;
+        if idx.image_size() != image.size {
+            return Err(fail(IndexCheckError::Size {
+                index: idx.image_size(),
+                plan: image.size,
+            }));
+        }
+        return Ok(Verification::Index(std::sync::Arc::new(idx)));
+    }
     let Some(bmap) = &image.bmap else {
         return Ok(Verification::Whole(image.sha256));
     };

@@ -81,7 +81,16 @@ impl Agent {
                     );
                     boot_flag = Some(record.summary());
                     if record.state != FlagState::None {
-                        match store.write_guarded(&FlagUpdate::state(FlagState::None)) {
+                        // Cleared, but what the attempt reached is kept (image, size,
+                        // checkpoint): a resume reads back from it (docs/copy-engine.md).
+                        let cleared = FlagUpdate {
+                            state: FlagState::None,
+                            bytes_done: record.bytes_done,
+                            bytes_total: record.bytes_total,
+                            image_sha256: record.image_sha256,
+                            ..FlagUpdate::default()
+                        };
+                        match store.write_guarded(&cleared) {
                             Ok(cleared) => flag = cleared.summary(),
                             Err(e) => log::error!("clearing the stale flag: {e}"),
                         }
@@ -134,6 +143,7 @@ impl Agent {
             error: live.error.clone(),
             found_at_boot: self.boot_flag.clone(),
             unrestored: live.unrestored.clone(),
+            copy: live.progress.counters(),
         }
     }
 

@@ -55,8 +55,24 @@ pub fn render_status(s: &Status, json: bool) -> String {
     } else {
         format!("\nnot restored: {}", s.unrestored.join(", "))
     };
+    let c = &s.copy;
+    let mut copy = if c.checked + c.fetched + c.written > 0 {
+        format!(
+            "\ncopy:      {} checked, {} fetched, {} written (bytes)",
+            c.checked, c.fetched, c.written
+        )
+    } else {
+        String::new()
+    };
+    if let Some(since) = c.source_stalled_since {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
+        copy.push_str(&format!(
+            "\nsource stalled since {} (waiting for it)",
+            humantime::format_rfc3339_seconds(at)
+        ));
+    }
     format!(
-        "boot:      {}\nphase:     {}\nplan:      {}\nprogress:  {} / {} bytes ({pct}%)\nflag:      {} (seq {}, plan {:?}, code {})\nerror:     {}{unrestored}",
+        "boot:      {}\nphase:     {}\nplan:      {}\nprogress:  {} / {} bytes ({pct}%){copy}\nflag:      {} (seq {}, plan {:?}, code {})\nerror:     {}{unrestored}",
         s.boot_id,
         phase.to_lowercase(),
         s.plan_id.as_deref().unwrap_or("-"),
@@ -123,4 +139,43 @@ pub fn logs(client: &mut AgentClient) -> Result<String, AgentCmdError> {
         since = logs.next;
     }
     Ok(out.trim_end().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazarus_proto::{BootId, CopyCounters};
+
+    #[test]
+    fn the_text_status_shows_the_copy_counters_and_a_stalled_source() {
+        let mut s = Status {
+            boot_id: BootId([1; 16]),
+            phase: Phase::Recovering,
+            step: Some(lazarus_proto::Step::CopyImage),
+            bytes_done: 5,
+            bytes_total: 10,
+            flag: lazarus_proto::flag::FlagRecord::default().summary(),
+            plan_id: Some("p".into()),
+            error: None,
+            found_at_boot: None,
+            unrestored: Vec::new(),
+            copy: CopyCounters::default(),
+        };
+        assert!(!render_status(&s, false).contains("copy:"));
+        s.copy = CopyCounters {
+            checked: 1,
+            fetched: 2,
+            written: 3,
+            source_stalled_since: Some(1_800_000_000),
+        };
+        let text = render_status(&s, false);
+        assert!(
+            text.contains("copy:      1 checked, 2 fetched, 3 written (bytes)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("source stalled since 2027-01-15T08:00:00Z"),
+            "{text}"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //!   and the rescue-media server ([`media`]).
 //! - The cluster file ([`cluster`]) and the keys it names ([`keys`]), validated once at start.
 //! - The operator CLI's pieces: the API client ([`api_client`]), direct agent commands
-//!   ([`agent_cmd`]), flag commands ([`flag_cmd`]).
+//!   ([`agent_cmd`]), flag commands ([`flag_cmd`]), image indexes ([`image_cmd`]).
 //!
 //! The controller knows agents only through `lazarus-proto`; what it shares with them on disk
 //! (key files, flag store, backups) comes from `lazarus-node`.
@@ -23,6 +23,7 @@ pub mod command;
 pub mod daemon;
 pub mod flag_cmd;
 pub mod health;
+pub mod image_cmd;
 pub mod keys;
 pub mod media;
 pub mod provider;

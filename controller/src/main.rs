@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lazarus_controller::agent_client::AgentClient;
 use lazarus_controller::api_client::ApiClient;
-use lazarus_controller::{agent_cmd, api_client, daemon, flag_cmd};
+use lazarus_controller::{agent_cmd, api_client, daemon, flag_cmd, image_cmd};
 use lazarus_node::{backup, keyfile, rescue_entry};
 use lazarus_proto::flag::{validate_plan_id, FlagState};
 use lazarus_proto::Request;
@@ -107,6 +107,9 @@ enum Command {
     /// Read or write the recovery flag of a file or partition.
     #[command(subcommand)]
     Flag(FlagCommand),
+    /// Chunk indexes of system images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Talk to one rescue agent directly.
     Agent {
         #[command(subcommand)]
@@ -218,6 +221,44 @@ enum RescueCommand {
     Remove {
         #[arg(long, default_value = "/boot/efi")]
         esp: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build IMAGE's chunk index (a SHA-256 per chunk, holes marked) on every core; prints the
+    /// `index = { path, sha256 }` line for the cluster or plan file (path relative to the export).
+    Index {
+        image: PathBuf,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Chunk size in bytes (a power of two, 1-16 MiB).
+        #[arg(long, default_value_t = lazarus_node::index::DEFAULT_CHUNK)]
+        chunk_size: u32,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Pack IMAGE as seekable zstd (one independent frame per chunk, compressed on every core)
+    /// with a packed index holding each frame's offset: a differential repair then fetches and
+    /// decodes only the chunks it needs. The output is also an ordinary zstd stream.
+    Pack {
+        image: PathBuf,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Where the packed index goes.
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long, default_value_t = lazarus_node::index::DEFAULT_CHUNK)]
+        chunk_size: u32,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Check an index file; with --image, also that the image matches it chunk by chunk.
+    Check {
+        index: PathBuf,
+        #[arg(long)]
+        image: Option<PathBuf>,
     },
 }
 
@@ -450,6 +491,32 @@ fn run(cli: Cli) -> anyhow::Result<Option<String>> {
             }
             (None, None, None) => {
                 anyhow::bail!("keygen needs --controller FILE, --backup FILE or --agent FILE")
+            }
+        },
+        Command::Image(cmd) => match cmd {
+            ImageCommand::Index {
+                image,
+                output,
+                chunk_size,
+                threads,
+            } => {
+                let threads = threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                image_cmd::build_index(&image, &output, chunk_size, threads)?
+            }
+            ImageCommand::Pack {
+                image,
+                output,
+                index,
+                chunk_size,
+                threads,
+            } => {
+                let threads = threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                image_cmd::pack(&image, &output, &index, chunk_size, threads)?
+            }
+            ImageCommand::Check { index, image } => {
+                image_cmd::check_index(&index, image.as_deref())?
             }
         },
         Command::Flag(cmd) => match cmd {

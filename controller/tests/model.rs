@@ -172,6 +172,7 @@ fn status(boot: BootId, phase: Phase, flag: FlagState, plan: &str) -> Status {
         }),
         found_at_boot: None,
         unrestored: Vec::new(),
+        copy: Default::default(),
     }
 }
 

@@ -134,6 +134,7 @@ fn status(boot: BootId, phase: Phase, plan: &str, flag: FlagState) -> Status {
         }),
         found_at_boot: None,
         unrestored: Vec::new(),
+        copy: Default::default(),
     }
 }
 

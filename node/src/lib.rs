@@ -3,6 +3,7 @@
 //!
 //! - [`keyfile`]: key files (agent keys, the controller's signing and public keys; secret ones
 //!   mode 0600, none ever overwritten);
+//! - [`index`]: chunk indexes of system images (a SHA-256 per chunk, holes marked);
 //! - [`flag_store`]: durable, power-safe reads and writes of the flag record on a file or block
 //!   device (the record's bytes are `lazarus_proto::flag`'s);
 //! - [`backup`]: the business-file backup format: create, choose, verify, extract;
@@ -20,6 +21,7 @@ pub mod admission;
 pub mod agent_config;
 pub mod backup;
 pub mod flag_store;
+pub mod index;
 pub mod keyfile;
 pub mod random;
 pub mod rescue_entry;

@@ -174,6 +174,41 @@ pub struct ImageSpec {
     /// whole-image digest is not recomputed: holes are neither hashed nor written.
     #[serde(default)]
     pub bmap: Option<BmapRef>,
+    /// A chunk index (`lazarus image index`, `docs/copy-engine.md`): a SHA-256 per fixed-size
+    /// chunk, holes marked. With one, the copy is verified chunk by chunk on every core, and a
+    /// disk can be rewritten only where it differs and resumed after an interruption. Added
+    /// after `bmap`; absent from a TOML plan it is `None`.
+    #[serde(default)]
+    pub index: Option<IndexRef>,
+    /// Whether to rewrite the whole image or only the chunks that differ (needs `index`).
+    /// Absent from a TOML plan it is `auto`.
+    #[serde(default)]
+    pub mode: CopyMode,
+}
+
+/// Where a chunk index lives and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRef {
+    /// Path of the `.idx` file relative to the export root.
+    pub path: String,
+    /// SHA-256 of the `.idx` file itself: the index is trusted only through this.
+    pub sha256: Sha256,
+}
+
+/// How much of the disk a copy rewrites. `// WIRE: append only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMode {
+    /// Every byte of the image (holes punched or zeroed).
+    Full,
+    /// Read every chunk of the disk, compare it with the index, fetch and write only the chunks
+    /// that differ. Needs an index.
+    Differential,
+    /// Differential when the disk is known to hold (part of) this image: its flag names the
+    /// image, or most of a sample of chunks match; full for a blank or replaced disk, or
+    /// without an index.
+    #[default]
+    Auto,
 }
 
 /// Where a block map lives and what it must hash to.
@@ -291,6 +326,24 @@ pub struct Status {
     /// as `path (kind)`, then `and N more`; empty when there were none. Added last.
     #[serde(default)]
     pub unrestored: Vec<String>,
+    /// What the copy did so far: bytes of the disk checked against the index, bytes of the
+    /// image fetched from the source, bytes written. Added last.
+    #[serde(default)]
+    pub copy: CopyCounters,
+}
+
+/// Byte counters of a copy, for [`Status::copy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CopyCounters {
+    /// Bytes of the target read and compared with the index.
+    pub checked: u64,
+    /// Bytes of the image read from the source.
+    pub fetched: u64,
+    /// Bytes written to the target.
+    pub written: u64,
+    /// While the image source gives nothing (an NFS server gone): since when, in Unix seconds.
+    /// The copy waits for it, up to the agent's stall limit.
+    pub source_stalled_since: Option<u64>,
 }
 
 /// The agent's lifecycle. `// WIRE: append only`.

@@ -51,6 +51,7 @@ fn status() -> Response {
         error: None,
         found_at_boot: None,
         unrestored: Vec::new(),
+        copy: Default::default(),
     })
 }
 

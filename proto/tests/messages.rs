@@ -30,6 +30,8 @@ fn sample_plan() -> Plan {
             sha256: Sha256([0x11; 32]),
             layout: ImageLayout::WholeDisk,
             bmap: None,
+            index: None,
+            mode: CopyMode::Auto,
         },
         target: DiskSelector {
             by_id: None,
@@ -83,6 +85,7 @@ fn sample_status() -> Status {
         }),
         found_at_boot: None,
         unrestored: vec!["a (fifo)".into()],
+        copy: Default::default(),
     }
 }
 
@@ -93,9 +96,10 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         (
             Request::Recover(Box::new(sample_plan())),
             "02046e332d31000a0000031801000a00000100000a000001072f6578706f72740200066f732e696d670180\
-             20111111111111111111111111111111111111111111111111111111111111111100000001025331000180\
-             80808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f010373\
-             727601b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b70001018080808004",
+             20111111111111111111111111111111111111111111111111111111111111111100000002000102533100\
+             018080808004000c6c617a617275732d666c616701076261636b757073026e33808292c906010200012f01\
+             0373727601b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7000101808080\
+             8004",
         ),
         (Request::Abort, "03"),
         (Request::Reboot, "04"),
@@ -118,7 +122,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
         (
             Response::Status(sample_status()),
             "0102020202020202020202020202020202040103800880200204046e332d31008020808292c906\
-             01046e332d310115036261640001086120286669666f29",
+             01046e332d310115036261640001086120286669666f2900000000",
         ),
         (
             Response::Logs(Logs {
@@ -263,6 +267,7 @@ fn the_restore_fields_are_last_and_safe_when_a_plan_file_omits_them() {
     // And a status's list of unrestored entries is its last field.
     let status = Status {
         unrestored: Vec::new(),
+        copy: Default::default(),
         ..sample_status()
     };
     assert_eq!(postcard::to_allocvec(&status).unwrap().last(), Some(&0));
@@ -344,6 +349,8 @@ fn plan() -> impl Strategy<Value = Plan> {
                 path,
                 sha256: Sha256(d),
             }),
+            index: None,
+            mode: CopyMode::Differential,
         });
     let target = (
         proptest::option::of(".*"),
@@ -500,6 +507,12 @@ fn response() -> impl Strategy<Value = Response> {
                     error: error.map(|(code, message)| ErrorInfo { code, message }),
                     found_at_boot,
                     unrestored,
+                    copy: CopyCounters {
+                        checked: bytes_done / 3,
+                        fetched: bytes_total / 5,
+                        written: bytes_done / 7,
+                        source_stalled_since: (bytes_done % 2 == 0).then_some(bytes_total),
+                    },
                 }
             },
         );

@@ -56,6 +56,8 @@ fn plan(id: &str, image: &[u8], restore: Option<RestoreSpec>) -> Plan {
             sha256: sha(image),
             layout: ImageLayout::WholeDisk,
             bmap: None,
+            index: None,
+            mode: lazarus_proto::CopyMode::Auto,
         },
         target: DiskSelector {
             serial: Some("LZNODE01".into()),
@@ -351,6 +353,281 @@ fn rescue_boot_rewrites_the_disk_over_nfs_restores_files_and_reboots() {
             .filter(|l| !l.contains("loaded module"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Boots node-1 from `node_disk` and waits for its Ready; returns the VM, the Ready and a client.
+fn boot_node(
+    ns: &Netns,
+    dir: &Path,
+    art: &Artifacts,
+    node_disk: &Path,
+) -> (Vm, Ready, AgentClient) {
+    let ready = receive_ready(ns, art).unwrap();
+    let vm = Vm::boot(
+        ns,
+        dir,
+        &VmSpec {
+            name: "node-1",
+            disk: Some(node_disk),
+            disk_serial: "LZNODE01",
+            mac: MAC,
+            boot: VmBoot::Direct {
+                vmlinuz: &art.vmlinuz,
+                initramfs: &art.initramfs,
+                append: format!("lazarus.ip={GUEST_IP}/{PREFIX} lazarus.controller={HOST_IP}:7461"),
+            },
+            nvram: None,
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !ready.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "no Ready within {BOOT_TIMEOUT:?}\n{}\n{}",
+            vm.command_line,
+            vm.serial_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ready, _) = ready.join().unwrap().unwrap();
+    let addr: SocketAddr = format!("{GUEST_IP}:{AGENT_PORT}").parse().unwrap();
+    let (signing, key) = (art.signing.clone(), art.key.clone());
+    let c = ns
+        .enter(move || {
+            AgentClient::connect(&addr.to_string(), signing, key, Duration::from_secs(60))
+        })
+        .unwrap()
+        .unwrap();
+    (vm, ready, c)
+}
+
+#[test]
+fn a_vm_killed_mid_copy_resumes_after_reboot_and_ends_recovered() {
+    if !lazarus_testkit::require(
+        "a_vm_killed_mid_copy_resumes_after_reboot_and_ends_recovered",
+        available(),
+    ) {
+        return;
+    }
+    let run = RunDir::new("resume").unwrap();
+    let dir = &run.path;
+    let art = artifacts(dir).expect("building the kernel, agent and initramfs");
+    let worker = disk::worker_image(dir).unwrap();
+    let (export, image) = (&worker.export, &worker.bytes);
+    // The image's chunk index (1 MiB chunks: a checkpoint every 6 MiB of this 48 MiB image).
+    let idx = lazarus_node::index::build(&worker.path, 1 << 20, 2)
+        .unwrap()
+        .encode();
+    std::fs::write(export.join("images/worker.idx"), &idx).unwrap();
+    let with_index = |id: &str| {
+        let mut p = plan(id, image, None);
+        p.image.index = Some(IndexRef {
+            path: "images/worker.idx".into(),
+            sha256: sha(&idx),
+        });
+        p
+    };
+    let oldroot = dir.join("oldroot");
+    std::fs::create_dir_all(&oldroot).unwrap();
+    std::fs::write(oldroot.join("broken"), "yes").unwrap();
+    let node_disk = dir.join("node-1.img");
+    disk::build(&node_disk, &oldroot, disk::DISK_MIB).unwrap();
+    let ns = Netns::create(&format!("lz-e2e-r{}", std::process::id())).unwrap();
+    let _nfs = Nfs::start(&ns, dir, export).unwrap();
+
+    // 1. The copy starts; once a checkpoint is on the disk's flag, the plug is pulled.
+    let (mut vm, _, mut c) = boot_node(&ns, dir, &art, &node_disk);
+    c.status_of(&Request::Recover(Box::new(with_index("e2e-resume-1"))))
+        .unwrap();
+    let deadline = Instant::now() + PLAN_TIMEOUT;
+    let cut_at = loop {
+        let f = flag_on(&node_disk);
+        if f.state == FlagState::Recovering && f.bytes_done > 0 {
+            break f.bytes_done;
+        }
+        assert!(
+            f.state != FlagState::Recovered && Instant::now() < deadline,
+            "no checkpoint before the copy ended: {f:?}\n{}",
+            vm.serial_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    vm.kill();
+    let mut head = vec![0u8; MIB as usize];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "a disk cut off mid-copy has a header"
+    );
+    eprintln!(
+        "lab: power cut with a checkpoint at {cut_at} of {} bytes",
+        image.len()
+    );
+
+    // 2. Rebooted: the agent finds the interrupted attempt, and a new Recover of the same image
+    //    reads back what the checkpoint covers and writes only the rest.
+    let (mut vm, ready, mut c) = boot_node(&ns, dir, &art, &node_disk);
+    assert_eq!(
+        ready.flag.as_ref().map(|f| f.state),
+        Some(FlagState::Recovering),
+        "{ready:?}"
+    );
+    c.status_of(&Request::Recover(Box::new(with_index("e2e-resume-2"))))
+        .unwrap();
+    let s = wait_done(&mut c);
+    assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", vm.serial_log());
+    eprintln!("lab: resumed run: {:?}", s.copy);
+    assert!(s.copy.checked > 0, "nothing was read back: {:?}", s.copy);
+    assert!(
+        s.copy.written < image.len() as u64,
+        "the resumed run rewrote everything: {:?}",
+        s.copy
+    );
+    let mut written = vec![0u8; image.len()];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut written, 0)
+        .unwrap();
+    // (The flag partition lies past the image's 48 MiB.)
+    assert!(
+        written == *image,
+        "the resumed disk does not hold the image"
+    );
+    let f = flag_on(&node_disk);
+    assert_eq!(
+        (f.state, f.plan_id.as_str()),
+        (FlagState::Recovered, "e2e-resume-2")
+    );
+    vm.kill();
+}
+
+/// Waits until `done(status)` or `timeout`; returns the status and when it came.
+fn wait_status(
+    c: &mut AgentClient,
+    timeout: Duration,
+    done: impl Fn(&Status) -> bool,
+) -> Option<(Status, Instant)> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(s) = c.status_of(&Request::GetStatus) {
+            if done(&s) {
+                return Some((s, Instant::now()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn a_vanished_nfs_server_pauses_the_copy_and_abort_works_while_a_read_is_blocked() {
+    if !lazarus_testkit::require(
+        "a_vanished_nfs_server_pauses_the_copy_and_abort_works_while_a_read_is_blocked",
+        available(),
+    ) {
+        return;
+    }
+    let run = RunDir::new("stall").unwrap();
+    let dir = &run.path;
+    let art = artifacts(dir).expect("building the kernel, agent and initramfs");
+    let worker = disk::worker_image(dir).unwrap();
+    let (export, image) = (&worker.export, &worker.bytes);
+    let idx = lazarus_node::index::build(&worker.path, 1 << 20, 2)
+        .unwrap()
+        .encode();
+    std::fs::write(export.join("images/worker.idx"), &idx).unwrap();
+    let full = |id: &str| {
+        let mut p = plan(id, image, None);
+        p.image.index = Some(IndexRef {
+            path: "images/worker.idx".into(),
+            sha256: sha(&idx),
+        });
+        p.image.mode = CopyMode::Full;
+        p
+    };
+    let oldroot = dir.join("oldroot");
+    std::fs::create_dir_all(&oldroot).unwrap();
+    let node_disk = dir.join("node-1.img");
+    disk::build(&node_disk, &oldroot, disk::DISK_MIB).unwrap();
+    let ns = Netns::create(&format!("lz-e2e-s{}", std::process::id())).unwrap();
+    let nfs = Nfs::start(&ns, dir, export).unwrap();
+    let (vm, _, mut c) = boot_node(&ns, dir, &art, &node_disk);
+
+    // 1. The server goes away mid-copy: a pause reported within 30 s, then the copy goes on
+    //    when the server is back, and ends RECOVERED with the disk matching.
+    c.status_of(&Request::Recover(Box::new(full("e2e-stall-1"))))
+        .unwrap();
+    let copying = |s: &Status| s.step == Some(Step::CopyImage) && s.copy.fetched > 0;
+    wait_status(&mut c, PLAN_TIMEOUT, copying).expect("the copy never started");
+    drop(nfs);
+    let gone = Instant::now();
+    let (s, at) = wait_status(&mut c, Duration::from_secs(60), |s| {
+        s.copy.source_stalled_since.is_some() || s.phase != Phase::Recovering
+    })
+    .expect("no status");
+    assert_eq!(s.phase, Phase::Recovering, "{s:?}\n{}", vm.serial_log());
+    let reported = at - gone;
+    eprintln!(
+        "lab: stall reported {:.1} s after the server died",
+        reported.as_secs_f64()
+    );
+    assert!(reported < Duration::from_secs(30), "{reported:?}");
+    let nfs = Nfs::start(&ns, dir, export).unwrap();
+    let back = Instant::now();
+    let s = wait_done(&mut c);
+    eprintln!(
+        "lab: after the server came back, {:.1} s to {:?}: {:?}",
+        back.elapsed().as_secs_f64(),
+        s.phase,
+        s.copy
+    );
+    assert_eq!(s.phase, Phase::Recovered, "{s:?}\n{}", vm.serial_log());
+    let mut written = vec![0u8; image.len()];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut written, 0)
+        .unwrap();
+    assert!(written == *image, "the disk does not hold the image");
+
+    // 2. Again, and this time Abort while the read is blocked: FAILED (507) within seconds.
+    c.status_of(&Request::Recover(Box::new(full("e2e-stall-2"))))
+        .unwrap();
+    wait_status(&mut c, PLAN_TIMEOUT, copying).expect("the second copy never started");
+    drop(nfs);
+    wait_status(&mut c, Duration::from_secs(60), |s| {
+        s.copy.source_stalled_since.is_some() || s.phase != Phase::Recovering
+    })
+    .expect("no stall");
+    let asked = Instant::now();
+    c.status_of(&Request::Abort).unwrap();
+    let (s, at) = wait_status(&mut c, Duration::from_secs(60), |s| {
+        s.phase != Phase::Recovering
+    })
+    .expect("the abort never took effect");
+    let took = at - asked;
+    eprintln!(
+        "lab: Abort during a blocked read took {:.1} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        (s.phase, s.error.as_ref().map(|e| e.code)),
+        (Phase::Failed, Some(507)),
+        "{s:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let mut head = vec![0u8; MIB as usize];
+    std::fs::File::open(&node_disk)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "header not zeroed after the abort"
     );
 }
 

@@ -101,6 +101,8 @@ pub enum PlanError {
     RestoreNeedsPartition,
     #[error("prefix length {0} is too long")]
     PrefixTooLong(u8),
+    #[error("mode = \"differential\" needs a chunk index (image.index)")]
+    DifferentialWithoutIndex,
     #[error("the target selector {0} names the disk by neither serial nor by_id (size and path are only extra conditions); set allow_weak_selector = true to accept it")]
     WeakSelector(String),
 }
@@ -119,4 +121,18 @@ pub enum BmapCheckError {
     NotUtf8,
     #[error("maps an image of {map} bytes, the plan says {plan}")]
     Size { map: u64, plan: u64 },
+}
+
+/// Why the plan's chunk index cannot check the copy.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexCheckError {
+    #[error("{0}")]
+    Parse(lazarus_node::index::IndexError),
+    #[error("digest {got} is not the plan's {want}")]
+    Digest {
+        got: lazarus_proto::Sha256,
+        want: lazarus_proto::Sha256,
+    },
+    #[error("indexes an image of {index} bytes, the plan says {plan}")]
+    Size { index: u64, plan: u64 },
 }

@@ -67,6 +67,18 @@ fn examples() -> Vec<AgentError> {
         ),
         AgentError::Bmap(p(), BmapCheckError::NotUtf8),
         AgentError::Bmap(p(), BmapCheckError::Size { map: 1, plan: 2 }),
+        AgentError::Index(
+            p(),
+            IndexCheckError::Parse(lazarus_node::index::IndexError::Checksum),
+        ),
+        AgentError::Index(
+            p(),
+            IndexCheckError::Digest {
+                got: Sha256([1; 32]),
+                want: Sha256([2; 32]),
+            },
+        ),
+        AgentError::Index(p(), IndexCheckError::Size { index: 1, plan: 2 }),
         SelectError::Empty.into(),
         SelectError::NoMatch(s()).into(),
         SelectError::Ambiguous {
@@ -121,6 +133,23 @@ fn examples() -> Vec<AgentError> {
         ImageError::Aborted.into(),
         ImageError::RangeMismatch { start: 0, end: 1 }.into(),
         ImageError::DataOutsideMap { offset: 0 }.into(),
+        ImageError::ReadTarget {
+            offset: 0,
+            source: io::Error::other("x"),
+        }
+        .into(),
+        ImageError::ChunkMismatch {
+            chunk: 1,
+            start: 2,
+            end: 3,
+        }
+        .into(),
+        ImageError::Checkpoint(io::Error::other("x")).into(),
+        ImageError::SourceStalled {
+            secs: 600,
+            last: String::new(),
+        }
+        .into(),
         AgentError::Partitions(p(), PartitionError::Open(io())),
         AgentError::Partitions(
             p(),

@@ -24,7 +24,9 @@
 
 pub mod bmap;
 mod buf;
+mod diff;
 mod keep;
+mod stall;
 mod target;
 mod verify;
 
@@ -37,8 +39,11 @@ use lazarus_proto::{ImageFormat, Sha256};
 
 pub use bmap::{Bmap, BmapError, MappedRange};
 pub use buf::{AlignedBuf, Pool, ALIGN};
+pub use diff::{sample, write_differential, ChunkSource};
 pub use keep::Kept;
+pub use lazarus_node::index::{Chunk, ChunkIndex};
 pub use lazarus_node::zstd::ZstdFrames;
+pub use stall::{Reopen, WatchedFile, WatchedRead};
 pub use target::Target;
 pub use verify::Verification;
 
@@ -85,7 +90,21 @@ pub struct Progress {
     done: AtomicU64,
     total: AtomicU64,
     abort: AtomicBool,
+    checked: AtomicU64,
+    fetched: AtomicU64,
+    written: AtomicU64,
+    checkpoint: AtomicU64,
+    /// Unix seconds since when the source gave nothing (0: it is flowing).
+    stalled_since: AtomicU64,
+    /// Stall report and limit in milliseconds (0: the defaults).
+    stall_report_ms: AtomicU64,
+    stall_limit_ms: AtomicU64,
 }
+
+/// A source silent this long is reported as stalled in `Status`.
+pub const STALL_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A source silent this long fails the copy (code 513); the next `Recover` resumes it.
+pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Progress {
     pub fn done(&self) -> u64 {
@@ -105,9 +124,142 @@ impl Progress {
         self.abort.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the target checked, of the image fetched, and written, so far.
+    pub fn counters(&self) -> lazarus_proto::CopyCounters {
+        lazarus_proto::CopyCounters {
+            checked: self.checked.load(Ordering::Relaxed),
+            fetched: self.fetched.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            source_stalled_since: self.stalled_since(),
+        }
+    }
+
+    /// The last durable checkpoint: every chunk below it was verified on the target or written
+    /// from verified bytes, and flushed (0 before the first).
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Relaxed)
+    }
+
+    /// When a silent source is reported as stalled, and when it fails the copy.
+    pub fn set_stall_times(&self, report: std::time::Duration, limit: std::time::Duration) {
+        self.stall_report_ms
+            .store(report.as_millis() as u64, Ordering::Relaxed);
+        self.stall_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stall_times(&self) -> (std::time::Duration, std::time::Duration) {
+        let ms = |a: &AtomicU64, d: std::time::Duration| match a.load(Ordering::Relaxed) {
+            0 => d,
+            v => std::time::Duration::from_millis(v),
+        };
+        (
+            ms(&self.stall_report_ms, STALL_REPORT),
+            ms(&self.stall_limit_ms, STALL_LIMIT),
+        )
+    }
+
+    /// Unix seconds since when the source has given nothing, while it is stalled.
+    pub fn stalled_since(&self) -> Option<u64> {
+        match self.stalled_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub(crate) fn mark_stalled(&self, waited: std::time::Duration, last_error: Option<&str>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let since = now.saturating_sub(waited.as_secs()).max(1);
+        if self
+            .stalled_since
+            .compare_exchange(0, since, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            log::warn!(
+                "source stalled since {since} (unix seconds; nothing for {} s{}); waiting for it",
+                waited.as_secs(),
+                last_error.map_or(String::new(), |e| format!(", last error: {e}"))
+            );
+        }
+    }
+
+    pub(crate) fn clear_stall(&self) {
+        let was = self.stalled_since.swap(0, Ordering::Relaxed);
+        if was != 0 {
+            log::info!("source back after a stall since {was}; the copy goes on");
+        }
+    }
+
+    /// Starts from a checkpoint recorded by an earlier attempt (what a failure reports until
+    /// this run records its own).
+    pub fn set_checkpoint(&self, at: u64) {
+        self.checkpoint.store(at, Ordering::Relaxed);
+    }
+
     fn reset(&self, total: u64) {
         self.done.store(0, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
+        for c in [&self.checked, &self.fetched, &self.written] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Durable progress records while a copy with an index writes: every `every` bytes of settled
+/// chunks the engine flushes the target (`fdatasync`), then calls `record` with the offset below
+/// which every chunk is on stable storage and matches the index. The recovery writes that offset
+/// to the flag record; a later run uses it only to decide which chunks to read back first
+/// (`docs/copy-engine.md`, "Resume").
+pub struct Checkpoints<'a> {
+    pub every: u64,
+    pub record: &'a (dyn Fn(u64) -> io::Result<()> + Sync),
+}
+
+/// Settles chunks out of order; reports the contiguous prefix and when to checkpoint.
+struct Settled {
+    state: Mutex<(Vec<u8>, usize, u64)>,
+    needed: u8,
+}
+
+impl Settled {
+    fn new(chunks: usize, needed: u8) -> Self {
+        Self {
+            state: Mutex::new((vec![0; chunks], 0, 0)),
+            needed,
+        }
+    }
+
+    /// One more event for chunk `i`; when it makes the settled prefix reach `every` bytes past
+    /// the last checkpoint, flushes and records.
+    fn mark(
+        &self,
+        i: usize,
+        index: &ChunkIndex,
+        target: &Target,
+        checkpoints: Option<&Checkpoints<'_>>,
+        progress: &Progress,
+    ) -> Result<(), ImageError> {
+        let mut st = lock(&self.state);
+        st.0[i] += 1;
+        while st.1 < st.0.len() && st.0[st.1] >= self.needed {
+            st.1 += 1;
+        }
+        let upto = if st.1 == st.0.len() {
+            index.image_size()
+        } else {
+            index.range(st.1).start
+        };
+        if let Some(c) = checkpoints {
+            if upto >= st.2 + c.every && upto < index.image_size() {
+                target.sync().map_err(ImageError::Sync)?;
+                (c.record)(upto).map_err(ImageError::Checkpoint)?;
+                progress.checkpoint.store(upto, Ordering::Relaxed);
+                st.2 = upto;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +297,14 @@ pub enum ImageError {
     Sync(io::Error),
     #[error("copy aborted on request")]
     Aborted,
+    #[error("reading the target at byte {offset}: {source}")]
+    ReadTarget { offset: u64, source: io::Error },
+    #[error("image chunk {chunk} (bytes {start}..{end}) does not match the index")]
+    ChunkMismatch { chunk: usize, start: u64, end: u64 },
+    #[error("recording a checkpoint: {0}")]
+    Checkpoint(io::Error),
+    #[error("the image source gave nothing for {secs} s{}; the next Recover resumes the copy", if last.is_empty() { String::new() } else { format!(" (last error: {last})") })]
+    SourceStalled { secs: u64, last: String },
 }
 
 /// Wraps a raw or zstd source as the logical image stream.
@@ -165,6 +325,17 @@ pub fn write_image<R: Read + Send>(
     target: &Target,
     spec: &CopySpec,
     progress: &Progress,
+) -> Result<CopyReport, ImageError> {
+    write_image_with(source, target, spec, progress, None)
+}
+
+/// [`write_image`], recording durable checkpoints when the spec verifies by index.
+pub fn write_image_with<R: Read + Send>(
+    source: R,
+    target: &Target,
+    spec: &CopySpec,
+    progress: &Progress,
+    checkpoints: Option<&Checkpoints<'_>>,
 ) -> Result<CopyReport, ImageError> {
     if target.len() < spec.size {
         return Err(ImageError::TargetTooSmall {
@@ -192,6 +363,7 @@ pub fn write_image<R: Read + Send>(
         spec,
         progress,
         zeroed_until,
+        checkpoints,
     );
     match result {
         Ok((header, written)) => {
@@ -225,12 +397,29 @@ fn copy_verified(
     spec: &CopySpec,
     progress: &Progress,
     zeroed_until: u64,
+    checkpoints: Option<&Checkpoints<'_>>,
 ) -> Result<(Vec<u8>, u64), ImageError> {
-    let pool = Pool::new(POOL_BUFFERS, CHUNK_LEN);
+    // With an index, the pipeline's chunks are the index's (each checked on its own, on any
+    // core); otherwise 4 MiB.
+    let index = match &spec.verify {
+        Verification::Index(idx) => Some(idx.as_ref()),
+        _ => None,
+    };
+    let chunk_len = index.map_or(CHUNK_LEN, |i| i.chunk_size() as usize);
+    let hashers = match index {
+        Some(_) => std::thread::available_parallelism().map_or(2, |n| n.get().min(16)),
+        None => 1,
+    };
+    // A chunk is settled once written and verified.
+    let settled = index.map(|i| Settled::new(i.len(), 2));
+    let settled = settled.as_ref();
+    let pool = Pool::new(POOL_BUFFERS, chunk_len);
     let (to_hash, hash_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
     let (to_write, write_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
     let failed = AtomicBool::new(false);
     let header_len = HEADER_LEN.min(spec.size) as usize;
+    let hash_rx = Mutex::new(hash_rx);
+    let verified_chunks = AtomicU64::new(0);
 
     std::thread::scope(|s| {
         let (pool, failed) = (&pool, &failed);
@@ -247,9 +436,9 @@ fn copy_verified(
                 let Some(mut buf) = pool.take() else {
                     return Ok(());
                 };
-                let want = (spec.size - offset).min(CHUNK_LEN as u64) as usize;
-                let got =
-                    fill(&mut source, &mut buf.as_mut_slice()[..want]).map_err(ImageError::Read)?;
+                let want = (spec.size - offset).min(chunk_len as u64) as usize;
+                let got = fill(&mut source, &mut buf.as_mut_slice()[..want])
+                    .map_err(stall::image_error)?;
                 if got < want {
                     return Err(ImageError::TooShort {
                         got: offset + got as u64,
@@ -258,31 +447,87 @@ fn copy_verified(
                 }
                 let chunk = Arc::new(pool.chunk(buf, offset, got));
                 offset += got as u64;
+                progress.fetched.fetch_add(got as u64, Ordering::Relaxed);
                 if to_hash.send(chunk.clone()).is_err() || to_write.send(chunk).is_err() {
                     return Ok(());
                 }
             }
             let mut probe = [0u8; 1];
-            if fill(&mut source, &mut probe).map_err(ImageError::Read)? > 0 {
+            if fill(&mut source, &mut probe).map_err(stall::image_error)? > 0 {
                 return Err(ImageError::TooLong {
                     expected: spec.size,
                 });
             }
             Ok(())
         });
+        // Hashers: one in order for a whole-image digest or a block map; one per core for an
+        // index (each chunk is checked against its own digest, in any order).
+        let (hash_rx, verified_chunks) = (&hash_rx, &verified_chunks);
         let hasher = s.spawn(move || -> Result<(), ImageError> {
-            let mut check = spec.verify.checker();
-            let mut result = Ok(());
-            // After an error keep draining, so the reader is never blocked on a full queue.
-            for chunk in hash_rx {
-                if result.is_ok() {
-                    result = check.feed(chunk.offset, chunk.data());
-                    if result.is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
+            let results: Vec<Result<(), ImageError>> = std::thread::scope(|h| {
+                let workers: Vec<_> = (0..hashers)
+                    .map(|_| {
+                        h.spawn(|| -> Result<(), ImageError> {
+                            let mut check = spec.verify.checker();
+                            let mut result = Ok(());
+                            // After an error keep draining, so the reader is never blocked on
+                            // a full queue.
+                            loop {
+                                let next = match hash_rx.lock() {
+                                    Ok(rx) => rx.recv(),
+                                    Err(_) => break,
+                                };
+                                let Ok(chunk) = next else { break };
+                                if result.is_err() {
+                                    continue;
+                                }
+                                result = check.feed(chunk.offset, chunk.data());
+                                if result.is_err() {
+                                    failed.store(true, Ordering::Relaxed);
+                                } else if let (Some(idx), Some(st)) = (index, settled) {
+                                    verified_chunks.fetch_add(1, Ordering::Relaxed);
+                                    result = st.mark(
+                                        idx.chunk_at(chunk.offset),
+                                        idx,
+                                        target,
+                                        checkpoints,
+                                        progress,
+                                    );
+                                    if result.is_err() {
+                                        failed.store(true, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            result?;
+                            match index {
+                                Some(_) => Ok(()),
+                                None => check.finish(),
+                            }
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(ImageError::Read(io::Error::other("hasher thread panicked")))
+                        })
+                    })
+                    .collect()
+            });
+            results.into_iter().collect::<Result<(), ImageError>>()?;
+            if let Some(idx) = index {
+                let seen = verified_chunks.load(Ordering::Relaxed);
+                if seen != idx.len() as u64 {
+                    let r = idx.range(seen as usize);
+                    return Err(ImageError::ChunkMismatch {
+                        chunk: seen as usize,
+                        start: r.start,
+                        end: r.end,
+                    });
                 }
             }
-            result.and_then(|()| check.finish())
+            Ok(())
         });
         // Writers: several chunks in flight (positional writes need no order), which keeps the
         // device's queue fed while the reader competes for the same disk.
@@ -320,9 +565,23 @@ fn copy_verified(
                     match result {
                         Ok(n) => {
                             written.fetch_add(n, Ordering::Relaxed);
+                            progress.written.fetch_add(n, Ordering::Relaxed);
                             progress
                                 .done
                                 .fetch_max(chunk.offset + data.len() as u64, Ordering::Relaxed);
+                            if let (Some(idx), Some(st)) = (index, settled) {
+                                let marked = st.mark(
+                                    idx.chunk_at(chunk.offset),
+                                    idx,
+                                    target,
+                                    checkpoints,
+                                    progress,
+                                );
+                                if let Err(e) = marked {
+                                    failed.store(true, Ordering::Relaxed);
+                                    lock(&write_error).get_or_insert(e);
+                                }
+                            }
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -404,14 +663,7 @@ fn write_runs(
 
 /// True when every byte is zero; compares 16 bytes at a time.
 pub(crate) fn is_zero(block: &[u8]) -> bool {
-    let mut words = block.chunks_exact(16);
-    let mut acc = 0u128;
-    for w in &mut words {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(w);
-        acc |= u128::from_ne_bytes(a);
-    }
-    acc == 0 && words.remainder().iter().all(|&b| b == 0)
+    lazarus_node::index::is_zero(block)
 }
 
 /// Locks a mutex, also after a panic elsewhere (the data is plain bytes or an error).

@@ -50,6 +50,7 @@ impl Target {
         // The second descriptor needs no claim of its own: the first one holds the device.
         let direct = if is_block && logical_block_size(&file) <= ALIGN as u32 {
             OpenOptions::new()
+                .read(true)
                 .write(true)
                 .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
                 .open(path)
@@ -123,9 +124,19 @@ impl Target {
         Ok(())
     }
 
-    /// Reads `buf.len()` bytes at `offset` (for verification and tests).
+    /// Reads `buf.len()` bytes at `offset` (for verification and tests), through `O_DIRECT`
+    /// when address, length and offset allow: a differential run reads the whole disk once, and
+    /// through the page cache that cost a copy per byte and evicted everything else (measured:
+    /// 2.8x slower than `dd iflag=direct` reading the same device). A direct read first writes
+    /// back dirty cached pages of its range, so it sees the buffered writes too.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+            && buf.len().is_multiple_of(ALIGN)
+            && offset.is_multiple_of(ALIGN as u64);
+        match &self.direct {
+            Some(direct) if aligned => direct.read_exact_at(buf, offset),
+            _ => self.file.read_exact_at(buf, offset),
+        }
     }
 
     /// fdatasync(fd): everything written so far, through either descriptor, is on stable

@@ -1,5 +1,8 @@
 //! Checking an image stream as it passes: the SHA-256 of everything, or per block-map range.
 
+use std::sync::Arc;
+
+use lazarus_node::index::ChunkIndex;
 use lazarus_proto::Sha256;
 use sha2::Digest;
 
@@ -13,6 +16,8 @@ pub enum Verification {
     Whole(Sha256),
     /// A SHA-256 per mapped range (sorted, disjoint); every other byte must be zero.
     Ranges(Vec<MappedRange>),
+    /// A chunk index: each chunk (a hole, or a SHA-256) checked on its own, on any core.
+    Index(Arc<ChunkIndex>),
 }
 
 impl Verification {
@@ -41,6 +46,18 @@ impl Checker<'_> {
                 return Ok(());
             }
             Verification::Ranges(r) => r,
+            Verification::Index(idx) => {
+                let i = idx.chunk_at(offset);
+                let r = idx.range(i);
+                if r.start != offset || !idx.matches(i, data) {
+                    return Err(ImageError::ChunkMismatch {
+                        chunk: i,
+                        start: r.start,
+                        end: r.end,
+                    });
+                }
+                return Ok(());
+            }
         };
         let end = offset + data.len() as u64;
         let mut pos = offset;
@@ -91,6 +108,8 @@ impl Checker<'_> {
                 }
                 Ok(())
             }
+            // The engine counts the chunks it saw.
+            Verification::Index(_) => Ok(()),
             Verification::Ranges(ranges) => match ranges.get(self.next_range) {
                 None => Ok(()),
                 Some(r) => Err(ImageError::RangeMismatch {

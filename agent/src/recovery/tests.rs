@@ -438,3 +438,115 @@ fn a_backup_over_the_plans_size_cap_fails_the_plan_unread() {
     assert!(err.to_string().contains("max_backup_bytes"), "{err}");
     assert!(!fake.restored.join("etc").exists());
 }
+
+/// Adds a chunk index of the fake's image to its export and to `plan`.
+fn with_index(fake: &Fake, plan: &mut Plan) {
+    let image = fake.export.join("images/system.img");
+    let idx = lazarus_node::index::build(&image, 1 << 20, 2)
+        .unwrap()
+        .encode();
+    fs::write(fake.export.join("images/system.idx"), &idx).unwrap();
+    plan.image.index = Some(lazarus_proto::IndexRef {
+        path: "images/system.idx".into(),
+        sha256: lazarus_node::index::sha256(&idx),
+    });
+}
+
+#[test]
+fn with_an_index_a_second_recovery_checks_the_disk_and_rewrites_only_what_differs() {
+    use std::os::unix::fs::FileExt;
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    with_index(&fake, &mut plan);
+    let first = Progress::default();
+    recover(&fake, &plan, &first, &fake).expect("recovers");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+    let c = first.counters();
+    assert_eq!(
+        c.checked, 0,
+        "a disk whose flag named no image went full: {c:?}"
+    );
+    assert_eq!(c.fetched, plan.image.size);
+
+    // The same image again: the flag names it, so auto checks every chunk and writes nothing.
+    plan.plan_id = "fake-2".into();
+    let again = Progress::default();
+    recover(&fake, &plan, &again, &fake).expect("recovers again");
+    let c = again.counters();
+    assert_eq!((c.checked, c.fetched, c.written), (plan.image.size, 0, 0));
+
+    // One damaged byte in chunk 2: that chunk is fetched, and it and the header are written.
+    let disk = fs::OpenOptions::new()
+        .write(true)
+        .open(&fake.disk.dev_path)
+        .unwrap();
+    disk.write_all_at(&[0xee], (2 << 20) + 5).unwrap();
+    plan.plan_id = "fake-3".into();
+    let fix = Progress::default();
+    recover(&fake, &plan, &fix, &fake).expect("recovers the damage");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+    let c = fix.counters();
+    assert_eq!(c.fetched, 1 << 20, "{c:?}");
+    assert_eq!(c.written, 2 << 20, "the chunk and the header: {c:?}");
+    assert_eq!(fake.flag_record().state, FlagState::Recovered);
+}
+
+#[test]
+fn an_index_that_is_not_the_plans_fails_with_its_code_before_the_disk_changes() {
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    with_index(&fake, &mut plan);
+    if let Some(i) = plan.image.index.as_mut() {
+        i.sha256.0[0] ^= 1;
+    }
+    let err = run(&fake, &plan).unwrap_err();
+    assert_eq!(err.code(), 309, "{err}");
+    assert_eq!(fake.disk_state(), DiskState::Untouched);
+    plan.image.index = None;
+    plan.image.mode = lazarus_proto::CopyMode::Differential;
+    assert!(matches!(
+        validate(&plan),
+        Err(PlanError::DifferentialWithoutIndex)
+    ));
+}
+
+#[test]
+fn a_packed_zstd_image_is_fetched_frame_by_frame_where_the_disk_differs() {
+    use std::os::unix::fs::FileExt;
+    let fake = fake();
+    let mut plan = plan_for(&fake);
+    let mut packed = Vec::new();
+    let idx = lazarus_node::index::pack(
+        &fake.export.join("images/system.img"),
+        &mut packed,
+        1 << 20,
+        2,
+    )
+    .unwrap();
+    fs::write(fake.export.join("images/system.img.zst"), &packed).unwrap();
+    let bytes = idx.encode();
+    fs::write(fake.export.join("images/system.idx"), &bytes).unwrap();
+    plan.image.path = "images/system.img.zst".into();
+    plan.image.format = lazarus_proto::ImageFormat::Zstd;
+    plan.image.index = Some(lazarus_proto::IndexRef {
+        path: "images/system.idx".into(),
+        sha256: lazarus_node::index::sha256(&bytes),
+    });
+    // First a full copy (the packed image is an ordinary zstd stream too).
+    recover(&fake, &plan, &Progress::default(), &fake).expect("recovers");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+    // Chunk 2 damaged: only its frame is fetched.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fake.disk.dev_path)
+        .unwrap()
+        .write_all_at(&[0xee], (2 << 20) + 5)
+        .unwrap();
+    plan.plan_id = "fake-2".into();
+    let p = Progress::default();
+    recover(&fake, &plan, &p, &fake).expect("recovers the damage");
+    assert_eq!(fake.disk_state(), DiskState::Image);
+    let c = p.counters();
+    assert_eq!(c.fetched, idx.frame(2).unwrap().1 as u64, "{c:?}");
+    assert_eq!(c.written, 2 << 20, "{c:?}");
+}

@@ -269,6 +269,12 @@ pub struct Image {
     #[serde(default = "default_layout")]
     pub layout: ImageLayout,
     pub bmap: Option<lazarus_proto::BmapRef>,
+    /// A chunk index (`lazarus image index`) and its SHA-256.
+    #[serde(default)]
+    pub index: Option<lazarus_proto::IndexRef>,
+    /// `full`, `differential` or `auto` (the default).
+    #[serde(default)]
+    pub mode: lazarus_proto::CopyMode,
 }
 
 fn default_layout() -> ImageLayout {

@@ -30,6 +30,8 @@ pub fn plan_for(cluster: &Cluster, n: &Node, plan_id: &str, failure_time: u64) -
             sha256: image.sha256,
             layout: image.layout,
             bmap: image.bmap.clone(),
+            index: image.index.clone(),
+            mode: image.mode,
         },
         target: n.disk.clone(),
         flag: n.flag.clone(),

@@ -302,6 +302,8 @@ pub fn plan(id: &str, image: &str, data: &[u8], target: DiskSelector, flag: Flag
             sha256: sha(data),
             layout: ImageLayout::WholeDisk,
             bmap: None,
+            index: None,
+            mode: lazarus_proto::CopyMode::Auto,
         },
         target,
         flag,

@@ -864,6 +864,7 @@ impl Agent {
             error: None,
             found_at_boot: None,
             unrestored: Vec::new(),
+            copy: Default::default(),
         }
     }
 }
