@@ -234,25 +234,72 @@ fn counter(out: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The indexed cases: diff1 (+ nfs-bytes), resume, verify.
+/// Where the indexed cases' timed runs read the image and its index from.
+struct Source {
+    /// A directory holding `dense.img` and `dense.idx` as served over NFS (a mount point), or
+    /// None for the work directory's own files, read into the page cache first.
+    dir: Option<PathBuf>,
+    /// Appended to the case names: `diff1{label}`.
+    label: String,
+    /// The network interface the NFS traffic arrives on: its received bytes are counted around
+    /// the differential run.
+    wire: Option<String>,
+}
+
+impl Source {
+    /// Before each timed run: over NFS, nothing cached on either side (this machine's page cache
+    /// holds both the mount's pages and the NFS server's file); locally, the image in the cache.
+    fn settle(&self, image: &Path) -> anyhow::Result<()> {
+        if self.dir.is_some() {
+            sh("sync; echo 3 > /proc/sys/vm/drop_caches")?;
+        } else {
+            sh(&format!("cat '{}' > /dev/null", image.display()))?;
+        }
+        Ok(())
+    }
+
+    fn wire_bytes(&self) -> anyhow::Result<Option<u64>> {
+        let Some(iface) = &self.wire else {
+            return Ok(None);
+        };
+        let path = format!("/sys/class/net/{iface}/statistics/rx_bytes");
+        let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        Ok(Some(text.trim().parse().with_context(|| path.clone())?))
+    }
+}
+
+/// The indexed cases: diff1 (+ nfs-bytes), resume, verify (verify only from the local source:
+/// it reads the disk and the index, never the image).
 fn indexed_cases(
     agent: &str,
     dir: &Path,
     img: &Images,
     rounds: usize,
+    src: &Source,
     wanted: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
     let size = 2 * GIB;
+    let (image, index) = match &src.dir {
+        Some(d) => (d.join("dense.img"), d.join("dense.idx")),
+        None => (img.dense.clone(), img.dense_idx.clone()),
+    };
+    let label = &src.label;
+    // Puts the image on a device before a case (untimed): always from the local file.
     let fill = format!(
         "dd if='{}' of={{dev}} bs=4M oflag=direct conv=fsync status=none",
         img.dense.display()
     );
+    // What a user would run instead, reading from the case's source.
+    let dd = format!(
+        "dd if='{}' of={{dev}} bs=4M oflag=direct conv=fsync status=none",
+        image.display()
+    );
     let ours = |mode: &str, dev: &str, flag: Option<&Path>| {
         format!(
             "{agent} copy --image '{}' --target {dev} --sha256 {} --index '{}' --mode {mode}{}",
-            img.dense.display(),
+            image.display(),
             img.dense_sha,
-            img.dense_idx.display(),
+            index.display(),
             flag.map_or(String::new(), |f| format!(" --flag '{}'", f.display()))
         )
     };
@@ -267,7 +314,7 @@ fn indexed_cases(
     sh(&format!("cat '{}' > /dev/null", img.dense.display()))?;
 
     // diff1: 1% of the chunks damaged.
-    let (mut a, mut b, mut fetched) = (Vec::new(), Vec::new(), 0);
+    let (mut a, mut b, mut fetched, mut wire) = (Vec::new(), Vec::new(), 0, None);
     for round in 0..if wanted("diff1") { rounds } else { 0 } {
         for ours_turn in [true, false] {
             let d = Dev::new(dir, size)?;
@@ -282,12 +329,18 @@ fn indexed_cases(
                 }
                 f.sync_all()?;
             }
+            src.settle(&image)?;
             if ours_turn {
+                let before = src.wire_bytes()?;
                 let (t, out) = timed(&ours("differential", &d.dev, None))?;
                 fetched = counter(&out, "fetched");
+                wire = match (before, src.wire_bytes()?) {
+                    (Some(b), Some(e)) => Some(e.saturating_sub(b)),
+                    _ => None,
+                };
                 a.push(t);
             } else {
-                b.push(timed(&format!("{fill} ").replace("{dev}", &d.dev))?.0);
+                b.push(timed(&dd.replace("{dev}", &d.dev))?.0);
             }
             if round == 0 {
                 d.holds(size, &img.dense_sha)?;
@@ -297,11 +350,16 @@ fn indexed_cases(
     if wanted("diff1") {
         let (ta, tb) = (median(a), median(b));
         println!(
-            "bench diff1 lazarus_s={ta:.2} peer=dd peer_s={tb:.2} ratio={:.2}",
+            "bench diff1{label} lazarus_s={ta:.2} peer=dd peer_s={tb:.2} ratio={:.2}",
             tb / ta
         );
+        // Over NFS, the bytes that crossed the link (NFS replies with their RPC and TCP/IP
+        // headers, the index included) count, not only what the agent says it fetched.
+        let wire = wire.map_or(String::new(), |w| {
+            format!(" wire={w} wire_pct={:.2}", w as f64 * 100.0 / size as f64)
+        });
         println!(
-            "bench nfs-bytes fetched={fetched} image={size} pct={:.2}",
+            "bench nfs-bytes{label} fetched={fetched} image={size} pct={:.2}{wire}",
             fetched as f64 * 100.0 / size as f64
         );
     }
@@ -331,22 +389,24 @@ fn indexed_cases(
         }
         child.kill()?;
         child.wait()?;
+        src.settle(&image)?;
         a.push(timed(&ours("auto", &d.dev, Some(&flag)))?.0);
         if round == 0 {
             d.holds(size, &img.dense_sha)?;
         }
         drop(d);
         let d = Dev::new(dir, size)?;
-        b.push(timed(&fill.replace("{dev}", &d.dev))?.0);
+        src.settle(&image)?;
+        b.push(timed(&dd.replace("{dev}", &d.dev))?.0);
     }
     if wanted("resume") {
         let (ta, tb) = (median(a), median(b));
         println!(
-            "bench resume lazarus_s={ta:.2} peer=dd-full peer_s={tb:.2} ratio={:.2}",
+            "bench resume{label} lazarus_s={ta:.2} peer=dd-full peer_s={tb:.2} ratio={:.2}",
             ta / tb
         );
     }
-    if !wanted("verify") {
+    if !wanted("verify") || src.dir.is_some() {
         return Ok(());
     }
 
@@ -393,6 +453,18 @@ fn main() -> anyhow::Result<()> {
     let agent = get("--agent").context("--agent BIN is required")?;
     let dir = PathBuf::from(get("--workdir").unwrap_or_else(|| "target/bench".into()));
     let rounds: usize = get("--rounds").map_or(Ok(3), |r| r.parse())?;
+    let src = Source {
+        dir: get("--source-dir").map(PathBuf::from),
+        label: get("--label").unwrap_or_else(|| {
+            if get("--source-dir").is_some() {
+                ""
+            } else {
+                "@local"
+            }
+            .to_string()
+        }),
+        wire: get("--wire"),
+    };
     if !rustix::process::geteuid().is_root() {
         bail!("the benchmark needs root (loop devices)");
     }
@@ -442,7 +514,7 @@ fn main() -> anyhow::Result<()> {
         Some(o) => o.split(',').any(|c| c == name),
     };
     for (name, source, ours, peer, theirs, sha) in &cases {
-        if !wanted(name) {
+        if !wanted(name) || src.dir.is_some() {
             continue;
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -460,7 +532,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if ["diff1", "resume", "verify"].iter().any(|c| wanted(c)) {
-        indexed_cases(&agent, &dir, &img, rounds, &wanted)?;
+        indexed_cases(&agent, &dir, &img, rounds, &src, &wanted)?;
     }
     Ok(())
 }

@@ -281,6 +281,44 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A namespace joined to this one by a veth pair: `inside` at `ns_ip` in the namespace,
+    /// `outside` at `host_ip` here (both `/PREFIX`). Deleting the namespace deletes the pair.
+    pub fn create_veth(
+        name: &str,
+        outside: &str,
+        host_ip: &str,
+        inside: &str,
+        ns_ip: &str,
+    ) -> anyhow::Result<Self> {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        let _ = run(Command::new("ip").args(["link", "del", outside]));
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        run(Command::new("ip").args([
+            "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", name,
+        ]))?;
+        run(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{host_ip}/{PREFIX}"),
+            "dev",
+            outside,
+        ]))?;
+        run(Command::new("ip").args(["link", "set", outside, "up"]))?;
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", &format!("{ns_ip}/{PREFIX}"), "dev", inside],
+            vec!["link", "set", inside, "up"],
+        ] {
+            run(Command::new("ip")
+                .args(["netns", "exec", name, "ip"])
+                .args(&args))?;
+        }
+        Ok(ns)
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
@@ -369,9 +407,19 @@ impl Nfs {
 
     /// Several exports (a read-only image share and a writable backup share, say).
     pub fn start_exports(ns: &Netns, dir: &Path, exports: &[Export]) -> anyhow::Result<Self> {
+        Self::start_on(ns, dir, HOST_IP, exports)
+    }
+
+    /// Several exports, served at `addr` (an address of the namespace).
+    pub fn start_on(
+        ns: &Netns,
+        dir: &Path,
+        addr: &str,
+        exports: &[Export],
+    ) -> anyhow::Result<Self> {
         let conf = dir.join("ganesha.conf");
         let mut text = format!(
-            "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {HOST_IP}; NFS_Port = 2049; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+            "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {addr}; NFS_Port = 2049; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
              NFSV4 {{ Graceless = true; }}\n"
         );
         for (i, e) in exports.iter().enumerate() {
@@ -398,7 +446,7 @@ impl Nfs {
             .spawn()
             .context("starting ganesha.nfsd")?;
         let nfs = Self { child };
-        let addr: SocketAddr = format!("{HOST_IP}:2049").parse()?;
+        let addr: SocketAddr = format!("{addr}:2049").parse()?;
         let up = ns.enter(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
