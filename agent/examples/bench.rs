@@ -19,9 +19,16 @@
 //!   writes nothing) vs `dd` reading the device (ratio: dd's time over ours).
 //!
 //! Every run writes to a fresh loop device (direct I/O) over a fresh sparse file, with the source
-//! read into the page cache first, as it would arrive over NFS without competing with the target
-//! disk. Each tool runs `--rounds` times, alternating; the median counts. Speeds are the image's
-//! logical size over wall time. Needs root (loop devices).
+//! read into the page cache first (only the target disk is measured); diff1, nfs-bytes and resume
+//! are then printed as `diff1@local` and so on (`--label` changes the suffix). Each tool runs
+//! `--rounds` times, alternating; the median counts. Speeds are the image's logical size over wall
+//! time. Needs root (loop devices).
+//!
+//! With `--source-dir DIR` (a mount of the work directory over NFS, set up by the lazarus-e2e
+//! example `nfs_bench`), only diff1, nfs-bytes and resume run, both tools reading the image and
+//! index from DIR, with the page cache dropped before every timed run; `--wire IFACE` adds the
+//! bytes received on IFACE during the differential run to the nfs-bytes line
+//! (`wire=N wire_pct=P`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -31,6 +31,17 @@ struct session {
 
 static pthread_key_t key;
 
+/* A FUSE worker thread that ends takes its NFS session with it. */
+static void end_session(void *p)
+{
+    struct session *s = p;
+    for (int i = 0; i < 8 && s->fh[i]; i++)
+        nfs_close(s->nfs, s->fh[i]);
+    nfs_umount(s->nfs);
+    nfs_destroy_context(s->nfs);
+    free(s);
+}
+
 static struct session *session(void)
 {
     struct session *s = pthread_getspecific(key);
@@ -171,7 +182,7 @@ int main(int argc, char **argv)
     }
     server = argv[1];
     export_path = argv[2];
-    pthread_key_create(&key, NULL);
+    pthread_key_create(&key, end_session);
     char *fargs[] = {argv[0], "-f", "-o", "ro,default_permissions,max_idle_threads=32", argv[3], NULL};
     return fuse_main(5, fargs, &ops, NULL);
 }
