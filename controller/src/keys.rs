@@ -91,11 +91,16 @@ impl Keys {
         self.candidates(node).into_iter().next().map(|(k, _)| k)
     }
 
+    /// The key of `node`'s repair under way, if it has one.
+    pub fn repair(&self, node: &str) -> Option<AgentKey> {
+        self.repairs().get(node).cloned()
+    }
+
     /// Every key `node`'s agent may speak with, the repair's first.
     pub fn candidates(&self, node: &str) -> Vec<(AgentKey, KeySource)> {
         let mut keys = Vec::new();
-        if let Some(k) = self.repairs().get(node) {
-            keys.push((k.clone(), KeySource::Repair));
+        if let Some(k) = self.repair(node) {
+            keys.push((k, KeySource::Repair));
         }
         if let Some(k) = self.agents.get(node) {
             keys.push((k.clone(), KeySource::Node));

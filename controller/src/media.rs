@@ -206,7 +206,8 @@ impl Media {
     }
 
     /// Per-repair URLs alive now.
-    pub fn live(&self) -> usize {
+    #[cfg(test)]
+    fn live(&self) -> usize {
         self.issued().len()
     }
 
@@ -297,21 +298,6 @@ fn repair_file(url: &str) -> Option<(&str, &str)> {
     let token_ok = token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit());
     let name_ok = [ISO.1, KERNEL.1, INITRD.1].contains(&name);
     (token_ok && name_ok).then_some((token, name))
-}
-
-/// Starts serving the media folder `dir` alone (no per-repair media) on `listen`.
-pub fn serve(
-    listen: std::net::SocketAddr,
-    dir: PathBuf,
-) -> Result<std::net::SocketAddr, MediaError> {
-    let media = Arc::new(Media {
-        dir,
-        rescue: None,
-        work: PathBuf::new(),
-        base_url: String::new(),
-        issued: Mutex::default(),
-    });
-    media.serve(listen)
 }
 
 /// The file a request names, if the name is one plain file name.
@@ -429,7 +415,7 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 /// Opens nothing: checks `dir` is a folder, for start-up validation.
-pub fn check_dir(dir: &Path) -> std::io::Result<()> {
+fn check_dir(dir: &Path) -> std::io::Result<()> {
     let meta = std::fs::metadata(dir)?;
     if meta.is_dir() {
         Ok(())
@@ -444,6 +430,21 @@ pub fn check_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Starts serving the media folder `dir` alone (no per-repair media) on `listen`.
+    fn serve(
+        listen: std::net::SocketAddr,
+        dir: PathBuf,
+    ) -> Result<std::net::SocketAddr, MediaError> {
+        let media = Arc::new(Media {
+            dir,
+            rescue: None,
+            work: PathBuf::new(),
+            base_url: String::new(),
+            issued: Mutex::default(),
+        });
+        media.serve(listen)
+    }
 
     #[test]
     fn only_plain_names_under_media_are_served() {

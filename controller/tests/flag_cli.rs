@@ -1,35 +1,13 @@
 //! The `lazarus flag`, `lazarus keygen` and `lazarus rescue` commands, run as processes on plain
 //! files.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn lazarus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lazarus"))
-        .args(args)
-        .output()
-        .expect("running lazarus")
-}
+use std::process::Command;
 
-fn ok(args: &[&str]) -> String {
-    let out = lazarus(args);
-    assert!(
-        out.status.success(),
-        "lazarus {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Exit status 2, exactly one line on stderr, nothing that looks like a panic.
-fn fails(args: &[&str]) -> String {
-    let out = lazarus(args);
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "lazarus {args:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "lazarus {args:?} stderr: {err:?}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
+use common::{fails, ok};
 
 fn show_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&ok(&["flag", "show", "--json", path.to_str().unwrap()])).unwrap()

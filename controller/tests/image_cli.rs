@@ -2,35 +2,12 @@
 //! is built on several threads, round-trips through `check`, and a damaged index or image is
 //! refused with one line.
 
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Command;
+
+use common::{fails, ok};
 use lazarus_node::index::{sha256, Chunk, ChunkIndex};
-
-fn lazarus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lazarus"))
-        .args(args)
-        .output()
-        .expect("running lazarus")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lazarus(args);
-    assert!(
-        out.status.success(),
-        "lazarus {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = lazarus(args);
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "lazarus {args:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "lazarus {args:?} stderr: {err:?}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
 
 #[test]
 fn an_index_is_built_checked_and_a_damaged_one_refused() {

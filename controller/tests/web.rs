@@ -257,6 +257,17 @@ const W1_ROW: &str = r#"(() => {
              value: p ? p.value : null, max: p ? p.max : null };
 })()"#;
 
+/// A script giving the node list's rows (their first `columns` cells' text) once both nodes are
+/// listed, `null` before.
+fn node_rows(columns: usize) -> String {
+    format!(
+        r#"(() => {{
+            const rows = [...document.querySelectorAll('#nodes tbody tr')].map(tr =>
+                [...tr.children].slice(0, {columns}).map(td => td.textContent));
+            return rows.length === 2 ? rows : null;
+        }})()"#
+    )
+}
 #[test]
 fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
     let name = "the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline";
@@ -279,15 +290,7 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         "Page.navigate",
         json!({"url": format!("http://{tcp}/#token={TOKEN}")}),
     );
-    let rows = b.wait(
-        &r,
-        "both nodes",
-        r#"(() => {
-            const rows = [...document.querySelectorAll('#nodes tbody tr')].map(tr =>
-                [...tr.children].slice(0, 4).map(td => td.textContent));
-            return rows.length === 2 ? rows : null;
-        })()"#,
-    );
+    let rows = b.wait(&r, "both nodes", &node_rows(4));
     assert_eq!(
         rows,
         json!([
@@ -461,15 +464,7 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         "Page.navigate",
         json!({"url": format!("http://localhost:{forward}/")}),
     );
-    let rows = b.wait(
-        &r,
-        "both nodes through the forwarded socket",
-        r#"(() => {
-            const rows = [...document.querySelectorAll('#nodes tbody tr')].map(tr =>
-                [...tr.children].slice(0, 3).map(td => td.textContent));
-            return rows.length === 2 ? rows : null;
-        })()"#,
-    );
+    let rows = b.wait(&r, "both nodes through the forwarded socket", &node_rows(3));
     assert_eq!(
         rows,
         json!([["s1", "worker", "healthy"], ["w1", "standby", "healthy"]])

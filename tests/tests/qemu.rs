@@ -403,6 +403,23 @@ fn boot_node(
     (vm, ready, c)
 }
 
+/// Writes the worker image's chunk index beside it (1 MiB chunks: a checkpoint every 6 MiB of
+/// this 48 MiB image) and returns a maker of plans that carry it.
+fn indexed_plans(worker: &disk::WorkerImage) -> impl Fn(&str) -> Plan + '_ {
+    let idx = lazarus_node::index::build(&worker.path, 1 << 20, 2)
+        .unwrap()
+        .encode();
+    std::fs::write(worker.export.join("images/worker.idx"), &idx).unwrap();
+    move |id: &str| {
+        let mut p = plan(id, &worker.bytes, None);
+        p.image.index = Some(IndexRef {
+            path: "images/worker.idx".into(),
+            sha256: sha(&idx),
+        });
+        p
+    }
+}
+
 #[test]
 fn a_vm_killed_mid_copy_resumes_after_reboot_and_ends_recovered() {
     if !lazarus_testkit::require(
@@ -416,19 +433,7 @@ fn a_vm_killed_mid_copy_resumes_after_reboot_and_ends_recovered() {
     let art = artifacts(dir).expect("building the kernel, agent and initramfs");
     let worker = disk::worker_image(dir).unwrap();
     let (export, image) = (&worker.export, &worker.bytes);
-    // The image's chunk index (1 MiB chunks: a checkpoint every 6 MiB of this 48 MiB image).
-    let idx = lazarus_node::index::build(&worker.path, 1 << 20, 2)
-        .unwrap()
-        .encode();
-    std::fs::write(export.join("images/worker.idx"), &idx).unwrap();
-    let with_index = |id: &str| {
-        let mut p = plan(id, image, None);
-        p.image.index = Some(IndexRef {
-            path: "images/worker.idx".into(),
-            sha256: sha(&idx),
-        });
-        p
-    };
+    let with_index = indexed_plans(&worker);
     let oldroot = dir.join("oldroot");
     std::fs::create_dir_all(&oldroot).unwrap();
     std::fs::write(oldroot.join("broken"), "yes").unwrap();
@@ -537,16 +542,9 @@ fn a_vanished_nfs_server_pauses_the_copy_and_abort_works_while_a_read_is_blocked
     let art = artifacts(dir).expect("building the kernel, agent and initramfs");
     let worker = disk::worker_image(dir).unwrap();
     let (export, image) = (&worker.export, &worker.bytes);
-    let idx = lazarus_node::index::build(&worker.path, 1 << 20, 2)
-        .unwrap()
-        .encode();
-    std::fs::write(export.join("images/worker.idx"), &idx).unwrap();
+    let with_index = indexed_plans(&worker);
     let full = |id: &str| {
-        let mut p = plan(id, image, None);
-        p.image.index = Some(IndexRef {
-            path: "images/worker.idx".into(),
-            sha256: sha(&idx),
-        });
+        let mut p = with_index(id);
         p.image.mode = CopyMode::Full;
         p
     };

@@ -254,12 +254,8 @@ impl Executor {
             ActionError::from("per-repair media are not configured ([controller.media.rescue])")
         })?;
         let keys = self.pool.keys();
-        let key = match keys
-            .candidates(node)
-            .into_iter()
-            .find(|(_, s)| *s == crate::keys::KeySource::Repair)
-        {
-            Some((key, _)) => key,
+        let key = match keys.repair(node) {
+            Some(key) => key,
             None => {
                 let mut bytes = [0u8; 32];
                 lazarus_node::random::fill(&mut bytes).map_err(|e| ActionError::of(&e))?;

@@ -41,6 +41,28 @@ pub fn lazarus(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `lazarus ARGS`, which must succeed: its standard output.
+pub fn ok(args: &[&str]) -> String {
+    let out = lazarus(args);
+    assert!(
+        out.status.success(),
+        "lazarus {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `lazarus ARGS`, which must fail as a bad input does: exit status 2, exactly one line on
+/// stderr, nothing that looks like a panic. Returns that line.
+pub fn fails(args: &[&str]) -> String {
+    let out = lazarus(args);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "lazarus {args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "lazarus {args:?} stderr: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 /// A TCP connection from `from` (any port) to `to`.
 pub fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     let socket = rustix::net::socket(
