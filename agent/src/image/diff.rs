@@ -20,14 +20,15 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Condvar, Mutex};
 
 use lazarus_node::index::{Chunk, ChunkIndex};
 
 use super::{
-    fill, lock, write_runs, AlignedBuf, Checkpoints, CopyReport, CopySpec, ImageError, Progress,
-    Settled, Target, HEADER_LEN,
+    buf::Pool, fill, lock, write_runs, AlignedBuf, Checkpoints, CopyReport, CopySpec, ImageError,
+    Progress, Settled, Target, HEADER_LEN,
 };
 
 /// Where a differential copy reads the image's chunks from.
@@ -114,16 +115,10 @@ impl ChunkSource<'_> {
     }
 }
 
-/// Writing threads: one per core, at most 8 (each holds a chunk buffer).
+/// Writing threads, and hashing threads of a check: one per core, at most 8 (each holds a
+/// chunk buffer or two).
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
-}
-
-/// Checking threads: two per core, so one thread's read is in flight while another hashes; at
-/// most 16 (a chunk buffer each: 64 MiB at 4 MiB chunks, whatever the machine's core count,
-/// since the rescue system lives in RAM).
-fn checkers() -> usize {
-    (2 * threads()).min(16)
 }
 
 /// Reads chunk `i` of the target into `buf`; returns the slice.
@@ -301,64 +296,105 @@ impl Run<'_, '_> {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Reads target chunk `i` and compares it with the index; a matching chunk is settled (and
-    /// chunk 0 gives the header back). A chunk touching kept ranges is left to the caller.
+    /// Reads target chunk `i` and compares it with the index (see [`Run::judge`]).
     fn check(&self, i: usize, buf: &mut AlignedBuf) -> Result<Checked, ImageError> {
-        let r = self.idx.range(i);
-        if self.spec.keep.outside(r.clone()) != [r.clone()] {
-            let _ = read_target(self.target, self.idx, i, buf)?;
-            self.progress
-                .checked
-                .fetch_add(r.end - r.start, Ordering::Relaxed);
-            return Ok(Checked::Kept);
-        }
         let data = read_target(self.target, self.idx, i, buf)?;
         self.progress
             .checked
-            .fetch_add(r.end - r.start, Ordering::Relaxed);
-        if self.idx.matches(i, data) {
-            self.progress
-                .done
-                .fetch_add(r.end - r.start, Ordering::Relaxed);
-            if i == 0 {
-                *lock(&self.header) = Some(data[..self.header_len].to_vec());
-            }
-            self.settled
-                .mark(i, self.idx, self.target, self.checkpoints, self.progress)?;
-            Ok(Checked::Matches)
-        } else {
-            Ok(Checked::Differs)
-        }
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.judge(i, data)
     }
 
-    /// Checks the chunks `to_check[next..]` (shared counter) on this thread; with `queue_bad`,
-    /// chunks that differ (or touch kept ranges) go straight to the write queue.
-    fn check_worker(
+    /// Compares target chunk `i`, read as `data`, with the index; a matching chunk is settled
+    /// (and chunk 0 gives the header back). A chunk touching kept ranges is left to the caller.
+    fn judge(&self, i: usize, data: &[u8]) -> Result<Checked, ImageError> {
+        let r = self.idx.range(i);
+        if self.spec.keep.outside(r.clone()) != [r.clone()] {
+            return Ok(Checked::Kept);
+        }
+        if !self.idx.matches(i, data) {
+            return Ok(Checked::Differs);
+        }
+        self.progress
+            .done
+            .fetch_add(r.end - r.start, Ordering::Relaxed);
+        if i == 0 {
+            *lock(&self.header) = Some(data[..self.header_len].to_vec());
+        }
+        self.settled
+            .mark(i, self.idx, self.target, self.checkpoints, self.progress)?;
+        Ok(Checked::Matches)
+    }
+
+    /// Checks the chunks `to_check`, in order: this thread reads them back to back, as `dd`
+    /// does, and [`threads`] threads at the lowest CPU priority hash them, so a finished read
+    /// gets a core at once and the disk never waits for the CPU. (Measured here on 2 GiB: as
+    /// fast as `dd iflag=direct` reads it, about 1.5 s, against 1.8-2.2 s with hashers at the
+    /// reader's priority or with every thread reading and hashing in turn; concurrent reads at
+    /// scattered offsets were also slower than one stream.) With `queue_bad`, chunks that
+    /// differ (or touch kept ranges) go straight to the write queue.
+    fn check_all(
         &self,
         to_check: &[usize],
-        next: &AtomicUsize,
         queue_bad: bool,
         bad: &Mutex<Vec<usize>>,
         kept: &Mutex<Vec<usize>>,
     ) -> Result<(), ImageError> {
-        let mut buf = AlignedBuf::new(self.idx.chunk_size() as usize);
-        loop {
-            if self.stop() {
-                return Ok(());
+        let hashers = threads();
+        let pool = Pool::new(2 * hashers + 2, self.idx.chunk_size() as usize);
+        let (to_hash, hash_rx) = sync_channel::<(usize, super::buf::Chunk)>(2 * hashers);
+        let hash_rx = Mutex::new(hash_rx);
+        std::thread::scope(|s| {
+            let hashing = on_threads(s, self, hashers, || {
+                super::background_priority();
+                let mut result = Ok(());
+                // After an error keep draining, so the reader is never blocked on a full queue.
+                loop {
+                    let next = lock(&hash_rx).recv();
+                    let Ok((i, chunk)) = next else { return result };
+                    if result.is_err() || self.stop() {
+                        continue;
+                    }
+                    result = self.judge(i, chunk.data()).map(|checked| match checked {
+                        Checked::Matches => {}
+                        _ if queue_bad => self.queue.push(i),
+                        Checked::Differs => lock(bad).push(i),
+                        Checked::Kept => lock(kept).push(i),
+                    });
+                    if result.is_err() {
+                        self.failed.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+            let read = (|| {
+                for &i in to_check {
+                    if self.stop() {
+                        return Ok(());
+                    }
+                    if self.progress.aborted() {
+                        return Err(ImageError::Aborted);
+                    }
+                    let Some(mut buf) = pool.take() else {
+                        return Ok(());
+                    };
+                    let len = read_target(self.target, self.idx, i, &mut buf)?.len();
+                    self.progress
+                        .checked
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    let chunk = pool.chunk(buf, self.idx.range(i).start, len);
+                    if to_hash.send((i, chunk)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })();
+            drop(to_hash);
+            if read.is_err() {
+                self.failed.store(true, Ordering::Relaxed);
             }
-            let Some(&i) = to_check.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                return Ok(());
-            };
-            if self.progress.aborted() {
-                return Err(ImageError::Aborted);
-            }
-            match self.check(i, &mut buf)? {
-                Checked::Matches => {}
-                _ if queue_bad => self.queue.push(i),
-                Checked::Differs => lock(bad).push(i),
-                Checked::Kept => lock(kept).push(i),
-            }
-        }
+            let hashed = joined(hashing);
+            read.and(hashed)
+        })
     }
 
     /// Fetches, checks and writes queued chunks until the queue is closed and empty.
@@ -512,15 +548,14 @@ fn differential(
         .filter(|&i| idx.range(i).start >= check_below)
         .collect();
     let (bad, kept) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
-    let next = AtomicUsize::new(0);
     let source = Mutex::new(source);
 
     if !blind.is_empty() && lock(&source).random_access() {
         // A resume: chunks past the checkpoint are written whatever the check finds, so the
         // header goes now and checking the prefix overlaps with writing the rest (reads and
         // hashing beside writes). Chunk 0 is checked first, before its header is zeroed.
-        if to_check.first() == Some(&0) {
-            next.store(1, Ordering::Relaxed);
+        let first = usize::from(to_check.first() == Some(&0));
+        if first == 1 {
             let mut buf = AlignedBuf::new(idx.chunk_size() as usize);
             match run.check(0, &mut buf)? {
                 Checked::Matches => {}
@@ -531,27 +566,18 @@ fn differential(
         for &i in &blind {
             run.queue.push(i);
         }
-        let checking = AtomicUsize::new(checkers());
         std::thread::scope(|s| {
-            let checks = on_threads(s, &run, checkers(), || {
-                let r = run.check_worker(&to_check, &next, true, &bad, &kept);
-                if checking.fetch_sub(1, Ordering::Relaxed) == 1 {
-                    run.queue.close();
-                }
-                r
-            });
             let writes = on_threads(s, &run, threads(), || run.write_worker(&source));
-            let checked = joined(checks);
+            let checked = run.check_all(&to_check[first..], true, &bad, &kept);
+            if checked.is_err() {
+                run.failed.store(true, Ordering::Relaxed);
+            }
             run.queue.close();
             let wrote = joined(writes);
             checked.and(wrote)
         })?;
     } else {
-        std::thread::scope(|s| {
-            joined(on_threads(s, &run, checkers(), || {
-                run.check_worker(&to_check, &next, false, &bad, &kept)
-            }))
-        })?;
+        run.check_all(&to_check, false, &bad, &kept)?;
         // Chunks holding kept ranges: fetched (when the source can seek) and compared outside
         // them.
         let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());

@@ -468,6 +468,7 @@ fn copy_verified(
                 let workers: Vec<_> = (0..hashers)
                     .map(|_| {
                         h.spawn(|| -> Result<(), ImageError> {
+                            background_priority();
                             let mut check = spec.verify.checker();
                             let mut result = Ok(());
                             // After an error keep draining, so the reader is never blocked on
@@ -664,6 +665,16 @@ fn write_runs(
 /// True when every byte is zero; compares 16 bytes at a time.
 pub(crate) fn is_zero(block: &[u8]) -> bool {
     lazarus_node::index::is_zero(block)
+}
+
+/// Puts the calling thread at the lowest CPU priority (nice 19; on Linux the nice value is the
+/// thread's own). Hashing threads call it: they take whatever CPU is left, and a thread that
+/// reads or writes the disk gets a core the moment its I/O completes, so the disk never waits
+/// behind a hash (see [`diff`]'s checking). Best effort: a failure leaves the priority as it is.
+pub(crate) fn background_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        log::debug!("lowering a hashing thread's priority: {e}");
+    }
 }
 
 /// Locks a mutex, also after a panic elsewhere (the data is plain bytes or an error).
