@@ -187,12 +187,7 @@ pub fn write_differential(
     progress: &Progress,
     checkpoints: Option<&Checkpoints<'_>>,
 ) -> Result<CopyReport, ImageError> {
-    if target.len() < spec.size {
-        return Err(ImageError::TargetTooSmall {
-            target: target.len(),
-            image: spec.size,
-        });
-    }
+    super::fits(target, spec)?;
     if idx.image_size() != spec.size {
         return Err(ImageError::TooShort {
             got: idx.image_size(),

@@ -337,12 +337,7 @@ pub fn write_image_with<R: Read + Send>(
     progress: &Progress,
     checkpoints: Option<&Checkpoints<'_>>,
 ) -> Result<CopyReport, ImageError> {
-    if target.len() < spec.size {
-        return Err(ImageError::TargetTooSmall {
-            target: target.len(),
-            image: spec.size,
-        });
-    }
+    fits(target, spec)?;
     progress.reset(spec.size);
     let header_len = HEADER_LEN.min(spec.size);
     // Zero the image's range first: the old header stops looking bootable at once, and when the
@@ -388,6 +383,17 @@ pub fn write_image_with<R: Read + Send>(
             Err(e)
         }
     }
+}
+
+/// Whether the image fits on the target.
+fn fits(target: &Target, spec: &CopySpec) -> Result<(), ImageError> {
+    if target.len() < spec.size {
+        return Err(ImageError::TargetTooSmall {
+            target: target.len(),
+            image: spec.size,
+        });
+    }
+    Ok(())
 }
 
 /// Runs the pipeline; returns the held-back header and the bytes written after it.
