@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use lazarus_agent::image::{
-    write_image, Bmap, Checkpoints, ChunkIndex, CopySpec, Progress, Target, Verification,
+    write_image_with, Bmap, Checkpoints, ChunkIndex, CopySpec, Progress, Reopen, Target,
+    Verification, WatchedRead,
 };
 use lazarus_agent::logring::LogRing;
 use lazarus_agent::platform::HostMachine;
@@ -191,8 +192,10 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
         std::fs::File::open(&image).with_context(|| format!("opening {}", image.display()))?;
     let dest = Target::open(&target).with_context(|| format!("opening {}", target.display()))?;
     let start = std::time::Instant::now();
-    let report = write_image(
-        source,
+    // The source as a recovery reads it: on a thread of its own, holes of the file not read.
+    let progress = Progress::default();
+    let report = write_image_with(
+        WatchedRead::new(Reopen::new(image.clone(), source), &progress),
         &dest,
         &CopySpec {
             format,
@@ -200,12 +203,14 @@ fn copy(args: &[String]) -> anyhow::Result<()> {
             verify,
             keep: Default::default(),
         },
-        &Progress::default(),
+        &progress,
+        None,
     )?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "copied {} bytes ({} written{}) in {secs:.3} s: {:.0} MB/s, verified",
+        "copied {} bytes (fetched {}, written {}{}) in {secs:.3} s: {:.0} MB/s, verified",
         report.bytes,
+        progress.counters().fetched,
         report.written,
         if report.sparse {
             ", zero blocks skipped"

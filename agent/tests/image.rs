@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lazarus_agent::image::{
-    write_image, CopySpec, ImageError, Progress, Target, Verification, HEADER_LEN,
+    write_image, write_image_with, CopyReport, CopySpec, ImageError, Progress, Reopen, Target,
+    Verification, WatchedRead, HEADER_LEN,
 };
 use lazarus_proto::{ImageFormat, Sha256};
 
@@ -324,10 +325,10 @@ fn images_land_on_a_loop_device_as_root() {
     assert!(head.iter().all(|&b| b == 0));
 }
 
-/// Writes `img` as a sparse file (holes where it is zero) and has bmaptool map it.
-fn bmaptool_map(dir: &Path, img: &[u8]) -> (PathBuf, lazarus_agent::image::Bmap) {
+/// Writes `img` as a sparse file named `name` (holes where a 4 KiB block is zero).
+fn sparse_file(dir: &Path, name: &str, img: &[u8]) -> PathBuf {
     use std::os::unix::fs::FileExt;
-    let path = dir.join("sparse.img");
+    let path = dir.join(name);
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(img.len() as u64).unwrap();
     for (i, block) in img.chunks(4096).enumerate() {
@@ -335,7 +336,12 @@ fn bmaptool_map(dir: &Path, img: &[u8]) -> (PathBuf, lazarus_agent::image::Bmap)
             f.write_all_at(block, (i * 4096) as u64).unwrap();
         }
     }
-    drop(f);
+    path
+}
+
+/// Writes `img` as a sparse file (holes where it is zero) and has bmaptool map it.
+fn bmaptool_map(dir: &Path, img: &[u8]) -> (PathBuf, lazarus_agent::image::Bmap) {
+    let path = sparse_file(dir, "sparse.img", img);
     let bmap_path = dir.join("sparse.bmap");
     let out = Command::new("bmaptool")
         .arg("create")
@@ -385,6 +391,80 @@ fn a_bmaptool_map_verifies_the_copy_range_by_range() {
         "{err}"
     );
     assert_header_zero(&path);
+}
+
+/// Copies the file at `path` as a recovery reads it (its own thread, holes not read).
+fn copy_file(
+    path: &Path,
+    target: &Target,
+    spec: &CopySpec,
+) -> (Result<CopyReport, ImageError>, u64) {
+    let progress = Progress::default();
+    let source = WatchedRead::new(
+        Reopen::new(path.to_owned(), std::fs::File::open(path).unwrap()),
+        &progress,
+    );
+    let result = write_image_with(source, target, spec, &progress, None);
+    (result, progress.counters().fetched)
+}
+
+#[test]
+fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let (path, map) = bmaptool_map(dir.path(), &img);
+    let disk = target_file(dir.path(), img.len());
+    let target = Target::open(&disk).unwrap();
+    let ranges = CopySpec {
+        format: ImageFormat::Raw,
+        size: img.len() as u64,
+        verify: Verification::Ranges(map.ranges.clone()),
+        keep: Default::default(),
+    };
+    // Only what the file holds is fetched: the 4 MiB chunks that are all hole are not read.
+    let (report, fetched) = copy_file(&path, &target, &ranges);
+    report.unwrap();
+    assert!(
+        std::fs::read(&disk).unwrap() == img,
+        "block map: the disk is not the image"
+    );
+    assert!(fetched >= map.mapped_bytes(), "fetched {fetched}");
+    assert!(
+        fetched <= img.len() as u64 / 2,
+        "fetched {fetched} of {}",
+        img.len()
+    );
+    // The whole-image digest and a chunk index, the same way.
+    for verify in [
+        Verification::Whole(sha(&img)),
+        Verification::Index(std::sync::Arc::new(
+            lazarus_node::index::build(&path, lazarus_node::index::DEFAULT_CHUNK, 2).unwrap(),
+        )),
+    ] {
+        std::fs::write(&disk, noise(img.len(), 98)).unwrap();
+        let spec = CopySpec {
+            verify,
+            ..ranges.clone()
+        };
+        let (report, fetched) = copy_file(&path, &target, &spec);
+        report.unwrap();
+        assert!(
+            std::fs::read(&disk).unwrap() == img,
+            "the disk is not the image"
+        );
+        assert!(fetched <= img.len() as u64 / 2, "fetched {fetched}");
+    }
+    // Data where the map says hole is read (the file has data there) and refused.
+    let mut bad = img.clone();
+    bad[15 * MIB] = 1;
+    let bad_path = sparse_file(dir.path(), "bad.img", &bad);
+    let (report, _) = copy_file(&bad_path, &target, &ranges);
+    let err = report.unwrap_err();
+    assert!(
+        matches!(err, ImageError::DataOutsideMap { offset } if offset == 15 * MIB as u64),
+        "{err}"
+    );
+    assert_header_zero(&disk);
 }
 
 #[test]

@@ -74,6 +74,7 @@ impl Pool {
             buf: Some(buf),
             offset,
             len,
+            hole: false,
             home: self.home.clone(),
         }
     }
@@ -84,6 +85,8 @@ pub struct Chunk {
     buf: Option<AlignedBuf>,
     pub offset: u64,
     pub len: usize,
+    /// The bytes came from a hole of the image file (zeros, not read): see `Source`.
+    pub hole: bool,
     home: SyncSender<AlignedBuf>,
 }
 

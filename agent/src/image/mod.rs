@@ -43,7 +43,7 @@ pub use diff::{sample, write_differential, ChunkSource};
 pub use keep::Kept;
 pub use lazarus_node::index::{Chunk, ChunkIndex};
 pub use lazarus_node::zstd::ZstdFrames;
-pub use stall::{Reopen, WatchedFile, WatchedRead};
+pub use stall::{Piece, Pieces, Plain, Reopen, WatchedFile, WatchedRead};
 pub use target::Target;
 pub use verify::Verification;
 
@@ -318,6 +318,35 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     }
 }
 
+/// The image as the full pipeline reads it: in order.
+pub trait Source: Read + Send {
+    /// Fills `buf` (fewer bytes only at the end of the image); returns the bytes given and how
+    /// many of them came from holes of the image file: zeros by the filesystem's own guarantee,
+    /// never read. A chunk that is all hole need not be looked at again (the buffer holds the
+    /// zeros all the same).
+    fn fill_chunk(&mut self, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+        Ok((fill(self, buf)?, 0))
+    }
+}
+
+/// The image file read on a thread of its own: holes known (see [`Reopen`]).
+impl Source for WatchedRead<'_> {
+    fn fill_chunk(&mut self, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+        self.fill_holes(buf)
+    }
+}
+
+/// Any reader as an image [`Source`], without hole information.
+pub struct NoHoles<R>(pub R);
+
+impl<R: Read> Read for NoHoles<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read + Send> Source for NoHoles<R> {}
+
 /// Streams `source` (encoded as `spec.format`) onto `target`, verifying size and SHA-256.
 /// On error the target's first MiB is zeroed (best effort; the error returned is the cause).
 pub fn write_image<R: Read + Send>(
@@ -326,12 +355,13 @@ pub fn write_image<R: Read + Send>(
     spec: &CopySpec,
     progress: &Progress,
 ) -> Result<CopyReport, ImageError> {
-    write_image_with(source, target, spec, progress, None)
+    write_image_with(NoHoles(source), target, spec, progress, None)
 }
 
-/// [`write_image`], recording durable checkpoints when the spec verifies by index.
-pub fn write_image_with<R: Read + Send>(
-    source: R,
+/// [`write_image`] from a [`Source`] (whose holes are never read), recording durable
+/// checkpoints when the spec verifies by index.
+pub fn write_image_with<S: Source>(
+    source: S,
     target: &Target,
     spec: &CopySpec,
     progress: &Progress,
@@ -352,14 +382,19 @@ pub fn write_image_with<R: Read + Send>(
             .and_then(|()| target.sync())
             .map_err(ImageError::Sync)?;
     }
-    let result = copy_verified(
-        decoder(spec.format, source),
-        target,
-        spec,
-        progress,
-        zeroed_until,
-        checkpoints,
-    );
+    let result = match spec.format {
+        ImageFormat::Raw => {
+            copy_verified(source, target, spec, progress, zeroed_until, checkpoints)
+        }
+        format => copy_verified(
+            NoHoles(decoder(format, source)),
+            target,
+            spec,
+            progress,
+            zeroed_until,
+            checkpoints,
+        ),
+    };
     match result {
         Ok((header, written)) => {
             let header_written = write_runs(target, &header, 0, zeroed_until, keep)?;
@@ -398,7 +433,7 @@ fn fits(target: &Target, spec: &CopySpec) -> Result<(), ImageError> {
 
 /// Runs the pipeline; returns the held-back header and the bytes written after it.
 fn copy_verified(
-    mut source: impl Read + Send,
+    mut source: impl Source,
     target: &Target,
     spec: &CopySpec,
     progress: &Progress,
@@ -443,7 +478,8 @@ fn copy_verified(
                     return Ok(());
                 };
                 let want = (spec.size - offset).min(chunk_len as u64) as usize;
-                let got = fill(&mut source, &mut buf.as_mut_slice()[..want])
+                let (got, holes) = source
+                    .fill_chunk(&mut buf.as_mut_slice()[..want])
                     .map_err(stall::image_error)?;
                 if got < want {
                     return Err(ImageError::TooShort {
@@ -451,9 +487,13 @@ fn copy_verified(
                         expected: spec.size,
                     });
                 }
-                let chunk = Arc::new(pool.chunk(buf, offset, got));
+                let mut chunk = pool.chunk(buf, offset, got);
+                chunk.hole = holes == got;
+                let chunk = Arc::new(chunk);
                 offset += got as u64;
-                progress.fetched.fetch_add(got as u64, Ordering::Relaxed);
+                progress
+                    .fetched
+                    .fetch_add((got - holes) as u64, Ordering::Relaxed);
                 if to_hash.send(chunk.clone()).is_err() || to_write.send(chunk).is_err() {
                     return Ok(());
                 }
@@ -488,7 +528,7 @@ fn copy_verified(
                                 if result.is_err() {
                                     continue;
                                 }
-                                result = check.feed(chunk.offset, chunk.data());
+                                result = check.feed(chunk.offset, chunk.data(), chunk.hole);
                                 if result.is_err() {
                                     failed.store(true, Ordering::Relaxed);
                                 } else if let (Some(idx), Some(st)) = (index, settled) {
@@ -554,6 +594,12 @@ fn copy_verified(
                         continue;
                     }
                     let data = chunk.data();
+                    let end = chunk.offset + data.len() as u64;
+                    // A hole of the image file over a range the target already reads as zero:
+                    // nothing to write or look at.
+                    let skip = chunk.hole
+                        && end <= zeroed_until
+                        && !spec.keep.touches_block_of(chunk.offset..end);
                     // The part of this chunk inside the held-back header (only the first chunk:
                     // HEADER_LEN <= CHUNK_LEN).
                     let in_header = (header_len as u64)
@@ -562,13 +608,17 @@ fn copy_verified(
                     if in_header > 0 {
                         lock(&header).extend_from_slice(&data[..in_header]);
                     }
-                    let result = write_runs(
-                        target,
-                        &data[in_header..],
-                        chunk.offset + in_header as u64,
-                        zeroed_until,
-                        &spec.keep,
-                    );
+                    let result = if skip {
+                        Ok(0)
+                    } else {
+                        write_runs(
+                            target,
+                            &data[in_header..],
+                            chunk.offset + in_header as u64,
+                            zeroed_until,
+                            &spec.keep,
+                        )
+                    };
                     match result {
                         Ok(n) => {
                             written.fetch_add(n, Ordering::Relaxed);
@@ -689,7 +739,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Reads until `buf` is full or the source ends.
-fn fill(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn fill(source: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match source.read(&mut buf[got..]) {

@@ -69,14 +69,43 @@ fn transient(e: &io::Error) -> bool {
     .any(|e| e.raw_os_error() == code)
 }
 
-/// An answer from the reading thread: data, or a read error (`retrying` when it will try again).
-enum Answer {
-    Data(Vec<u8>),
+/// An answer from the reading thread: a piece, or a read error (`retrying` when it will try
+/// again).
+enum Answer<T> {
+    Data(T),
     Failed { error: io::Error, retrying: bool },
 }
 
+/// One piece of a source read in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes read (empty at the end).
+    Data(Vec<u8>),
+    /// The next `n` bytes are a hole of the image file: zeros by the filesystem's own guarantee
+    /// (`lseek(SEEK_DATA)`), not read, so they never cross the network.
+    Hole(u64),
+}
+
+/// A source read in order on a [`WatchedRead`]'s thread.
+pub trait Pieces: Send + 'static {
+    /// The next piece, of at most `max` bytes.
+    fn next_piece(&mut self, max: usize) -> io::Result<Piece>;
+}
+
+/// Any reader, read as it comes (it has no holes).
+pub struct Plain<R>(pub R);
+
+impl<R: Read + Send + 'static> Pieces for Plain<R> {
+    fn next_piece(&mut self, max: usize) -> io::Result<Piece> {
+        let mut v = vec![0u8; max];
+        let n = self.0.read(&mut v)?;
+        v.truncate(n);
+        Ok(Piece::Data(v))
+    }
+}
+
 /// Waits for the next data answer, watching abort, stall report and limit.
-fn wait(rx: &Receiver<Answer>, progress: &Progress) -> io::Result<Vec<u8>> {
+fn wait<T>(rx: &Receiver<Answer<T>>, progress: &Progress) -> io::Result<T> {
     let since = Instant::now();
     let mut last_error: Option<String> = None;
     let (report, limit) = progress.stall_times();
@@ -115,7 +144,7 @@ fn wait(rx: &Receiver<Answer>, progress: &Progress) -> io::Result<Vec<u8>> {
 }
 
 /// Reads `read` until it succeeds, fails for good, or nobody waits any more.
-fn attempt(tx: &SyncSender<Answer>, mut read: impl FnMut() -> io::Result<Vec<u8>>) -> bool {
+fn attempt<T>(tx: &SyncSender<Answer<T>>, mut read: impl FnMut() -> io::Result<T>) -> bool {
     loop {
         match read() {
             Ok(v) => return tx.send(Answer::Data(v)).is_ok(),
@@ -133,24 +162,20 @@ fn attempt(tx: &SyncSender<Answer>, mut read: impl FnMut() -> io::Result<Vec<u8>
 
 /// A sequential source (the image file, raw or compressed) read on its own thread.
 pub struct WatchedRead<'p> {
-    rx: Receiver<Answer>,
+    rx: Receiver<Answer<Piece>>,
     progress: &'p Progress,
     buf: Vec<u8>,
     at: usize,
+    /// Bytes left of the current hole piece.
+    hole: u64,
     eof: bool,
 }
 
 impl<'p> WatchedRead<'p> {
-    pub fn new<R: Read + Send + 'static>(mut source: R, progress: &'p Progress) -> Self {
+    pub fn new(mut source: impl Pieces, progress: &'p Progress) -> Self {
         let (tx, rx) = sync_channel(2);
         std::thread::spawn(move || loop {
-            let ok = attempt(&tx, || {
-                let mut v = vec![0u8; READ_LEN];
-                let n = source.read(&mut v)?;
-                v.truncate(n);
-                Ok(v)
-            });
-            if !ok {
+            if !attempt(&tx, || source.next_piece(READ_LEN)) {
                 return;
             }
         });
@@ -159,23 +184,55 @@ impl<'p> WatchedRead<'p> {
             progress,
             buf: Vec::new(),
             at: 0,
+            hole: 0,
             eof: false,
         }
+    }
+
+    /// Makes sure something is buffered (data or hole); false at the end.
+    fn more(&mut self) -> io::Result<bool> {
+        while self.hole == 0 && self.at == self.buf.len() {
+            if self.eof {
+                return Ok(false);
+            }
+            match wait(&self.rx, self.progress)? {
+                Piece::Data(v) if v.is_empty() => self.eof = true,
+                Piece::Data(v) => (self.buf, self.at) = (v, 0),
+                Piece::Hole(n) => self.hole = n,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Fills `out` (fewer bytes only at the end); returns the bytes given and how many of them
+    /// came from holes of the file (zeros, never read).
+    pub fn fill_holes(&mut self, out: &mut [u8]) -> io::Result<(usize, usize)> {
+        let (mut got, mut holes) = (0, 0);
+        while got < out.len() && self.more()? {
+            if self.hole > 0 {
+                let n = (out.len() - got).min(self.hole as usize);
+                out[got..got + n].fill(0);
+                self.hole -= n as u64;
+                holes += n;
+                got += n;
+            } else {
+                got += self.read(&mut out[got..])?;
+            }
+        }
+        Ok((got, holes))
     }
 }
 
 impl Read for WatchedRead<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.buf.len() {
-            if self.eof || out.is_empty() {
-                return Ok(0);
-            }
-            self.buf = wait(&self.rx, self.progress)?;
-            self.at = 0;
-            if self.buf.is_empty() {
-                self.eof = true;
-                return Ok(0);
-            }
+        if out.is_empty() || !self.more()? {
+            return Ok(0);
+        }
+        if self.hole > 0 {
+            let n = out.len().min(self.hole as usize);
+            out[..n].fill(0);
+            self.hole -= n as u64;
+            return Ok(n);
         }
         let n = out.len().min(self.buf.len() - self.at);
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
@@ -187,10 +244,18 @@ impl Read for WatchedRead<'_> {
 /// The image file by path, reopened after a failed read: after an NFS server restart the old
 /// open state may be gone for good (a restarted server without a grace period refuses to
 /// reclaim it), while a new open works. Reads go on from the same offset.
+///
+/// Read in order, it asks the file where its holes are (`lseek(SEEK_DATA/SEEK_HOLE)`: a local
+/// file system, or NFS 4.2) and gives them as [`Piece::Hole`] without reading them; a file
+/// that cannot say (a pipe, an older NFS) is read through.
 pub struct Reopen {
     path: std::path::PathBuf,
     file: Option<File>,
     pos: u64,
+    /// What is known from `pos` on: a hole or data, up to where (None: ask the file).
+    extent: Option<(bool, u64)>,
+    /// False once the file could not say where its holes are: read everything with read(2).
+    seekable: bool,
 }
 
 impl Reopen {
@@ -200,6 +265,8 @@ impl Reopen {
             path,
             file: Some(file),
             pos: 0,
+            extent: None,
+            seekable: true,
         }
     }
 
@@ -223,16 +290,77 @@ impl Reopen {
         }
         result
     }
+
+    /// Whether `pos` lies in a hole, and up to where that holds (`u64::MAX`: read through).
+    fn extent(&mut self) -> io::Result<(bool, u64)> {
+        use rustix::fs::{seek, SeekFrom};
+        use rustix::io::Errno;
+        if !self.seekable {
+            return Ok((false, u64::MAX));
+        }
+        if let Some((hole, until)) = self.extent {
+            if self.pos < until {
+                return Ok((hole, until));
+            }
+        }
+        let pos = self.pos;
+        let f = self.file()?;
+        // The offset these move is never used: reads here are positioned (pread).
+        let found = match seek(f, SeekFrom::Data(pos)) {
+            Ok(data) if data > pos => Ok((true, data)),
+            Ok(_) => seek(f, SeekFrom::Hole(pos)).map(|hole| (false, hole.max(pos + 1))),
+            // No data from `pos` on: a hole up to the end, or the end itself.
+            Err(Errno::NXIO) => {
+                let len = f.metadata()?.len();
+                Ok(if pos < len {
+                    (true, len)
+                } else {
+                    (false, u64::MAX)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(found) => {
+                self.extent = Some(found);
+                Ok(found)
+            }
+            Err(Errno::SPIPE | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                self.seekable = false;
+                Ok((false, u64::MAX))
+            }
+            Err(e) => {
+                self.file = None;
+                Err(e.into())
+            }
+        }
+    }
 }
 
-impl Read for Reopen {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // Plain read(2), not pread: the source may be a pipe.
-        let result = self.file().and_then(|mut f| f.read(buf));
+impl Pieces for Reopen {
+    fn next_piece(&mut self, max: usize) -> io::Result<Piece> {
+        let (hole, until) = self.extent()?;
+        let n = (until - self.pos).min(max as u64);
+        if hole {
+            self.pos += n;
+            return Ok(Piece::Hole(n));
+        }
+        let mut v = vec![0u8; n as usize];
+        let pos = self.pos;
+        let seekable = self.seekable;
+        // pread where the file can say where its holes are; plain read(2) otherwise (a pipe).
+        let result = self.file().and_then(|mut f| {
+            if seekable {
+                f.read_at(&mut v, pos)
+            } else {
+                f.read(&mut v)
+            }
+        });
         match result {
-            Ok(n) => {
-                self.pos += n as u64;
-                Ok(n)
+            Ok(got) => {
+                self.pos += got as u64;
+                v.truncate(got);
+                Ok(Piece::Data(v))
             }
             Err(e) => {
                 self.file = None;
@@ -245,7 +373,7 @@ impl Read for Reopen {
 /// A random-access source (a raw image) whose `pread`s run on their own thread.
 pub struct WatchedFile<'p> {
     req: SyncSender<(u64, usize)>,
-    rx: Receiver<Answer>,
+    rx: Receiver<Answer<Vec<u8>>>,
     progress: &'p Progress,
 }
 
@@ -305,7 +433,7 @@ mod tests {
         let progress = Progress::default();
         progress.set_stall_times(Duration::from_millis(300), Duration::from_secs(30));
         let (gate, rx) = channel();
-        let mut r = WatchedRead::new(Gated(rx), &progress);
+        let mut r = WatchedRead::new(Plain(Gated(rx)), &progress);
         gate.send(Ok(b"abc".to_vec())).unwrap();
         let mut out = [0u8; 8];
         assert_eq!(r.read(&mut out).unwrap(), 3);
@@ -334,7 +462,7 @@ mod tests {
     fn abort_takes_effect_while_a_read_is_blocked_and_a_stall_has_a_limit() {
         let progress = Progress::default();
         let (_gate, rx) = channel::<io::Result<Vec<u8>>>();
-        let mut r = WatchedRead::new(Gated(rx), &progress);
+        let mut r = WatchedRead::new(Plain(Gated(rx)), &progress);
         let start = Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -353,7 +481,7 @@ mod tests {
         let progress = Progress::default();
         progress.set_stall_times(Duration::from_millis(100), Duration::from_millis(600));
         let (_gate2, rx) = channel::<io::Result<Vec<u8>>>();
-        let file = WatchedRead::new(Gated(rx), &progress);
+        let file = WatchedRead::new(Plain(Gated(rx)), &progress);
         let mut file = file;
         let e = file.read(&mut [0u8; 4]).unwrap_err();
         assert!(
@@ -368,10 +496,79 @@ mod tests {
             )))
             .unwrap();
         let fresh = Progress::default();
-        let mut r = WatchedRead::new(Gated(rx), &fresh);
+        let mut r = WatchedRead::new(Plain(Gated(rx)), &fresh);
         assert!(matches!(
             image_error(r.read(&mut [0u8; 4]).unwrap_err()),
             ImageError::Read(_)
         ));
+    }
+
+    /// A file of `len` bytes with `data` written at its offsets and holes elsewhere.
+    fn sparse_file(dir: &std::path::Path, len: u64, data: &[(u64, &[u8])]) -> std::path::PathBuf {
+        let path = dir.join("sparse.img");
+        let f = File::create(&path).unwrap();
+        f.set_len(len).unwrap();
+        for (at, bytes) in data {
+            f.write_all_at(bytes, *at).unwrap();
+        }
+        path
+    }
+
+    fn pieces(mut r: impl Pieces) -> (Vec<u8>, u64) {
+        let (mut out, mut holes) = (Vec::new(), 0);
+        loop {
+            match r.next_piece(READ_LEN).unwrap() {
+                Piece::Data(v) if v.is_empty() => return (out, holes),
+                Piece::Data(v) => out.extend_from_slice(&v),
+                Piece::Hole(n) => {
+                    out.resize(out.len() + n as usize, 0);
+                    holes += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn holes_of_the_file_are_given_as_holes_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mib = 1u64 << 20;
+        let data = vec![0x5au8; 64 << 10];
+        let path = sparse_file(
+            dir.path(),
+            9 * mib + 123,
+            &[(0, &data), (5 * mib, &data), (9 * mib, &[7; 123])],
+        );
+        let file = File::open(&path).unwrap();
+        let (bytes, holes) = pieces(Reopen::new(path.clone(), file));
+        assert!(
+            bytes == std::fs::read(&path).unwrap(),
+            "the pieces are not the file"
+        );
+        // ext4 and tmpfs keep holes of 4 KiB blocks: everything but the three data stretches.
+        assert!(
+            holes >= 9 * mib - 2 * (64 << 10) - 4096,
+            "only {holes} bytes given as holes"
+        );
+        // Read through a WatchedRead the same way, with the count of hole bytes.
+        let progress = Progress::default();
+        let file = File::open(&path).unwrap();
+        let mut r = WatchedRead::new(Reopen::new(path.clone(), file), &progress);
+        let mut out = vec![0xffu8; (10 * mib) as usize];
+        let (got, hole_bytes) = r.fill_holes(&mut out).unwrap();
+        assert_eq!(got as u64, 9 * mib + 123);
+        assert_eq!(hole_bytes as u64, holes);
+        assert!(out[..got] == bytes[..]);
+    }
+
+    #[test]
+    fn a_pipe_is_read_through() {
+        let (rx, mut tx) = std::io::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut tx, &[3u8; 100_000]).unwrap();
+        });
+        let rx = File::from(std::os::fd::OwnedFd::from(rx));
+        let (bytes, holes) = pieces(Reopen::new("/nonexistent".into(), rx));
+        writer.join().unwrap();
+        assert_eq!((bytes, holes), (vec![3u8; 100_000], 0));
     }
 }

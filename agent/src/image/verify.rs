@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lazarus_node::index::ChunkIndex;
+use lazarus_node::index::{Chunk, ChunkIndex};
 use lazarus_proto::Sha256;
 use sha2::Digest;
 
@@ -38,8 +38,9 @@ pub(super) struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    /// Feeds the bytes at `offset` (chunks arrive in order, without gaps).
-    pub(super) fn feed(&mut self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
+    /// Feeds the bytes at `offset` (chunks arrive in order, without gaps); `hole`: they came
+    /// from a hole of the image file, so they are zeros and need no zero check.
+    pub(super) fn feed(&mut self, offset: u64, data: &[u8], hole: bool) -> Result<(), ImageError> {
         let ranges = match self.verify {
             Verification::Whole(_) => {
                 self.sha.update(data);
@@ -49,7 +50,9 @@ impl Checker<'_> {
             Verification::Index(idx) => {
                 let i = idx.chunk_at(offset);
                 let r = idx.range(i);
-                if r.start != offset || !idx.matches(i, data) {
+                let known =
+                    hole && idx.chunks()[i] == Chunk::Hole && r.end - r.start == data.len() as u64;
+                if r.start != offset || !(known || idx.matches(i, data)) {
                     return Err(ImageError::ChunkMismatch {
                         chunk: i,
                         start: r.start,
@@ -82,7 +85,7 @@ impl Checker<'_> {
                 next => {
                     let stop = next.map_or(end, |r| r.start.min(end));
                     let gap = slice(pos, stop);
-                    if !is_zero(gap) {
+                    if !hole && !is_zero(gap) {
                         let first = gap.iter().position(|&b| b != 0).unwrap_or(0);
                         return Err(ImageError::DataOutsideMap {
                             offset: pos + first as u64,
@@ -151,7 +154,7 @@ mod tests {
     fn run(v: &Verification, img: &[u8], chunk: usize) -> Result<(), ImageError> {
         let mut c = v.checker();
         for (i, part) in img.chunks(chunk).enumerate() {
-            c.feed((i * chunk) as u64, part)?;
+            c.feed((i * chunk) as u64, part, false)?;
         }
         c.finish()
     }
