@@ -93,7 +93,9 @@
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
 
+  // As the CLI shows sizes (`api_client::size`).
   function fmtBytes(n) {
+    if (n >= 2 ** 40) return (n / 2 ** 40).toFixed(1) + " TiB";
     if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GiB";
     if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
     if (n >= 1 << 10) return (n / (1 << 10)).toFixed(1) + " KiB";
