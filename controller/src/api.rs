@@ -2,6 +2,7 @@
 //! (`daemon::http`) answers and the CLI's client (`api_client`) reads. Plain data, built from the
 //! repair state; no I/O, and no use of either side.
 
+use lazarus_proto::CopyCounters;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Role;
@@ -29,6 +30,11 @@ pub struct NodeView {
     /// When the current step runs out of time, if it can.
     #[serde(default)]
     pub deadline: Option<u64>,
+    /// Of a `recovering` node whose agent reported any: its copy counters (bytes of the disk
+    /// `checked` against the index, of the image `fetched`, `written`; `source_stalled_since`,
+    /// Unix seconds, while the image source gives nothing). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyCounters>,
 }
 
 /// `GET /api/status`.
@@ -95,6 +101,10 @@ pub fn node_view(name: &str, n: &NodeState) -> NodeView {
         replaced_by: r.and_then(|r| r.replaced_by.clone()),
         last_error: r.and_then(|r| r.last_error.clone()),
         deadline: r.map(|r| r.deadline).filter(|&d| d != Time::MAX),
+        copy: r
+            .filter(|r| r.step == RepairStep::Recovering)
+            .map(|r| r.copy)
+            .filter(|c| *c != CopyCounters::default()),
     }
 }
 
@@ -349,6 +359,7 @@ mod tests {
             replaced_by: None,
             last_error: None,
             deadline: None,
+            copy: None,
         }
     }
 

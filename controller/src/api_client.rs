@@ -12,6 +12,7 @@ use hyper::body::Bytes;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use lazarus_proto::CopyCounters;
 
 use crate::api::{ErrorBody, EventView, NodeDetail, NodeView, StatusView};
 use crate::api_token::{ApiToken, TokenError};
@@ -266,11 +267,68 @@ fn table_row(n: &NodeView) -> String {
     )
 }
 
+/// One node's row of the node table, and under it, for a node copying its image, a line with
+/// its copy counters (`copy: checked 1.9 GiB, fetched 24.0 MiB, written 24.0 MiB`).
+fn table_rows(n: &NodeView) -> String {
+    let mut out = table_row(n);
+    if let Some(copy) = n.copy.as_ref().and_then(copy_summary) {
+        out.push_str(&format!("{:<12} copy: {copy}\n", ""));
+    }
+    out
+}
+
+/// What a copy did so far, in one line: the counters that are not zero
+/// (`checked 1.9 GiB, fetched 24.0 MiB, written 24.0 MiB`), then, while the image source gives
+/// nothing, `source stalled since 10:12:03 UTC`. `None` when there is nothing to say.
+pub fn copy_summary(c: &CopyCounters) -> Option<String> {
+    let parts: Vec<String> = [
+        ("checked", c.checked),
+        ("fetched", c.fetched),
+        ("written", c.written),
+    ]
+    .iter()
+    .filter(|(_, b)| *b > 0)
+    .map(|(what, b)| format!("{what} {}", size(*b)))
+    .collect();
+    let mut out = parts.join(", ");
+    if let Some(since) = c.source_stalled_since {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&format!("source stalled since {}", clock(since)));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Bytes in binary units with one decimal, as the web view shows them: `512 B`, `1.5 KiB`,
+/// `24.0 MiB`, `1.9 GiB`.
+pub fn size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1 << 10 {
+        return format!("{b} B");
+    }
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && b >= 1 << (10 * (unit + 2)) {
+        unit += 1;
+    }
+    format!(
+        "{:.1} {}",
+        b as f64 / (1u64 << (10 * (unit + 1))) as f64,
+        UNITS[unit]
+    )
+}
+
+/// The time of day of Unix seconds `t`, UTC: `10:12:03 UTC`.
+fn clock(t: u64) -> String {
+    let s = t % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// `lazarus status` as a table.
 pub fn render_status(s: &StatusView) -> String {
     let mut out = table_header();
     for n in &s.nodes {
-        out.push_str(&table_row(n));
+        out.push_str(&table_rows(n));
     }
     if s.paused {
         out.push_str("automatic repair is PAUSED: too many nodes failed at once\n");
@@ -283,7 +341,7 @@ pub fn render_status(s: &StatusView) -> String {
 /// document.
 pub fn render_node(d: &NodeDetail) -> String {
     let mut out = table_header();
-    out.push_str(&table_row(&d.node));
+    out.push_str(&table_rows(&d.node));
     if d.repairs.is_empty() {
         out.push_str("\nno repair in the event log");
     }
@@ -420,6 +478,7 @@ mod tests {
                 replaced_by: None,
                 last_error: None,
                 deadline: None,
+                copy: None,
             },
             repairs: vec![RepairView {
                 started: 0,
@@ -459,6 +518,110 @@ mod tests {
             ..d
         };
         assert!(render_node(&empty).ends_with("no repair in the event log"));
+    }
+
+    #[test]
+    fn sizes_are_shown_in_binary_units_with_one_decimal() {
+        for (b, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (24 << 20, "24.0 MiB"),
+            ((19 << 30) / 10, "1.9 GiB"),
+            (3 << 40, "3.0 TiB"),
+            (u64::MAX, "16777216.0 TiB"),
+        ] {
+            assert_eq!(size(b), want, "{b}");
+        }
+    }
+
+    #[test]
+    fn copy_counters_read_compactly_and_say_when_the_source_stalled() {
+        let c = |checked, fetched, written, stalled| CopyCounters {
+            checked,
+            fetched,
+            written,
+            source_stalled_since: stalled,
+        };
+        assert_eq!(copy_summary(&c(0, 0, 0, None)), None, "nothing to say");
+        assert_eq!(
+            copy_summary(&c((19 << 30) / 10, 24 << 20, 24 << 20, None)).unwrap(),
+            "checked 1.9 GiB, fetched 24.0 MiB, written 24.0 MiB"
+        );
+        // A full copy checks nothing: the zero counter is left out.
+        assert_eq!(
+            copy_summary(&c(0, 12 << 20, 11 << 20, None)).unwrap(),
+            "fetched 12.0 MiB, written 11.0 MiB"
+        );
+        // 1_800_000_000 is 2027-01-15T08:00:00Z; 3723 s later is 09:02:03.
+        assert_eq!(
+            copy_summary(&c(0, 5 << 20, 4 << 20, Some(1_800_003_723))).unwrap(),
+            "fetched 5.0 MiB, written 4.0 MiB; source stalled since 09:02:03 UTC"
+        );
+        assert_eq!(
+            copy_summary(&c(0, 0, 0, Some(1_800_000_000))).unwrap(),
+            "source stalled since 08:00:00 UTC"
+        );
+    }
+
+    #[test]
+    fn the_table_shows_a_copying_nodes_counters_under_its_row_and_nothing_for_others() {
+        let node = |name: &str, state: &str, copy| NodeView {
+            name: name.into(),
+            role: crate::cluster::Role::Worker,
+            state: state.into(),
+            step_attempt: 0,
+            plan_id: None,
+            bytes_done: 3 << 20,
+            bytes_total: 12 << 20,
+            since: 0,
+            replaced_by: None,
+            last_error: None,
+            deadline: None,
+            copy,
+        };
+        let s = StatusView {
+            now: 10,
+            paused: false,
+            nodes: vec![
+                node(
+                    "w1",
+                    "recovering",
+                    Some(CopyCounters {
+                        checked: 8 << 20,
+                        fetched: 2 << 20,
+                        written: 1 << 20,
+                        source_stalled_since: Some(7),
+                    }),
+                ),
+                node("w2", "healthy", None),
+            ],
+            alerts: Vec::new(),
+        };
+        let text = render_status(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].starts_with("w1 "), "{text}");
+        assert_eq!(
+            lines[2],
+            format!(
+                "{:<12} copy: checked 8.0 MiB, fetched 2.0 MiB, written 1.0 MiB; source stalled since 00:00:07 UTC",
+                ""
+            )
+        );
+        assert!(lines[3].starts_with("w2 "), "{text}");
+        let d = NodeDetail {
+            now: 10,
+            node: s.nodes[0].clone(),
+            repairs: Vec::new(),
+        };
+        assert_eq!(render_node(&d).lines().nth(2), Some(lines[2]));
+        let d = NodeDetail {
+            node: s.nodes[1].clone(),
+            ..d
+        };
+        assert!(!render_node(&d).contains("copy:"));
     }
 
     #[test]

@@ -325,6 +325,71 @@ fn an_agent_reporting_failed_is_retried_with_new_plans_then_quarantined() {
 }
 
 #[test]
+fn the_agents_copy_counters_are_kept_while_recovering_and_reset_with_a_new_plan() {
+    let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
+    r.fail("w1", 3);
+    r.done("w1", ActionKind::Fence);
+    r.done("w1", ActionKind::Attach);
+    r.on(Event::AgentReady {
+        node: "w1".into(),
+        boot_id: BOOT,
+    });
+    let plan = r.plan_id("w1");
+    let counters = lazarus_proto::CopyCounters {
+        checked: 3 << 30,
+        fetched: 24 << 20,
+        written: 24 << 20,
+        source_stalled_since: Some(1_800_000_000),
+    };
+    let mut copying = status(BOOT, Phase::Recovering, &plan, FlagState::Recovering);
+    copying.copy = counters;
+    let o = r
+        .on(Event::AgentStatus {
+            node: "w1".into(),
+            status: copying,
+        })
+        .clone();
+    assert!(
+        o.transitions.is_empty() && o.actions.is_empty(),
+        "counters alone decide nothing: {o:?}"
+    );
+    let repair = r.state.nodes["w1"].repair.clone().unwrap();
+    assert_eq!(repair.copy, counters);
+    let view = |r: &Run| lazarus_controller::api::node_view("w1", &r.state.nodes["w1"]);
+    assert_eq!(view(&r).copy, Some(counters), "the API shows them");
+    // Past the copy step they are no longer shown, though the repair still holds them.
+    let mut past = Run::new(r.state.clone());
+    past.state
+        .nodes
+        .get_mut("w1")
+        .unwrap()
+        .repair
+        .as_mut()
+        .unwrap()
+        .step = RepairStep::Detaching;
+    assert_eq!(view(&past).copy, None);
+    // The plan fails: the next plan starts from zero, and the last one's counters are not
+    // in the event log (live progress, not history).
+    let mut failed = status(BOOT, Phase::Failed, &plan, FlagState::Failed);
+    failed.copy = counters;
+    let o = r
+        .on(Event::AgentStatus {
+            node: "w1".into(),
+            status: failed,
+        })
+        .clone();
+    assert!(matches!(&o.actions[..], [Action::Recover { .. }]), "{o:?}");
+    let repair = r.state.nodes["w1"].repair.clone().unwrap();
+    assert_ne!(repair.plan_id, plan);
+    assert_eq!(repair.copy, lazarus_proto::CopyCounters::default());
+    assert_eq!(view(&r).copy, None, "all zero: not shown");
+    assert!(r
+        .all_transitions
+        .iter()
+        .all(|t| !serde_json::to_string(t).unwrap().contains("fetched")));
+}
+
+#[test]
 fn release_is_refused_mid_repair_and_taken_from_quarantine_or_the_queue() {
     use lazarus_controller::repair::brakes::{operator_refusal, OperatorOp, OperatorRefusal};
     let mut r = to_rebooting();

@@ -107,6 +107,8 @@ struct Seen {
     progress: String,
     /// The bar's percentage, if a bar was drawn.
     bar: Option<u64>,
+    /// The copy counters under the node's row (`checked …, fetched …, written …`), if shown.
+    copy: Option<String>,
 }
 
 /// The redraws in `text` (each begins with the table's header), as what each showed of `node`;
@@ -114,18 +116,27 @@ struct Seen {
 fn frames(text: &str, node: &str) -> Vec<Seen> {
     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     let mut out: Vec<Seen> = Vec::new();
+    // The line before was `node`'s table row.
+    let mut after_row = false;
     for line in complete.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if words.first() == Some(&"NODE") {
             out.push(Seen::default());
+            after_row = false;
             continue;
         }
         let Some(frame) = out.last_mut() else {
             continue;
         };
+        let row = std::mem::take(&mut after_row);
+        if row && words.first() == Some(&"copy:") {
+            frame.copy = line.split_once("copy: ").map(|(_, c)| c.to_string());
+            continue;
+        }
         if words.first() != Some(&node) || words.len() < 3 {
             continue;
         }
+        after_row = !words[1].starts_with('[');
         if words[1].starts_with('[') {
             // `w1 [#####.....] 25%`
             frame.bar = words[2].trim_end_matches('%').parse().ok();
@@ -231,11 +242,27 @@ fn watch_follows_a_repair_through_its_steps_and_its_progress_bar_fills() {
         second.bar.unwrap() < 100,
         "{second:?}: a quarter is still unfed"
     );
+    // Held there, the table shows under w1's row the copy counters its agent reports: a full
+    // copy checks nothing, fetched is all that was fed (three whole 4 MiB chunks), and written
+    // the same but for the first MiB, which is written last.
+    let copy = r.settled_copy("a full copy's counters", |c| c.fetched == 12 * MIB as u64);
+    assert_eq!(
+        (copy.checked, copy.written),
+        (0, 11 * MIB as u64),
+        "{copy:?}"
+    );
+    let summary = lazarus_controller::api_client::copy_summary(&copy).unwrap();
+    assert_eq!(summary, "fetched 12.0 MiB, written 11.0 MiB");
+    let shown = watch.wait(&r, "w1's copy counters", |f| {
+        f.copy.as_deref() == Some(summary.as_str())
+    });
+    assert_eq!(shown.state, "recovering");
     r.finish();
     let last = watch.wait(&r, "w1 back as a standby", |f| {
         f.state == "healthy" && f.role == "standby"
     });
     assert_eq!(last.progress, "-");
+    assert_eq!(last.copy, None, "no counters once the copy step is over");
     assert!(r.disk_holds_the_image());
 
     let text = watch.text();
@@ -273,12 +300,118 @@ fn watch_follows_a_repair_through_its_steps_and_its_progress_bar_fills() {
         bars.windows(2).all(|w| w[0] <= w[1]),
         "bar went back: {bars:?}"
     );
+    for f in seen.iter().filter(|f| f.copy.is_some()) {
+        assert_eq!(f.state, "recovering", "counters only while copying: {f:?}");
+    }
     for f in seen.iter().filter(|f| f.bar.is_some()) {
         assert_eq!(f.progress, format!("{}%", f.bar.unwrap()), "{f:?}");
         assert_eq!(f.state, "recovering", "a bar only while writing: {f:?}");
     }
-    eprintln!("lazarus watch showed w1 {states:?}, its bar at {bars:?}");
+    eprintln!("lazarus watch showed w1 {states:?}, its bar at {bars:?}, held at: {summary}");
     // s1 took w1's place.
     let s1 = frames(&text, "s1");
     assert_eq!(s1.last().unwrap().role, "worker", "{text}");
+}
+
+/// `HH:MM:SS UTC` of Unix seconds `t`.
+fn clock(t: u64) -> String {
+    let s = t % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[test]
+fn status_and_watch_show_a_differential_copys_counters_and_a_stalled_source() {
+    let mut r = RepairLab::start_differential(204, false);
+    let api = r.unix_api();
+    let (packed, damaged) = r.packed.clone().unwrap();
+    assert_eq!((packed.len(), &damaged[..]), (4, &[1, 3][..]));
+    let chunk = u64::from(packed.chunk_size());
+    r.kill_worker();
+    r.wait_for("w1 recovering", Duration::from_secs(60), |s| {
+        s.nodes
+            .iter()
+            .any(|n| n.name == "w1" && n.state == "recovering")
+    });
+    // Frames 0 and 1 and half of frame 2: the agent has read back the whole disk, fetched the
+    // stream up to the end of chunk 1 (chunk 0 read past, chunk 1 kept) and written chunk 1;
+    // chunk 3 waits for the rest.
+    let (at, len) = packed.frame(2).unwrap();
+    r.feed_to((at + u64::from(len) / 2) as usize);
+    let want = lazarus_proto::CopyCounters {
+        checked: 4 * chunk,
+        fetched: 2 * chunk,
+        written: chunk,
+        source_stalled_since: None,
+    };
+    let held_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let copy = r.settled_copy("a differential copy's counters", |c| c.written > 0);
+    assert_eq!(copy, want);
+    let w1 = r.node("w1");
+    assert_eq!(
+        (w1.bytes_done, w1.bytes_total),
+        (3 * chunk, 4 * chunk),
+        "two chunks matched, one written"
+    );
+    let line = format!(
+        "{:<12} copy: checked 16.0 MiB, fetched 8.0 MiB, written 4.0 MiB",
+        ""
+    );
+    // `lazarus status w1`: the counters under its row.
+    let node = ok(&["status", "w1", "--api", &api]);
+    let lines: Vec<&str> = node.lines().collect();
+    assert!(lines[1].starts_with("w1 "), "{node}");
+    assert_eq!(lines[2], line, "{node}");
+    // `lazarus status`: the same under w1's row, nothing under s1's.
+    let table = ok(&["status", "--api", &api]);
+    assert_eq!(table.matches("copy:").count(), 1, "{table}");
+    let at = table.lines().position(|l| l.starts_with("w1 ")).unwrap();
+    assert_eq!(table.lines().nth(at + 1), Some(line.as_str()), "{table}");
+    // The JSON API carries the four fields.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["status", "w1", "--json", "--api", &api])).unwrap();
+    assert_eq!(
+        json["node"]["copy"],
+        serde_json::json!({"checked": 4 * chunk, "fetched": 2 * chunk, "written": chunk,
+            "source_stalled_since": null}),
+        "{json}"
+    );
+    // `lazarus watch`: the same line.
+    let watched = ok(&["watch", "--api", &api, "--count", "1"]);
+    assert!(watched.contains(&line), "{watched}");
+
+    // The source stays silent: within the agent's report time (10 s) and a poll, the stall is
+    // said everywhere, with the time it began.
+    let stalled = r.settled_copy("the stalled source", |c| c.source_stalled_since.is_some());
+    let since = stalled.source_stalled_since.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (held_at.saturating_sub(5)..=now).contains(&since),
+        "stalled since {since}, held at {held_at}, now {now}"
+    );
+    assert_eq!(
+        lazarus_proto::CopyCounters {
+            source_stalled_since: None,
+            ..stalled
+        },
+        want,
+        "nothing moved meanwhile"
+    );
+    let said = format!("{line}; source stalled since {}", clock(since));
+    let node = ok(&["status", "w1", "--api", &api]);
+    assert_eq!(node.lines().nth(2), Some(said.as_str()), "{node}");
+    let watched = ok(&["watch", "--api", &api, "--count", "1"]);
+    assert!(watched.contains(&said), "{watched}");
+    eprintln!("differential copy held: {said}");
+
+    // The source comes back: the copy goes on and ends; the counters leave the views.
+    r.finish();
+    assert!(r.disk_holds_the_image());
+    assert_eq!(r.node("w1").copy, None);
+    assert!(!ok(&["status", "w1", "--api", &api]).contains("copy:"));
 }

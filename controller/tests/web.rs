@@ -280,7 +280,9 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
     ) {
         return;
     }
-    let mut r = RepairLab::start(201, true);
+    // A differential copy: the page shows the agent's counters of checked, fetched and
+    // written bytes beside the bar.
+    let mut r = RepairLab::start_differential(201, true);
     let (tcp, token_file) = r.tcp.clone().unwrap();
     let mut b = Browser::launch(&r.lab.path("chromium-profile"));
     let started = Instant::now();
@@ -310,8 +312,9 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
     );
     assert_eq!(b.eval("document.cookie"), json!(""));
 
-    // w1 fails; the page follows its repair. A quarter of the image, then three quarters: the
-    // progress bar in w1's row moves with each, without a reload.
+    // w1 fails; the page follows its repair. Its disk holds chunks 0 and 2 already (half the
+    // bar at once, once read back); a quarter of the stream, then three quarters (chunk 1
+    // fetched and written): the progress bar in w1's row moves with each, without a reload.
     b.eval("window.loadedOnce = true");
     r.kill_worker();
     b.wait(
@@ -327,10 +330,12 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
     );
     r.feed(8 * MIB);
     let before = first["value"].as_f64().unwrap();
+    // Chunks 0 and 2 matched, chunk 1 written; chunk 3 waits for the rest of the stream.
+    let held = 12 * MIB;
     let second = b.wait(
         &r,
         "w1's progress bar further on",
-        &format!("(() => {{ const w = {W1_ROW}; return w && w.value > {before} ? w : null }})()"),
+        &format!("(() => {{ const w = {W1_ROW}; return w && w.value > {before} && w.value === {held} ? w : null }})()"),
     );
     let max = second["max"].as_f64().unwrap();
     assert_eq!(max, r.image.len() as f64, "{second}");
@@ -347,6 +352,27 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         second["progressText"].as_str().unwrap().contains("% · "),
         "{second}"
     );
+    // Under the bar, the copy counters the agent reports: the whole disk checked, the stream
+    // read through chunk 1, chunk 1 written; as text, as `lazarus status` says them.
+    let copy = r.settled_copy("the differential copy's counters", |c| c.written > 0);
+    let chunk = 4 * MIB as u64;
+    assert_eq!(
+        (copy.checked, copy.fetched, copy.written),
+        (4 * chunk, 2 * chunk, chunk)
+    );
+    let summary = lazarus_controller::api_client::copy_summary(&copy).unwrap();
+    assert_eq!(
+        summary,
+        "checked 16.0 MiB, fetched 8.0 MiB, written 4.0 MiB"
+    );
+    let shown = b.wait(
+        &r,
+        "w1's copy counters in the list",
+        &format!(
+            "(() => {{ const c = document.querySelector('#nodes tr[data-node=\"w1\"] .copy'); return c && c.textContent === {summary:?} ? c.textContent : null }})()"
+        ),
+    );
+    assert_eq!(shown, json!(summary));
     b.screenshot("list-recovering");
     assert_eq!(
         b.eval("window.loadedOnce"),
@@ -362,7 +388,45 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         r#"document.querySelector('section.repair[data-outcome="running"] svg rect.step[data-step="recovering"][data-outcome="running"]') !== null
            && document.querySelector('section.repair svg rect.bytes') !== null"#,
     );
+    let shown = b.wait(
+        &r,
+        "w1's copy counters on its page",
+        "document.querySelector('#node-progress .copy')?.textContent || null",
+    );
+    assert_eq!(shown, json!(summary));
+    // `lazarus status w1` says the same under w1's row.
+    let out = lazarus(&[
+        "status",
+        "w1",
+        "--api",
+        &format!("http://{tcp}"),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().nth(2),
+        Some(format!("{:<12} copy: {summary}", "").as_str()),
+        "{text}"
+    );
     b.screenshot("node-recovering");
+    // The stream stays silent: once the agent reports the source stalled (after 10 s), the
+    // page says since when, as the CLI does.
+    let stalled = r.settled_copy("the stalled source", |c| c.source_stalled_since.is_some());
+    let said = lazarus_controller::api_client::copy_summary(&stalled).unwrap();
+    assert!(
+        said.starts_with(&format!("{summary}; source stalled since ")),
+        "{said}"
+    );
+    let shown = b.wait(
+        &r,
+        "the stalled source on w1's page",
+        &format!(
+            "(() => {{ const c = document.querySelector('#node-progress .copy.stalled'); return c && c.textContent === {said:?} ? c.textContent : null }})()"
+        ),
+    );
+    assert_eq!(shown, json!(said));
+    b.screenshot("node-stalled");
 
     // The repair ends; the page (still open, never reloaded) draws the whole timeline.
     r.finish();

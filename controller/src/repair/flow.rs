@@ -6,7 +6,7 @@
 //! Whether a repair may start at all, the brakes answer.
 
 use lazarus_proto::flag::FlagState;
-use lazarus_proto::{BootId, Phase, Status};
+use lazarus_proto::{BootId, CopyCounters, Phase, Status};
 
 use super::brakes;
 use super::types::{
@@ -310,6 +310,7 @@ impl Flow<'_> {
         if let Some(r) = self.repair(node) {
             r.bytes_done = 0;
             r.bytes_total = 0;
+            r.copy = CopyCounters::default();
         }
         self.out.actions.push(Action::Recover {
             node: node.into(),
@@ -439,6 +440,7 @@ impl Flow<'_> {
         }
         r.bytes_done = status.bytes_done;
         r.bytes_total = status.bytes_total;
+        r.copy = status.copy;
         let sent_at = r.sent_at;
         let ours = status.plan_id.as_deref() == Some(r.plan_id.as_str());
         let flag_ours = status.flag.plan_id == r.plan_id;

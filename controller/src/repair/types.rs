@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use lazarus_proto::{BootId, Status};
+use lazarus_proto::{BootId, CopyCounters, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{BootProvider, Cluster, Fencing, Role};
@@ -174,6 +174,12 @@ pub struct Repair {
     /// When the current plan was sent.
     #[serde(default)]
     pub sent_at: Time,
+    /// The copy counters of the current plan, as the agent last reported them (bytes checked,
+    /// fetched, written; since when the source is stalled). Live progress, not history: kept in
+    /// the state record with `bytes_done` (committed with the next decision, or within
+    /// `FLUSH_EVERY`), never in the event log; reset when a new plan is sent.
+    #[serde(default)]
+    pub copy: CopyCounters,
 }
 
 impl Repair {
@@ -196,6 +202,7 @@ impl Repair {
             plans_sent: 0,
             cycles: 0,
             sent_at: 0,
+            copy: CopyCounters::default(),
         }
     }
 }
@@ -512,6 +519,36 @@ mod tests {
             assert_eq!(json, format!("\"{stage}\""));
             assert_eq!(serde_json::from_str::<Stage>(&json).unwrap(), stage);
         }
+    }
+
+    #[test]
+    fn a_state_stored_before_the_copy_counters_loads_with_them_at_zero() {
+        // A repair record as the controller stored it before `copy` existed.
+        let old = r#"{"nodes":{"w1":{"role":"worker","healthy":false,"ok_streak":0,"fail_streak":3,
+            "repair":{"step":"recovering","attempt":0,"deadline":2000,"plan_id":"w1-1-1",
+            "failure_time":1,"replaced_by":null,"tried":[],"promoting":null,"fenced":true,
+            "boot_id":null,"bytes_done":5,"bytes_total":10,"last_error":null,"plans_sent":1,
+            "cycles":0,"sent_at":100},"since":100}},"paused":false}"#;
+        let state: ClusterState = serde_json::from_str(old).unwrap();
+        let r = state.nodes["w1"].repair.clone().unwrap();
+        assert_eq!((r.step, r.bytes_done), (RepairStep::Recovering, 5));
+        assert_eq!(r.copy, CopyCounters::default());
+        // And what is stored now reads back whole.
+        let mut now = state.clone();
+        now.nodes
+            .get_mut("w1")
+            .unwrap()
+            .repair
+            .as_mut()
+            .unwrap()
+            .copy = CopyCounters {
+            checked: 1,
+            fetched: 2,
+            written: 3,
+            source_stalled_since: Some(4),
+        };
+        let json = serde_json::to_string(&now).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterState>(&json).unwrap(), now);
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! s1, w1's `command` boot provider starting a real host-mode agent, and w1's image a named pipe
 //! the test feeds, so the copy advances only when the test says. For tests of what an operator
 //! sees (`lazarus watch`, the web view) while a repair moves.
+//!
+//! Two kinds of copy: a full copy of a raw image ([`RepairLab::start`]), and a differential
+//! copy ([`RepairLab::start_differential`]): a chunk index in the plan, w1's disk holding the
+//! image but for two damaged chunks, and the image fed as a zstd stream (chunks read in order,
+//! skipped by reading), so the agent checks the whole disk at once and fetches and writes as fed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,8 +34,15 @@ pub struct RepairLab {
     /// The TCP listener (`HOST:PORT`) and its token file, if asked for.
     pub tcp: Option<(String, PathBuf)>,
     pub log: PathBuf,
+    /// Where w1's agent listens.
+    pub agent_addr: String,
     controller: Child,
     pub image: Vec<u8>,
+    /// What the test feeds into the image pipe: the image itself, or its packed zstd stream.
+    pub stream: Vec<u8>,
+    /// Of a differential copy: the packed index (each chunk's frame in `stream`), and the
+    /// chunks damaged on w1's disk.
+    pub packed: Option<(lazarus_node::index::ChunkIndex, Vec<usize>)>,
     /// The write end of the image pipe, once the agent has opened it.
     feed: Option<std::fs::File>,
     fed: usize,
@@ -64,11 +76,55 @@ impl RepairLab {
 
     /// As [`Self::start`], with `promotion` as the `[promotion]` hook.
     pub fn start_with(net: u8, tcp: bool, promotion: Option<&std::path::Path>) -> Self {
+        Self::start_lab(net, tcp, promotion, false)
+    }
+
+    /// As [`Self::start`], for a differential copy: w1's disk holds the image but for chunks 1
+    /// and 3 (of four, [`DEFAULT_CHUNK`](lazarus_node::index::DEFAULT_CHUNK) each), the plan
+    /// carries the image's chunk index and `mode = "differential"`, and the test feeds the
+    /// image packed as zstd.
+    pub fn start_differential(net: u8, tcp: bool) -> Self {
+        Self::start_lab(net, tcp, None, true)
+    }
+
+    fn start_lab(
+        net: u8,
+        tcp: bool,
+        promotion: Option<&std::path::Path>,
+        differential: bool,
+    ) -> Self {
+        use lazarus_node::index;
         let lab = Lab::new();
         let image = noise(IMAGE_LEN, 77);
         lab.fifo_image("worker.img");
         let disk = lab.path("w1-disk.img");
-        std::fs::write(&disk, noise(IMAGE_LEN + 4 * MIB, 78)).unwrap();
+        let mut on_disk = noise(IMAGE_LEN + 4 * MIB, 78);
+        let (mut stream, mut packed, mut image_lines) =
+            (image.clone(), None, String::from("format = \"raw\""));
+        if differential {
+            let raw = lab.path("worker.raw");
+            std::fs::write(&raw, &image).unwrap();
+            let chunk = index::DEFAULT_CHUNK;
+            let idx = index::build(&raw, chunk, 2).unwrap();
+            let bytes = idx.encode();
+            std::fs::write(lab.export.join("images/worker.idx"), &bytes).unwrap();
+            let mut zst = Vec::new();
+            let packed_idx = index::pack(&raw, &mut zst, chunk, 2).unwrap();
+            let damaged = vec![1, 3];
+            on_disk[..IMAGE_LEN].copy_from_slice(&image);
+            for &i in &damaged {
+                let r = idx.range(i);
+                on_disk[r.start as usize..r.end as usize]
+                    .copy_from_slice(&noise((r.end - r.start) as usize, 79 + i as u64));
+            }
+            image_lines = format!(
+                "format = \"zstd\"\nindex = {{ path = \"images/worker.idx\", sha256 = \"{}\" }}\nmode = \"differential\"",
+                index::sha256(&bytes)
+            );
+            stream = zst;
+            packed = Some((packed_idx, damaged));
+        }
+        std::fs::write(&disk, on_disk).unwrap();
         let flag = lab.flag("w1-flag.img");
         let up = lab.path("w1-up");
         std::fs::write(&up, "").unwrap();
@@ -130,7 +186,7 @@ export = "/export"
 
 [images.worker]
 path = "images/worker.img"
-format = "raw"
+{image_lines}
 size = {size}
 sha256 = "{sha}"
 
@@ -179,8 +235,11 @@ allow_weak_selector = true
             socket,
             tcp,
             log,
+            agent_addr: format!("127.0.{net}.1:7460"),
             controller,
             image,
+            stream,
+            packed,
             feed: None,
             fed: 0,
         };
@@ -235,6 +294,49 @@ allow_weak_selector = true
         }
     }
 
+    /// What w1's agent reports now, asked directly (as `lazarus agent status` does).
+    pub fn agent_status(&self) -> lazarus_proto::Status {
+        let mut client = lazarus_controller::agent_client::AgentClient::connect(
+            &self.agent_addr,
+            self.lab.signing.clone(),
+            self.lab.key.clone(),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("connecting to w1's agent: {e}\n{}", self.logs()));
+        client
+            .status_of(&lazarus_proto::Request::GetStatus)
+            .unwrap_or_else(|e| panic!("w1's agent status: {e}\n{}", self.logs()))
+    }
+
+    /// Waits until the copy counters the API shows for w1 are those its agent reports, twice in
+    /// a row (the copy is held still by the test), and `pred` holds for them; returns them.
+    pub fn settled_copy(
+        &self,
+        what: &str,
+        pred: impl Fn(&lazarus_proto::CopyCounters) -> bool,
+    ) -> lazarus_proto::CopyCounters {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        loop {
+            let agent = self.agent_status().copy;
+            let api = self.node("w1").copy;
+            if api == Some(agent) && pred(&agent) {
+                if last == Some(agent) {
+                    return agent;
+                }
+                last = Some(agent);
+            } else {
+                last = None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API never showed {what} as w1's agent reports it: API {api:?}, agent {agent:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+
     /// w1 fails its health checks from now on.
     pub fn kill_worker(&self) {
         std::fs::remove_file(self.lab.path("w1-up")).unwrap();
@@ -257,20 +359,25 @@ allow_weak_selector = true
                 .unwrap();
             self.feed = Some(f);
         }
-        let end = (self.fed + len).min(self.image.len());
+        let end = (self.fed + len).min(self.stream.len());
         let f = self.feed.as_mut().unwrap();
-        f.write_all(&self.image[self.fed..end]).unwrap();
+        f.write_all(&self.stream[self.fed..end]).unwrap();
         f.flush().unwrap();
         self.fed = end;
-        if self.fed == self.image.len() {
+        if self.fed == self.stream.len() {
             self.feed = None; // end of the image
         }
+    }
+
+    /// Feeds the stream up to byte `end` of it (nothing when it was fed that far).
+    pub fn feed_to(&mut self, end: usize) {
+        self.feed(end.saturating_sub(self.fed));
     }
 
     /// Feeds the rest of the image, then brings the restored w1 up (its health check passes
     /// once it is told to reboot) and waits until it is healthy again.
     pub fn finish(&mut self) {
-        self.feed(self.image.len() - self.fed);
+        self.feed(self.stream.len() - self.fed);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let state = self.status().map(|s| {

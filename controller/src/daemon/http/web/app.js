@@ -93,7 +93,9 @@
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
 
+  // As the CLI shows sizes (`api_client::size`).
   function fmtBytes(n) {
+    if (n >= 2 ** 40) return (n / 2 ** 40).toFixed(1) + " TiB";
     if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GiB";
     if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
     if (n >= 1 << 10) return (n / (1 << 10)).toFixed(1) + " KiB";
@@ -102,6 +104,24 @@
 
   function fmtTime(t) {
     return new Date(t * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  }
+
+  function fmtClock(t) {
+    return new Date(t * 1000).toISOString().slice(11, 19) + " UTC";
+  }
+
+  // What a recovering node's copy did so far, as `lazarus status` says it: the counters that
+  // are not zero, then whether the image source is stalled; "" when there is nothing to say.
+  function copyText(c) {
+    if (!c) return "";
+    const parts = [["checked", c.checked], ["fetched", c.fetched], ["written", c.written]]
+      .filter(([, b]) => b > 0)
+      .map(([what, b]) => what + " " + fmtBytes(b));
+    let text = parts.join(", ");
+    if (c.source_stalled_since) {
+      text += (text ? "; " : "") + "source stalled since " + fmtClock(c.source_stalled_since);
+    }
+    return text;
   }
 
   function percent(done, total) {
@@ -137,13 +157,20 @@
     return el("a", { href: "#/node/" + encodeURIComponent(name), text: name });
   }
 
-  // The copy progress of a node writing its disk, or a dash.
+  // The copy progress of a node writing its disk (a bar, and its copy counters under it), or a
+  // dash.
   function progressCell(n) {
-    if (n.state !== "recovering" || !(n.bytes_total > 0)) return el("span", { class: "muted", text: "–" });
+    const copy = n.state === "recovering" ? copyText(n.copy) : "";
+    const counters = copy ? el("div", { class: "copy" + (n.copy.source_stalled_since ? " stalled" : ""), text: copy }) : null;
+    if (n.state !== "recovering" || !(n.bytes_total > 0)) {
+      return counters ? el("span", {}, counters) : el("span", { class: "muted", text: "–" });
+    }
     const p = percent(n.bytes_done, n.bytes_total);
-    return el("span", { class: "bar" },
-      el("progress", { max: n.bytes_total, value: Math.min(n.bytes_done, n.bytes_total), "data-percent": p }),
-      el("span", { class: "pct", text: p + "% · " + fmtBytes(n.bytes_done) + " of " + fmtBytes(n.bytes_total) }));
+    return el("span", {},
+      el("span", { class: "bar" },
+        el("progress", { max: n.bytes_total, value: Math.min(n.bytes_done, n.bytes_total), "data-percent": p }),
+        el("span", { class: "pct", text: p + "% · " + fmtBytes(n.bytes_done) + " of " + fmtBytes(n.bytes_total) })),
+      counters);
   }
 
   function stateOf(n) {
