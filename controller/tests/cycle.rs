@@ -61,50 +61,6 @@ fn wait_for(
     }
 }
 
-/// The agents a test's "rescue boot" started, stopped by pid when the test ends (they exit by
-/// themselves after Reboot). The attach command appends each agent's pid to `file`.
-struct Agents {
-    file: std::path::PathBuf,
-}
-
-impl Agents {
-    /// A shell suffix for an attach command: `exec` so that `$!` is the agent itself.
-    fn record(&self) -> String {
-        format!("echo $! >> {}", self.file.display())
-    }
-
-    /// The pids of the agents started so far that still run the agent binary (a pid of an agent
-    /// that has exited may have been given to another process since).
-    fn running(&self) -> Vec<i32> {
-        std::fs::read_to_string(&self.file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lazarus-agent"))
-            })
-            .collect()
-    }
-
-    /// The one running agent.
-    fn pid(&self) -> rustix::process::Pid {
-        let pids = self.running();
-        assert_eq!(pids.len(), 1, "one rescue agent runs: {pids:?}");
-        rustix::process::Pid::from_raw(pids[0]).unwrap()
-    }
-}
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for pid in self.running() {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
-    }
-}
-
 fn state_of(s: &StatusView, node: &str) -> String {
     s.nodes
         .iter()
@@ -155,16 +111,13 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
     let agents = Agents {
         file: lab.path("agents.pids"),
     };
-    let attach = format!(
-        "exec {} serve --host --listen 127.0.0.41:7460 --key-file {} --controller-pub {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:10:01 >> {} 2>&1 & {}",
-        agent_bin().display(),
-        lab.key_path.display(),
-        lab.public_path.display(),
-        lab.path("w1-work").display(),
-        lab.export.display(),
-        flag.display(),
-        agent_log.display(),
-        agents.record()
+    let attach = agents.attach(
+        &lab,
+        "w1",
+        "127.0.0.41:7460",
+        "52:54:00:00:10:01",
+        &ready,
+        &flag,
     );
     let config = lab.path("cluster.toml");
     std::fs::write(
@@ -190,50 +143,26 @@ command = ["{hook}"]
 
 [standby]
 command = ["{standby_hook}"]
-
-[nfs]
-server = "127.0.0.1"
-export = "/export"
-
-[images.worker]
-path = "images/worker.img"
-format = "raw"
-size = {size}
-sha256 = "{sha}"
-
-[[nodes]]
-name = "w1"
-role = "worker"
-macs = ["52:54:00:00:10:01"]
-image = "worker"
-health = {{ kind = "exec", command = ["sh", "-c", "test -e {w1_up}"] }}
-boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
-rescue = {{ address = "127.0.0.41", prefix_len = 8 }}
-disk = {{ path = "{disk}" }}
-allow_weak_selector = true
-flag = {{ path = "{flag}" }}
-
-[[nodes]]
-name = "s1"
-role = "standby"
-macs = ["52:54:00:00:10:02"]
-image = "worker"
-health = {{ kind = "tcp", target = "{s1}" }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "127.0.0.42", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-"#,
+{image}{w1}{s1}"#,
             keys = lab.key_config(&["w1", "s1"]),
             hook = hook.display(),
             standby_hook = standby_hook.display(),
-            size = img.len(),
-            sha = sha(&img),
-            w1_up = lab.path("w1-up").display(),
-            attach = attach.replace('"', "\\\""),
-            disk = disk.display(),
-            flag = flag.display(),
-            s1 = s1_health.addr,
+            image = worker_image_toml("format = \"raw\"", img.len(), sha(&img)),
+            w1 = worker_toml(
+                "w1",
+                "52:54:00:00:10:01",
+                &lab.path("w1-up"),
+                &attach,
+                "127.0.0.41",
+                &disk,
+                &flag
+            ),
+            s1 = standby_toml(
+                "s1",
+                "52:54:00:00:10:02",
+                &format!("{{ kind = \"tcp\", target = \"{}\" }}", s1_health.addr),
+                "127.0.0.42"
+            ),
         ),
     )
     .unwrap();
@@ -387,35 +316,22 @@ impl Cluster {
             let flag = lab.flag(&format!("w{i}-flag.img"));
             std::fs::write(&disk, noise(3 * MIB, i as u64)).unwrap();
             std::fs::write(lab.path(&format!("w{i}-up")), "").unwrap();
-            let attach = format!(
-                "exec {} serve --host --listen 127.0.{net}.{i}:7460 --key-file {} --controller-pub {} --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:20:{i:02x} >> {} 2>&1 & {}",
-                agent_bin().display(),
-                lab.key_path.display(),
-                lab.public_path.display(),
-                lab.path(&format!("w{i}-work")).display(),
-                lab.export.display(),
-                flag.display(),
-                lab.path(&format!("w{i}-agent.log")).display(),
-                agents.record()
+            let attach = agents.attach(
+                &lab,
+                &format!("w{i}"),
+                &format!("127.0.{net}.{i}:7460"),
+                &format!("52:54:00:00:20:{i:02x}"),
+                &ready,
+                &flag,
             );
-            nodes.push_str(&format!(
-                r#"
-[[nodes]]
-name = "w{i}"
-role = "worker"
-macs = ["52:54:00:00:20:{i:02x}"]
-image = "worker"
-health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
-boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
-rescue = {{ address = "127.0.{net}.{i}", prefix_len = 8 }}
-disk = {{ path = "{disk}" }}
-allow_weak_selector = true
-flag = {{ path = "{flag}" }}
-"#,
-                up = lab.path(&format!("w{i}-up")).display(),
-                attach = attach.replace('"', "\\\""),
-                disk = disk.display(),
-                flag = flag.display(),
+            nodes.push_str(&worker_toml(
+                &format!("w{i}"),
+                &format!("52:54:00:00:20:{i:02x}"),
+                &lab.path(&format!("w{i}-up")),
+                &attach,
+                &format!("127.0.{net}.{i}"),
+                &disk,
+                &flag,
             ));
         }
         let config = lab.path("cluster.toml");
@@ -434,28 +350,14 @@ failure_threshold = 2
 recovery_threshold = 1
 poll_interval = "300ms"
 {policy}
-
-[nfs]
-server = "127.0.0.1"
-export = "/export"
-
-[images.worker]
-path = "images/worker.img"
-format = "raw"
-size = {size}
-sha256 = "{digest}"
-{nodes}
-[[nodes]]
-name = "s1"
-role = "standby"
-macs = ["52:54:00:00:20:ff"]
-image = "worker"
-health = {{ kind = "exec", command = ["true"] }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "127.0.0.99", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-"#,
+{image}{nodes}{s1}"#,
+                image = worker_image_toml("format = \"raw\"", img.len(), digest),
+                s1 = standby_toml(
+                    "s1",
+                    "52:54:00:00:20:ff",
+                    "{ kind = \"exec\", command = [\"true\"] }",
+                    "127.0.0.99"
+                ),
                 keys = lab.key_config(
                     &(1..=workers)
                         .map(|i| format!("w{i}"))
@@ -465,7 +367,6 @@ allow_weak_selector = true
                         .map(String::as_str)
                         .collect::<Vec<_>>()
                 ),
-                size = img.len(),
             ),
         )
         .unwrap();

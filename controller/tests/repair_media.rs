@@ -145,52 +145,34 @@ health_timeout = "300ms"
 failure_threshold = 2
 recovery_threshold = 1
 poll_interval = "300ms"
-
-[nfs]
-server = "127.0.0.1"
-export = "/export"
-
-[images.worker]
-path = "images/worker.img"
-format = "raw"
-size = {size}
-sha256 = "{sha}"
-
-[[nodes]]
-name = "w1"
-role = "worker"
-macs = ["{MAC}"]
-image = "worker"
-health = {{ kind = "exec", command = ["sh", "-c", "test -e {w1_up}"] }}
-boot = {{ provider = "command", attach = ["sh", "-c", "echo {{rescue_initrd_url}} {{rescue_kernel_url}} > {urls}"], detach = ["true"], power_off = ["true"] }}
-rescue = {{ address = "127.0.0.41", prefix_len = 8 }}
-disk = {{ path = "{disk}" }}
-allow_weak_selector = true
-flag = {{ path = "{flag}" }}
-
-[[nodes]]
-name = "s1"
-role = "standby"
-macs = ["52:54:00:00:50:02"]
-image = "worker"
-health = {{ kind = "tcp", target = "{s1}" }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "127.0.0.42", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-"#,
+{image}{w1}{s1}"#,
             // w1 has no key file: its media are made per repair.
             keys = lab.key_config(&["s1"]),
             media_dir = media_dir.display(),
             kernel = kernel.display(),
             base = base.display(),
-            size = img.len(),
-            sha = sha(&img),
-            w1_up = lab.path("w1-up").display(),
-            urls = urls_file.display(),
-            disk = disk.display(),
-            flag = flag.display(),
-            s1 = s1_health.local_addr().unwrap(),
+            image = worker_image_toml("format = \"raw\"", img.len(), sha(&img)),
+            w1 = worker_toml(
+                "w1",
+                MAC,
+                &lab.path("w1-up"),
+                &format!(
+                    "echo {{rescue_initrd_url}} {{rescue_kernel_url}} > {}",
+                    urls_file.display()
+                ),
+                "127.0.0.41",
+                &disk,
+                &flag
+            ),
+            s1 = standby_toml(
+                "s1",
+                "52:54:00:00:50:02",
+                &format!(
+                    "{{ kind = \"tcp\", target = \"{}\" }}",
+                    s1_health.local_addr().unwrap()
+                ),
+                "127.0.0.42"
+            ),
         ),
     )
     .unwrap();

@@ -278,6 +278,144 @@ impl Lab {
     }
 }
 
+/// The agents a test's "rescue boot" started, stopped by pid when the test ends (they exit by
+/// themselves after Reboot). The attach command appends each agent's pid to `file`.
+pub struct Agents {
+    pub file: PathBuf,
+}
+
+impl Agents {
+    /// A shell suffix for an attach command: `exec` so that `$!` is the agent itself.
+    pub fn record(&self) -> String {
+        format!("echo $! >> {}", self.file.display())
+    }
+
+    /// The pids of the agents started so far that still run the agent binary (a pid of an agent
+    /// that has exited may have been given to another process since).
+    pub fn running(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lazarus-agent"))
+            })
+            .collect()
+    }
+
+    /// The one running agent.
+    pub fn pid(&self) -> rustix::process::Pid {
+        let pids = self.running();
+        assert_eq!(pids.len(), 1, "one rescue agent runs: {pids:?}");
+        rustix::process::Pid::from_raw(pids[0] as i32).unwrap()
+    }
+
+    /// The `attach` shell command of node `name`'s `command` boot provider: a host-mode agent of
+    /// `lab` listening on `listen`, announcing `mac` to the controller's `ready` listener, reading
+    /// and writing `flag`; its log in `NAME-agent.log`, its pid recorded here.
+    pub fn attach(
+        &self,
+        lab: &Lab,
+        name: &str,
+        listen: &str,
+        mac: &str,
+        ready: &str,
+        flag: &Path,
+    ) -> String {
+        format!(
+            "exec {} serve --host --listen {listen} --key-file {} --controller-pub {} --workdir {} \
+             --export-dir {} --flag {} --controller {ready} --mac {mac} >> {} 2>&1 & {}",
+            agent_bin().display(),
+            lab.key_path.display(),
+            lab.public_path.display(),
+            lab.path(&format!("{name}-work")).display(),
+            lab.export.display(),
+            flag.display(),
+            lab.path(&format!("{name}-agent.log")).display(),
+            self.record()
+        )
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for pid in self.running() {
+            lazarus_testkit::kill_pid(pid);
+        }
+    }
+}
+
+/// The `[nfs]` section and image `worker` (at `images/worker.img`, `size` bytes, SHA-256
+/// `sha256`) of a test cluster file; `format` holds its format lines (`format = "raw"`, or zstd
+/// with an index and a mode).
+pub fn worker_image_toml(format: &str, size: usize, sha256: impl std::fmt::Display) -> String {
+    format!(
+        r#"
+[nfs]
+server = "127.0.0.1"
+export = "/export"
+
+[images.worker]
+path = "images/worker.img"
+{format}
+size = {size}
+sha256 = "{sha256}"
+"#
+    )
+}
+
+/// A worker's `[[nodes]]` block of a test cluster file: healthy while `up` exists, booted into
+/// rescue by the shell command `attach`, rescued at `rescue` (/8), disk and flag files.
+pub fn worker_toml(
+    name: &str,
+    mac: &str,
+    up: &Path,
+    attach: &str,
+    rescue: &str,
+    disk: &Path,
+    flag: &Path,
+) -> String {
+    format!(
+        r#"
+[[nodes]]
+name = "{name}"
+role = "worker"
+macs = ["{mac}"]
+image = "worker"
+health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
+boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
+rescue = {{ address = "{rescue}", prefix_len = 8 }}
+disk = {{ path = "{disk}" }}
+allow_weak_selector = true
+flag = {{ path = "{flag}" }}
+"#,
+        up = up.display(),
+        attach = attach.replace('"', "\\\""),
+        disk = disk.display(),
+        flag = flag.display(),
+    )
+}
+
+/// A standby's `[[nodes]]` block of a test cluster file: `health` is its inline table, booted by
+/// hand, rescued at `rescue` (/8).
+pub fn standby_toml(name: &str, mac: &str, health: &str, rescue: &str) -> String {
+    format!(
+        r#"
+[[nodes]]
+name = "{name}"
+role = "standby"
+macs = ["{mac}"]
+image = "worker"
+health = {health}
+boot = {{ provider = "manual" }}
+rescue = {{ address = "{rescue}", prefix_len = 8 }}
+disk = {{ path = "/nonexistent" }}
+allow_weak_selector = true
+"#
+    )
+}
+
 pub struct AgentProc {
     pub child: Child,
     pub addr: String,

@@ -27,7 +27,7 @@ pub const TOKEN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
 pub struct RepairLab {
     /// Agents started by the attach command, killed by the pids they wrote down. First, so that
     /// it is dropped before the lab folder holding the pid file.
-    agent_pids: PathBuf,
+    agents: Agents,
     pub lab: Lab,
     /// The API's Unix socket.
     pub socket: PathBuf,
@@ -50,20 +50,9 @@ pub struct RepairLab {
 
 impl Drop for RepairLab {
     fn drop(&mut self) {
+        // The controller first; the agents then go with `agents`.
         let _ = self.controller.kill();
         let _ = self.controller.wait();
-        for pid in std::fs::read_to_string(&self.agent_pids)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse::<u32>().ok())
-        {
-            // Only a pid still running the agent: one that exited may belong to another process.
-            if std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lazarus-agent"))
-            {
-                lazarus_testkit::kill_pid(pid);
-            }
-        }
     }
 }
 
@@ -130,7 +119,9 @@ impl RepairLab {
         std::fs::write(&up, "").unwrap();
         let socket = lab.path("api.sock");
         let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-        let agent_pids = lab.path("agents.pids");
+        let agents = Agents {
+            file: lab.path("agents.pids"),
+        };
         let tcp = tcp.then(|| {
             let token_file = lab.path("api.token");
             std::fs::write(&token_file, TOKEN).unwrap();
@@ -149,18 +140,13 @@ impl RepairLab {
                 token.display()
             ),
         };
-        let attach = format!(
-            "exec {} serve --host --listen 127.0.{net}.1:7460 --key-file {} --controller-pub {} \
-             --workdir {} --export-dir {} --flag {} --controller {ready} --mac 52:54:00:00:{net:02x}:01 \
-             >> {} 2>&1 & echo $! >> {}",
-            agent_bin().display(),
-            lab.key_path.display(),
-            lab.public_path.display(),
-            lab.path("w1-work").display(),
-            lab.export.display(),
-            flag.display(),
-            lab.path("w1-agent.log").display(),
-            agent_pids.display(),
+        let attach = agents.attach(
+            &lab,
+            "w1",
+            &format!("127.0.{net}.1:7460"),
+            &format!("52:54:00:00:{net:02x}:01"),
+            &ready,
+            &flag,
         );
         let config = lab.path("cluster.toml");
         std::fs::write(
@@ -179,58 +165,35 @@ health_timeout = "900ms"
 failure_threshold = 2
 recovery_threshold = 1
 poll_interval = "300ms"
-{promotion}
-[nfs]
-server = "127.0.0.1"
-export = "/export"
-
-[images.worker]
-path = "images/worker.img"
-{image_lines}
-size = {size}
-sha256 = "{sha}"
-
-[[nodes]]
-name = "w1"
-role = "worker"
-macs = ["52:54:00:00:{net:02x}:01"]
-image = "worker"
-health = {{ kind = "exec", command = ["test", "-e", "{up}"] }}
-boot = {{ provider = "command", attach = ["sh", "-c", "{attach}"], detach = ["true"], power_off = ["true"] }}
-rescue = {{ address = "127.0.{net}.1", prefix_len = 8 }}
-disk = {{ path = "{disk}" }}
-allow_weak_selector = true
-flag = {{ path = "{flag}" }}
-
-[[nodes]]
-name = "s1"
-role = "standby"
-macs = ["52:54:00:00:{net:02x}:02"]
-image = "worker"
-health = {{ kind = "exec", command = ["true"] }}
-boot = {{ provider = "manual" }}
-rescue = {{ address = "127.0.{net}.2", prefix_len = 8 }}
-disk = {{ path = "/nonexistent" }}
-allow_weak_selector = true
-"#,
+{promotion}{image}{w1}{s1}"#,
                 keys = lab.key_config(&["w1", "s1"]),
                 promotion = promotion.map_or(String::new(), |p| format!(
                     "\n[promotion]\ncommand = [\"{}\"]\n",
                     p.display()
                 )),
-                size = image.len(),
-                sha = sha(&image),
-                up = up.display(),
-                attach = attach.replace('"', "\\\""),
-                disk = disk.display(),
-                flag = flag.display(),
+                image = worker_image_toml(&image_lines, image.len(), sha(&image)),
+                w1 = worker_toml(
+                    "w1",
+                    &format!("52:54:00:00:{net:02x}:01"),
+                    &up,
+                    &attach,
+                    &format!("127.0.{net}.1"),
+                    &disk,
+                    &flag
+                ),
+                s1 = standby_toml(
+                    "s1",
+                    &format!("52:54:00:00:{net:02x}:02"),
+                    "{ kind = \"exec\", command = [\"true\"] }",
+                    &format!("127.0.{net}.2")
+                ),
             ),
         )
         .unwrap();
         let log = lab.path("controller.log");
         let controller = serve(&config, &lab.path("data"), &log);
         let r = Self {
-            agent_pids,
+            agents,
             lab,
             socket,
             tcp,
