@@ -107,7 +107,6 @@ fn a_failed_worker_is_replaced_repaired_and_returns_as_a_standby_across_a_contro
     let api = lab.path("api.sock").display().to_string();
     let ready = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // The "rescue boot" of w1: start a host-mode agent at 127.0.0.41, announcing w1's MAC.
-    let agent_log = lab.path("w1-agent.log");
     let agents = Agents {
         file: lab.path("agents.pids"),
     };
