@@ -88,16 +88,24 @@ pub enum Piece {
 
 /// A source read in order on a [`WatchedRead`]'s thread.
 pub trait Pieces: Send + 'static {
-    /// The next piece, of at most `max` bytes.
-    fn next_piece(&mut self, max: usize) -> io::Result<Piece>;
+    /// The next piece, of at most `max` bytes; data goes into `buf` (a buffer given back by
+    /// the reader, or a new one), which comes back as [`Piece::Data`].
+    fn next_piece(&mut self, buf: Vec<u8>, max: usize) -> io::Result<Piece>;
+}
+
+/// `buf` grown to `len` bytes. A recycled buffer keeps its old bytes: whoever reads into it
+/// keeps only what was read.
+fn sized(mut buf: Vec<u8>, len: usize) -> Vec<u8> {
+    buf.resize(len, 0);
+    buf
 }
 
 /// Any reader, read as it comes (it has no holes).
 pub struct Plain<R>(pub R);
 
 impl<R: Read + Send + 'static> Pieces for Plain<R> {
-    fn next_piece(&mut self, max: usize) -> io::Result<Piece> {
-        let mut v = vec![0u8; max];
+    fn next_piece(&mut self, buf: Vec<u8>, max: usize) -> io::Result<Piece> {
+        let mut v = sized(buf, max);
         let n = self.0.read(&mut v)?;
         v.truncate(n);
         Ok(Piece::Data(v))
@@ -163,6 +171,8 @@ fn attempt<T>(tx: &SyncSender<Answer<T>>, mut read: impl FnMut() -> io::Result<T
 /// A sequential source (the image file, raw or compressed) read on its own thread.
 pub struct WatchedRead<'p> {
     rx: Receiver<Answer<Piece>>,
+    /// Used buffers back to the reading thread: no new allocation (and page faults) per piece.
+    spare: SyncSender<Vec<u8>>,
     progress: &'p Progress,
     buf: Vec<u8>,
     at: usize,
@@ -174,13 +184,18 @@ pub struct WatchedRead<'p> {
 impl<'p> WatchedRead<'p> {
     pub fn new(mut source: impl Pieces, progress: &'p Progress) -> Self {
         let (tx, rx) = sync_channel(2);
+        let (spare, spares) = sync_channel::<Vec<u8>>(4);
         std::thread::spawn(move || loop {
-            if !attempt(&tx, || source.next_piece(READ_LEN)) {
+            let mut buf = spares.try_recv().ok();
+            if !attempt(&tx, || {
+                source.next_piece(buf.take().unwrap_or_default(), READ_LEN)
+            }) {
                 return;
             }
         });
         Self {
             rx,
+            spare,
             progress,
             buf: Vec::new(),
             at: 0,
@@ -197,7 +212,11 @@ impl<'p> WatchedRead<'p> {
             }
             match wait(&self.rx, self.progress)? {
                 Piece::Data(v) if v.is_empty() => self.eof = true,
-                Piece::Data(v) => (self.buf, self.at) = (v, 0),
+                Piece::Data(v) => {
+                    let used = std::mem::replace(&mut self.buf, v);
+                    self.at = 0;
+                    let _ = self.spare.try_send(used);
+                }
                 Piece::Hole(n) => self.hole = n,
             }
         }
@@ -338,14 +357,14 @@ impl Reopen {
 }
 
 impl Pieces for Reopen {
-    fn next_piece(&mut self, max: usize) -> io::Result<Piece> {
+    fn next_piece(&mut self, buf: Vec<u8>, max: usize) -> io::Result<Piece> {
         let (hole, until) = self.extent()?;
         let n = (until - self.pos).min(max as u64);
         if hole {
             self.pos += n;
             return Ok(Piece::Hole(n));
         }
-        let mut v = vec![0u8; n as usize];
+        let mut v = sized(buf, n as usize);
         let pos = self.pos;
         let seekable = self.seekable;
         // pread where the file can say where its holes are; plain read(2) otherwise (a pipe).
@@ -517,7 +536,7 @@ mod tests {
     fn pieces(mut r: impl Pieces) -> (Vec<u8>, u64) {
         let (mut out, mut holes) = (Vec::new(), 0);
         loop {
-            match r.next_piece(READ_LEN).unwrap() {
+            match r.next_piece(Vec::new(), READ_LEN).unwrap() {
                 Piece::Data(v) if v.is_empty() => return (out, holes),
                 Piece::Data(v) => out.extend_from_slice(&v),
                 Piece::Hole(n) => {
