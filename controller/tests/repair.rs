@@ -110,6 +110,18 @@ impl Run {
             result: Ok(()),
         })
     }
+
+    /// `node` fails, is fenced and attached, and its agent announces itself (boot `BOOT`): the
+    /// repair is waiting for its plan's progress.
+    fn recovering(&mut self, node: &str) {
+        self.fail(node, 3);
+        self.done(node, ActionKind::Fence);
+        self.done(node, ActionKind::Attach);
+        self.on(Event::AgentReady {
+            node: node.into(),
+            boot_id: BOOT,
+        });
+    }
 }
 
 fn status(boot: BootId, phase: Phase, plan: &str, flag: FlagState) -> Status {
@@ -240,13 +252,7 @@ fn a_failed_worker_is_fenced_replaced_repaired_and_returns_as_a_standby() {
 fn recovered_counts_only_when_phase_flag_and_plan_agree() {
     let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
     r.policy.has_promotion_hook = false;
-    r.fail("w1", 3);
-    r.done("w1", ActionKind::Fence);
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
+    r.recovering("w1");
     let plan = r.plan_id("w1");
     for s in [
         status(BOOT, Phase::Recovered, &plan, FlagState::Recovering),
@@ -277,13 +283,7 @@ fn recovered_counts_only_when_phase_flag_and_plan_agree() {
 #[test]
 fn an_agent_reporting_failed_is_retried_with_new_plans_then_quarantined() {
     let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
-    r.fail("w1", 3);
-    r.done("w1", ActionKind::Fence);
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
+    r.recovering("w1");
     let mut plans = vec![r.plan_id("w1")];
     for attempt in 1..=2 {
         let plan = r.plan_id("w1");
@@ -327,13 +327,7 @@ fn an_agent_reporting_failed_is_retried_with_new_plans_then_quarantined() {
 #[test]
 fn the_agents_copy_counters_are_kept_while_recovering_and_reset_with_a_new_plan() {
     let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
-    r.fail("w1", 3);
-    r.done("w1", ActionKind::Fence);
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
+    r.recovering("w1");
     let plan = r.plan_id("w1");
     let counters = lazarus_proto::CopyCounters {
         checked: 3 << 30,
@@ -617,13 +611,7 @@ fn under_best_effort_a_node_without_power_control_is_not_fenced_but_still_repair
 #[test]
 fn an_agent_that_rebooted_after_recovered_is_recognised_by_its_boot_flag() {
     let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
-    r.fail("w1", 3);
-    r.done("w1", ActionKind::Fence);
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
+    r.recovering("w1");
     let plan = r.plan_id("w1");
     let mut s = status(BootId([9; 16]), Phase::Ready, "", FlagState::None);
     s.plan_id = None;
@@ -693,13 +681,7 @@ fn resuming_reissues_each_steps_action_without_counting_an_attempt() {
 #[test]
 fn a_poll_overtaking_the_recover_does_not_resend_the_plan_at_once() {
     let mut r = Run::new(cluster(&[("w1", Role::Worker)]));
-    r.fail("w1", 3);
-    r.done("w1", ActionKind::Fence);
-    r.done("w1", ActionKind::Attach);
-    r.on(Event::AgentReady {
-        node: "w1".into(),
-        boot_id: BOOT,
-    });
+    r.recovering("w1");
     let plan = r.plan_id("w1");
     let mut ready = status(BOOT, Phase::Ready, "", FlagState::None);
     ready.plan_id = None;

@@ -202,6 +202,17 @@ impl Browser {
         }
     }
 
+    /// Waits until the element at `selector` shows exactly `text`; returns what it shows.
+    fn wait_text(&mut self, r: &RepairLab, what: &str, selector: &str, text: &str) -> Value {
+        self.wait(
+            r,
+            what,
+            &format!(
+                "(() => {{ const c = document.querySelector({selector:?}); return c && c.textContent === {text:?} ? c.textContent : null }})()"
+            ),
+        )
+    }
+
     /// With `LAZARUS_WEB_SCREENSHOTS=DIR`, saves what the page shows as `DIR/NAME.png` (to look
     /// at the pictures a passing test saw).
     fn screenshot(&mut self, name: &str) {
@@ -365,12 +376,11 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         summary,
         "checked 16.0 MiB, fetched 8.0 MiB, written 4.0 MiB"
     );
-    let shown = b.wait(
+    let shown = b.wait_text(
         &r,
         "w1's copy counters in the list",
-        &format!(
-            "(() => {{ const c = document.querySelector('#nodes tr[data-node=\"w1\"] .copy'); return c && c.textContent === {summary:?} ? c.textContent : null }})()"
-        ),
+        "#nodes tr[data-node=\"w1\"] .copy",
+        &summary,
     );
     assert_eq!(shown, json!(summary));
     b.screenshot("list-recovering");
@@ -418,12 +428,11 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         said.starts_with(&format!("{summary}; source stalled since ")),
         "{said}"
     );
-    let shown = b.wait(
+    let shown = b.wait_text(
         &r,
         "the stalled source on w1's page",
-        &format!(
-            "(() => {{ const c = document.querySelector('#node-progress .copy.stalled'); return c && c.textContent === {said:?} ? c.textContent : null }})()"
-        ),
+        "#node-progress .copy.stalled",
+        &said,
     );
     assert_eq!(shown, json!(said));
     b.screenshot("node-stalled");
