@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lazarus_agent::image::{
-    write_image, write_image_with, CopyReport, CopySpec, ImageError, Progress, Reopen, Target,
-    Verification, WatchedRead, HEADER_LEN,
+    write_image, write_image_with, CopyReport, CopySpec, ImageError, Piece, Pieces, Progress,
+    Reopen, Target, Verification, WatchedRead, HEADER_LEN,
 };
 use lazarus_proto::{ImageFormat, Sha256};
 
@@ -454,7 +454,7 @@ fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
         );
         assert!(fetched <= img.len() as u64 / 2, "fetched {fetched}");
     }
-    // Data where the map says hole is read (the file has data there) and refused.
+    // Data where the map or the index says hole is read (the file has data there) and refused.
     let mut bad = img.clone();
     bad[15 * MIB] = 1;
     let bad_path = sparse_file(dir.path(), "bad.img", &bad);
@@ -465,6 +465,111 @@ fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
         "{err}"
     );
     assert_header_zero(&disk);
+    let indexed = CopySpec {
+        verify: Verification::Index(std::sync::Arc::new(
+            lazarus_node::index::build(&path, lazarus_node::index::DEFAULT_CHUNK, 2).unwrap(),
+        )),
+        ..ranges.clone()
+    };
+    let (report, _) = copy_file(&bad_path, &target, &indexed);
+    let err = report.unwrap_err();
+    assert!(
+        matches!(err, ImageError::ChunkMismatch { chunk: 3, .. }),
+        "{err}"
+    );
+    assert_header_zero(&disk);
+    // A file ending in a hole is still counted against the declared size.
+    let target = Target::open(&target_file(dir.path(), img.len() + 16 * MIB)).unwrap();
+    for (size, short) in [(img.len() - 4096, false), (img.len() + 8 * MIB, true)] {
+        let spec = CopySpec {
+            size: size as u64,
+            verify: Verification::Whole(sha(&img)),
+            ..ranges.clone()
+        };
+        let (report, _) = copy_file(&path, &target, &spec);
+        let err = report.unwrap_err();
+        assert!(
+            matches!(
+                (&err, short),
+                (ImageError::TooShort { .. }, true) | (ImageError::TooLong { .. }, false)
+            ),
+            "declared {size}: {err}"
+        );
+    }
+}
+
+/// A source that gives `data` but says `lie` is a hole of the file.
+struct Liar {
+    data: Vec<u8>,
+    pos: usize,
+    lie: std::ops::Range<usize>,
+}
+
+impl Pieces for Liar {
+    fn next_piece(&mut self, mut buf: Vec<u8>, max: usize) -> std::io::Result<Piece> {
+        if self.pos == self.lie.start {
+            self.pos = self.lie.end;
+            return Ok(Piece::Hole(self.lie.len() as u64));
+        }
+        let end = self.data.len().min(self.pos + max);
+        let end = if self.pos < self.lie.start {
+            end.min(self.lie.start)
+        } else {
+            end
+        };
+        buf.clear();
+        buf.extend_from_slice(&self.data[self.pos..end]);
+        self.pos = end;
+        Ok(Piece::Data(buf))
+    }
+}
+
+#[test]
+fn a_source_that_calls_data_a_hole_cannot_get_zeros_past_any_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let (path, map) = bmaptool_map(dir.path(), &img);
+    let disk = target_file(dir.path(), img.len());
+    let target = Target::open(&disk).unwrap();
+    let index = lazarus_node::index::build(&path, lazarus_node::index::DEFAULT_CHUNK, 2).unwrap();
+    // 3-5 MiB holds data; the liar says hole. Whichever way the image is verified, it fails
+    // with the first MiB zero.
+    for verify in [
+        Verification::Whole(sha(&img)),
+        Verification::Ranges(map.ranges.clone()),
+        Verification::Index(std::sync::Arc::new(index)),
+    ] {
+        let spec = CopySpec {
+            format: ImageFormat::Raw,
+            size: img.len() as u64,
+            verify,
+            keep: Default::default(),
+        };
+        let progress = Progress::default();
+        let liar = Liar {
+            data: img.clone(),
+            pos: 0,
+            lie: 3 * MIB..5 * MIB,
+        };
+        let err = write_image_with(
+            WatchedRead::new(liar, &progress),
+            &target,
+            &spec,
+            &progress,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::DigestMismatch { .. }
+                    | ImageError::RangeMismatch { .. }
+                    | ImageError::ChunkMismatch { .. }
+            ),
+            "{err}"
+        );
+        assert_header_zero(&disk);
+    }
 }
 
 #[test]

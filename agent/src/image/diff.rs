@@ -336,12 +336,18 @@ impl Run<'_, '_> {
         kept: &Mutex<Vec<usize>>,
     ) -> Result<(), ImageError> {
         let hashers = threads();
-        let pool = Pool::new(2 * hashers + 2, self.idx.chunk_size() as usize);
-        let (to_hash, hash_rx) = sync_channel::<(usize, super::buf::Chunk)>(2 * hashers);
-        let hash_rx = Mutex::new(hash_rx);
+        let chunk = self.idx.chunk_size() as usize;
+        // Two buffers per hasher and two for the reader, but at most 64 MiB (the rescue system
+        // lives in RAM): 6 on 2 cores at 4 MiB chunks.
+        let buffers = (2 * hashers + 2).min((64 << 20) / chunk).max(3);
+        let pool = Pool::new(buffers, chunk);
+        let (to_hash, hash_rx) = sync_channel::<(usize, super::buf::Chunk)>(buffers);
+        // The hashers own the receiving end: were they all to end early (a panic), the reader's
+        // next send fails instead of waiting for ever.
+        let hash_rx = std::sync::Arc::new(Mutex::new(hash_rx));
         std::thread::scope(|s| {
-            let hashing = on_threads(s, self, hashers, || {
-                super::background_priority();
+            let hashing = on_threads(s, self, hashers, move || {
+                super::set_lowest_priority();
                 let mut result = Ok(());
                 // After an error keep draining, so the reader is never blocked on a full queue.
                 loop {
@@ -456,6 +462,15 @@ impl Run<'_, '_> {
         }
     }
 
+    /// Every chunk matched on the target or was written from verified bytes: else the first
+    /// that was not, as a mismatch (never expected; the last guard before the header goes back).
+    fn all_settled(&self) -> Result<(), ImageError> {
+        match self.settled.first_unsettled() {
+            None => Ok(()),
+            Some(i) => Err(mismatch(self.idx, i)),
+        }
+    }
+
     fn zero_header(&self, zeroed: &AtomicBool) -> Result<(), ImageError> {
         self.spec
             .keep
@@ -464,6 +479,18 @@ impl Run<'_, '_> {
             .map_err(ImageError::Sync)?;
         zeroed.store(true, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Closes the write queue when dropped, also while a panic unwinds (then the run has failed).
+struct CloseQueue<'r, 's, 'a>(&'r Run<'s, 'a>);
+
+impl Drop for CloseQueue<'_, '_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::Relaxed);
+        }
+        self.0.queue.close();
     }
 }
 
@@ -563,11 +590,14 @@ fn differential(
         }
         std::thread::scope(|s| {
             let writes = on_threads(s, &run, threads(), || run.write_worker(&source));
-            let checked = run.check_all(&to_check[first..], true, &bad, &kept);
+            let checked = {
+                // The writers wait on the queue until it is closed, whatever ends the check.
+                let _close = CloseQueue(&run);
+                run.check_all(&to_check[first..], true, &bad, &kept)
+            };
             if checked.is_err() {
                 run.failed.store(true, Ordering::Relaxed);
             }
-            run.queue.close();
             let wrote = joined(writes);
             checked.and(wrote)
         })?;
@@ -607,6 +637,7 @@ fn differential(
         bad.sort_unstable();
         bad.dedup();
         if bad.is_empty() {
+            run.all_settled()?;
             return Ok(CopyReport {
                 bytes: spec.size,
                 written: 0,
@@ -624,6 +655,7 @@ fn differential(
         })?;
     }
 
+    run.all_settled()?;
     target.sync().map_err(ImageError::Sync)?;
     let header = lock(&run.header).take().ok_or_else(|| mismatch(idx, 0))?;
     let n = write_runs(target, &header, 0, 0, &spec.keep)?;

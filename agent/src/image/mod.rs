@@ -43,7 +43,7 @@ pub use diff::{sample, write_differential, ChunkSource};
 pub use keep::Kept;
 pub use lazarus_node::index::{Chunk, ChunkIndex};
 pub use lazarus_node::zstd::ZstdFrames;
-pub use stall::{Piece, Pieces, Plain, Reopen, WatchedFile, WatchedRead};
+pub use stall::{Piece, Pieces, Reopen, WatchedFile, WatchedRead};
 pub use target::Target;
 pub use verify::Verification;
 
@@ -231,6 +231,12 @@ impl Settled {
         }
     }
 
+    /// The first chunk of the unsettled rest, if any.
+    fn first_unsettled(&self) -> Option<usize> {
+        let st = lock(&self.state);
+        (st.1 < st.0.len()).then_some(st.1)
+    }
+
     /// One more event for chunk `i`; when it makes the settled prefix reach `every` bytes past
     /// the last checkpoint, flushes and records.
     fn mark(
@@ -318,8 +324,15 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     }
 }
 
-/// The image as the full pipeline reads it: in order.
-pub trait Source: Read + Send {
+/// Keeps [`Source`] to this crate's implementations (the "sealed trait" pattern).
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The image as the full pipeline reads it: in order. Sealed: the engine trusts the hole count
+/// a source gives (it skips zero checks and writes for those bytes), so only this crate's
+/// sources, which write the zeros themselves, can give one.
+pub trait Source: Read + Send + sealed::Sealed {
     /// Fills `buf` (fewer bytes only at the end of the image); returns the bytes given and how
     /// many of them came from holes of the image file: zeros by the filesystem's own guarantee,
     /// never read. A chunk that is all hole need not be looked at again (the buffer holds the
@@ -328,6 +341,8 @@ pub trait Source: Read + Send {
         Ok((fill(self, buf)?, 0))
     }
 }
+
+impl sealed::Sealed for WatchedRead<'_> {}
 
 /// The image file read on a thread of its own: holes known (see [`Reopen`]).
 impl Source for WatchedRead<'_> {
@@ -344,6 +359,8 @@ impl<R: Read> Read for NoHoles<R> {
         self.0.read(buf)
     }
 }
+
+impl<R: Read + Send> sealed::Sealed for NoHoles<R> {}
 
 impl<R: Read + Send> Source for NoHoles<R> {}
 
@@ -514,7 +531,7 @@ fn copy_verified(
                 let workers: Vec<_> = (0..hashers)
                     .map(|_| {
                         h.spawn(|| -> Result<(), ImageError> {
-                            background_priority();
+                            set_lowest_priority();
                             let mut check = spec.verify.checker();
                             let mut result = Ok(());
                             // After an error keep draining, so the reader is never blocked on
@@ -723,11 +740,11 @@ pub(crate) fn is_zero(block: &[u8]) -> bool {
     lazarus_node::index::is_zero(block)
 }
 
-/// Puts the calling thread at the lowest CPU priority (nice 19; on Linux the nice value is the
-/// thread's own). Hashing threads call it: they take whatever CPU is left, and a thread that
+/// setpriority(PRIO_PROCESS, 0, 19): puts the calling thread at the lowest CPU priority (on
+/// Linux the nice value is the thread's own). Hashing threads call it: they take whatever CPU is left, and a thread that
 /// reads or writes the disk gets a core the moment its I/O completes, so the disk never waits
 /// behind a hash (see [`diff`]'s checking). Best effort: a failure leaves the priority as it is.
-pub(crate) fn background_priority() {
+pub(crate) fn set_lowest_priority() {
     if let Err(e) = rustix::process::setpriority_process(None, 19) {
         log::debug!("lowering a hashing thread's priority: {e}");
     }
