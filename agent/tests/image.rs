@@ -498,6 +498,24 @@ fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
     }
 }
 
+#[test]
+fn fetched_counts_the_bytes_read_from_the_file_compressed_ones_for_zstd() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let packed = zstd(&img);
+    let path = dir.path().join("image.zst");
+    std::fs::write(&path, &packed).unwrap();
+    let disk = target_file(dir.path(), img.len());
+    let target = Target::open(&disk).unwrap();
+    let (report, fetched) = copy_file(&path, &target, &spec(&img, ImageFormat::Zstd));
+    report.unwrap();
+    assert!(
+        std::fs::read(&disk).unwrap() == img,
+        "the disk is not the image"
+    );
+    assert_eq!(fetched, packed.len() as u64);
+}
+
 /// A source that gives `data` but says `lie` is a hole of the file.
 struct Liar {
     data: Vec<u8>,

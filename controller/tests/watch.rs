@@ -332,14 +332,15 @@ fn status_and_watch_show_a_differential_copys_counters_and_a_stalled_source() {
             .iter()
             .any(|n| n.name == "w1" && n.state == "recovering")
     });
-    // Frames 0 and 1 and half of frame 2: the agent has read back the whole disk, fetched the
-    // stream up to the end of chunk 1 (chunk 0 read past, chunk 1 kept) and written chunk 1;
-    // chunk 3 waits for the rest.
+    // Frames 0 and 1 and half of frame 2: the agent has read back the whole disk, fetched all
+    // of the stream fed so far (compressed bytes: chunk 0 read past, chunk 1 kept, half of
+    // chunk 2's frame) and written chunk 1; chunk 3 waits for the rest.
     let (at, len) = packed.frame(2).unwrap();
-    r.feed_to((at + u64::from(len) / 2) as usize);
+    let fed = at + u64::from(len) / 2;
+    r.feed_to(fed as usize);
     let want = lazarus_proto::CopyCounters {
         checked: 4 * chunk,
-        fetched: 2 * chunk,
+        fetched: fed,
         written: chunk,
         source_stalled_since: None,
     };
@@ -356,8 +357,9 @@ fn status_and_watch_show_a_differential_copys_counters_and_a_stalled_source() {
         "two chunks matched, one written"
     );
     let line = format!(
-        "{:<12} copy: checked 16.0 MiB, fetched 8.0 MiB, written 4.0 MiB",
-        ""
+        "{:<12} copy: checked 16.0 MiB, fetched {:.1} MiB, written 4.0 MiB",
+        "",
+        fed as f64 / MIB as f64
     );
     // `lazarus status w1`: the counters under its row.
     let node = ok(&["status", "w1", "--api", &api]);
@@ -374,7 +376,7 @@ fn status_and_watch_show_a_differential_copys_counters_and_a_stalled_source() {
         serde_json::from_str(&ok(&["status", "w1", "--json", "--api", &api])).unwrap();
     assert_eq!(
         json["node"]["copy"],
-        serde_json::json!({"checked": 4 * chunk, "fetched": 2 * chunk, "written": chunk,
+        serde_json::json!({"checked": 4 * chunk, "fetched": fed, "written": chunk,
             "source_stalled_since": null}),
         "{json}"
     );

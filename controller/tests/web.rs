@@ -363,18 +363,19 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
         second["progressText"].as_str().unwrap().contains("% · "),
         "{second}"
     );
-    // Under the bar, the copy counters the agent reports: the whole disk checked, the stream
-    // read through chunk 1, chunk 1 written; as text, as `lazarus status` says them.
+    // Under the bar, the copy counters the agent reports: the whole disk checked, all of the
+    // stream fed so far fetched (12 MiB, compressed), chunk 1 written; as text, as `lazarus
+    // status` says them.
     let copy = r.settled_copy("the differential copy's counters", |c| c.written > 0);
     let chunk = 4 * MIB as u64;
     assert_eq!(
         (copy.checked, copy.fetched, copy.written),
-        (4 * chunk, 2 * chunk, chunk)
+        (4 * chunk, 3 * chunk, chunk)
     );
     let summary = lazarus_controller::api_client::copy_summary(&copy).unwrap();
     assert_eq!(
         summary,
-        "checked 16.0 MiB, fetched 8.0 MiB, written 4.0 MiB"
+        "checked 16.0 MiB, fetched 12.0 MiB, written 4.0 MiB"
     );
     let shown = b.wait_text(
         &r,

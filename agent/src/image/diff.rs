@@ -53,6 +53,8 @@ pub enum ChunkSource<'a> {
 }
 
 impl ChunkSource<'_> {
+    /// Reads the chunk at `offset` into `buf`; returns the bytes fetched from the source for it
+    /// (0 for a stream, whose [`super::WatchedRead`] counts them itself).
     fn read_chunk(&mut self, buf: &mut [u8], offset: u64) -> Result<u64, ImageError> {
         match self {
             ChunkSource::File(f) => {
@@ -102,7 +104,8 @@ impl ChunkSource<'_> {
                         expected: offset + buf.len() as u64,
                     });
                 }
-                Ok(skipped + got as u64)
+                // The stream's WatchedRead counts what it fetches (compressed bytes).
+                Ok(0)
             }
         }
     }

@@ -508,9 +508,6 @@ fn copy_verified(
                 chunk.hole = holes == got;
                 let chunk = Arc::new(chunk);
                 offset += got as u64;
-                progress
-                    .fetched
-                    .fetch_add((got - holes) as u64, Ordering::Relaxed);
                 if to_hash.send(chunk.clone()).is_err() || to_write.send(chunk).is_err() {
                     return Ok(());
                 }

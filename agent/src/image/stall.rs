@@ -219,6 +219,11 @@ impl<'p> WatchedRead<'p> {
             match wait(&self.rx, self.progress)? {
                 Piece::Data(v) if v.is_empty() => self.eof = true,
                 Piece::Data(v) => {
+                    // What `fetched` counts: bytes as they come from the file (compressed ones
+                    // for a zstd image), holes not.
+                    self.progress
+                        .fetched
+                        .fetch_add(v.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let used = std::mem::replace(&mut self.buf, v);
                     self.at = 0;
                     let _ = self.spare.try_send(used);
