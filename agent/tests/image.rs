@@ -499,6 +499,49 @@ fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
 }
 
 #[test]
+fn on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes() {
+    if !require(
+        "on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes",
+        root("losetup"),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = sparse_image();
+    let (path, map) = bmaptool_map(dir.path(), &img);
+    // A loop device over old bytes, its discard turned off: fallocate(PUNCH_HOLE) on it fails,
+    // as on a disk without cheap zeroing.
+    let dev = Loop::attach(&target_file(dir.path(), 24 * MIB), false, true).unwrap();
+    let name = dev
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::write(format!("/sys/block/{name}/queue/discard_max_bytes"), "0").unwrap();
+    let target = Target::open(dev.path()).unwrap();
+    assert!(
+        !target.punch_zeroes(0, 1 << 20),
+        "the device can still punch"
+    );
+    let spec = CopySpec {
+        format: ImageFormat::Raw,
+        size: img.len() as u64,
+        verify: Verification::Ranges(map.ranges.clone()),
+        keep: Default::default(),
+    };
+    let (report, fetched) = copy_file(&path, &target, &spec);
+    let report = report.unwrap();
+    assert!(!report.sparse, "{report:?}");
+    // The holes were not read, yet every byte of the image range was written.
+    assert!(fetched <= img.len() as u64 / 2, "fetched {fetched}");
+    assert!(report.written >= img.len() as u64 - 4096, "{report:?}");
+    let mut back = vec![0u8; img.len()];
+    target.read_at(&mut back, 0).unwrap();
+    assert!(back == img, "the device does not hold the image");
+}
+
+#[test]
 fn fetched_counts_the_bytes_read_from_the_file_compressed_ones_for_zstd() {
     let dir = tempfile::tempdir().unwrap();
     let img = sparse_image();
