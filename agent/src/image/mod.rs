@@ -21,6 +21,9 @@
 //! - Kept ranges ([`CopySpec::keep`]: the flag record's slots when a whole-disk image covers its
 //!   own flag partition) are never written, zeroed or punched; their image bytes are verified
 //!   like any others.
+//! - Holes of the image file are not read ([`Source`]): their bytes are zeros the reading thread
+//!   put in the buffer itself, and for them only checks for zeros, and writes of zeros over a
+//!   range already punched, are skipped; every digest still covers its bytes.
 
 pub mod bmap;
 mod buf;
