@@ -279,16 +279,21 @@ fn node_rows(columns: usize) -> String {
         }})()"#
     )
 }
-#[test]
-fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
-    let name = "the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline";
-    if !lazarus_testkit::require(
-        name,
+/// Whether Debian's Chromium is here for `test` (without it the test is skipped, which fails
+/// it under `LAZARUS_REQUIRE_ALL`).
+fn have_chromium(test: &str) -> bool {
+    lazarus_testkit::require(
+        test,
         lazarus_testkit::program(
             CHROMIUM,
             "Debian package chromium; scripts/test installs it",
         ),
-    ) {
+    )
+}
+
+#[test]
+fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
+    if !have_chromium("the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline") {
         return;
     }
     // A differential copy: the page shows the agent's counters of checked, fetched and
@@ -563,14 +568,7 @@ fn the_web_view_lists_the_nodes_shows_a_repair_move_and_draws_its_timeline() {
 
 #[test]
 fn text_from_the_cluster_is_shown_as_text_never_as_markup() {
-    let name = "text_from_the_cluster_is_shown_as_text_never_as_markup";
-    if !lazarus_testkit::require(
-        name,
-        lazarus_testkit::program(
-            CHROMIUM,
-            "Debian package chromium; scripts/test installs it",
-        ),
-    ) {
+    if !have_chromium("text_from_the_cluster_is_shown_as_text_never_as_markup") {
         return;
     }
     // A promotion hook whose failure message (its last line of stderr, shown in an alert) is

@@ -452,6 +452,7 @@ impl Run<'_, '_> {
                         r.start + skip as u64,
                         0,
                         &self.spec.keep,
+                        false,
                     )?
                 }
             };
@@ -661,7 +662,7 @@ fn differential(
     run.all_settled()?;
     target.sync().map_err(ImageError::Sync)?;
     let header = lock(&run.header).take().ok_or_else(|| mismatch(idx, 0))?;
-    let n = write_runs(target, &header, 0, 0, &spec.keep)?;
+    let n = write_runs(target, &header, 0, 0, &spec.keep, false)?;
     target.sync().map_err(ImageError::Sync)?;
     progress.written.fetch_add(n, Ordering::Relaxed);
     Ok(CopyReport {

@@ -417,7 +417,7 @@ pub fn write_image_with<S: Source>(
     };
     match result {
         Ok((header, written)) => {
-            let header_written = write_runs(target, &header, 0, zeroed_until, keep)?;
+            let header_written = write_runs(target, &header, 0, zeroed_until, keep, false)?;
             target.sync().map_err(ImageError::Sync)?;
             Ok(CopyReport {
                 bytes: spec.size,
@@ -611,12 +611,6 @@ fn copy_verified(
                         continue;
                     }
                     let data = chunk.data();
-                    let end = chunk.offset + data.len() as u64;
-                    // A hole of the image file over a range the target already reads as zero:
-                    // nothing to write or look at.
-                    let skip = chunk.hole
-                        && end <= zeroed_until
-                        && !spec.keep.touches_block_of(chunk.offset..end);
                     // The part of this chunk inside the held-back header (only the first chunk:
                     // HEADER_LEN <= CHUNK_LEN).
                     let in_header = (header_len as u64)
@@ -625,17 +619,14 @@ fn copy_verified(
                     if in_header > 0 {
                         lock(&header).extend_from_slice(&data[..in_header]);
                     }
-                    let result = if skip {
-                        Ok(0)
-                    } else {
-                        write_runs(
-                            target,
-                            &data[in_header..],
-                            chunk.offset + in_header as u64,
-                            zeroed_until,
-                            &spec.keep,
-                        )
-                    };
+                    let result = write_runs(
+                        target,
+                        &data[in_header..],
+                        chunk.offset + in_header as u64,
+                        zeroed_until,
+                        &spec.keep,
+                        chunk.hole,
+                    );
                     match result {
                         Ok(n) => {
                             written.fetch_add(n, Ordering::Relaxed);
@@ -686,6 +677,7 @@ fn copy_verified(
 
 /// Writes `data` (image bytes at `offset`), skipping all-zero blocks that lie wholly below
 /// `zeroed_until` (the target already reads zeros there) and no byte inside a kept range.
+/// `hole`: the bytes came from a hole of the image file, so they are zeros and need no look.
 /// Returns the bytes written.
 fn write_runs(
     target: &Target,
@@ -693,6 +685,7 @@ fn write_runs(
     offset: u64,
     zeroed_until: u64,
     keep: &Kept,
+    hole: bool,
 ) -> Result<u64, ImageError> {
     let write = |from: usize, to: usize| {
         let range = offset + from as u64..offset + to as u64;
@@ -713,8 +706,9 @@ fn write_runs(
     while at < data.len() {
         let end = (at + BLOCK).min(data.len());
         let block = offset + at as u64..offset + end as u64;
-        let skippable =
-            block.end <= zeroed_until && !keep.touches_block_of(block) && is_zero(&data[at..end]);
+        let skippable = block.end <= zeroed_until
+            && !keep.touches_block_of(block)
+            && (hole || is_zero(&data[at..end]));
         if !skippable {
             run = match run {
                 Some((start, last)) if at - last < MIN_HOLE => Some((start, end)),
