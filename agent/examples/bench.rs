@@ -159,33 +159,16 @@ fn timed_run(
     cmd: &str,
     check: Option<&str>,
 ) -> anyhow::Result<f64> {
-    let backing = dir.join("target.img");
-    let _ = std::fs::remove_file(&backing);
-    std::fs::File::create(&backing)?.set_len(size + (64 << 20))?;
-    let dev = sh(&format!(
-        "losetup -f --show --direct-io=on '{}'",
-        backing.display()
-    ))?;
+    let dev = Dev::new(dir, size)?;
     sh(&format!("cat '{}' > /dev/null", source.display()))?;
-    let cmd = cmd.replace("{dev}", &dev);
+    let cmd = cmd.replace("{dev}", &dev.dev);
     let start = Instant::now();
-    let result = sh(&cmd);
+    sh(&cmd)?;
     let secs = start.elapsed().as_secs_f64();
-    let checked = match (&result, check) {
-        (Ok(_), Some(want)) => {
-            let got = sh(&format!("head -c {size} {dev} | openssl dgst -sha256 -r"))?;
-            if !got.starts_with(want) {
-                Err(anyhow::anyhow!("{cmd}: the device does not hold the image"))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Ok(()),
-    };
-    let _ = sh(&format!("losetup -d {dev}"));
-    let _ = std::fs::remove_file(&backing);
-    result?;
-    checked?;
+    if let Some(want) = check {
+        dev.holds(size, want)
+            .with_context(|| format!("after {cmd}"))?;
+    }
     Ok(secs)
 }
 
@@ -204,7 +187,18 @@ impl Dev {
             "losetup -f --show --direct-io=on '{}'",
             backing.display()
         ))?;
-        Ok(Self { dev, backing })
+        let dev = Self { dev, backing };
+        // A device whose discard was turned off (the kernel keeps that per device number) would
+        // make every punch fail and the figures incomparable with other runs.
+        let name = dev.dev.trim_start_matches("/dev/");
+        let limit = sh(&format!("cat /sys/block/{name}/queue/discard_max_bytes"))?;
+        if limit == "0" {
+            bail!(
+                "{} has discard turned off: remove it (LOOP_CTL_REMOVE) or reboot",
+                dev.dev
+            );
+        }
+        Ok(dev)
     }
 
     fn holds(&self, size: u64, sha: &str) -> anyhow::Result<()> {

@@ -511,14 +511,8 @@ fn on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes
     let (path, map) = bmaptool_map(dir.path(), &img);
     // A loop device over old bytes, its discard turned off: fallocate(PUNCH_HOLE) on it fails,
     // as on a disk without cheap zeroing.
-    let dev = Loop::attach(&target_file(dir.path(), 24 * MIB), false, true).unwrap();
-    let name = dev
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    std::fs::write(format!("/sys/block/{name}/queue/discard_max_bytes"), "0").unwrap();
+    let mut dev = Loop::attach(&target_file(dir.path(), 24 * MIB), false, true).unwrap();
+    dev.disable_discard().unwrap();
     let target = Target::open(dev.path()).unwrap();
     assert!(
         !target.punch_zeroes(0, 1 << 20),
@@ -539,6 +533,9 @@ fn on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes
     let mut back = vec![0u8; img.len()];
     target.read_at(&mut back, 0).unwrap();
     assert!(back == img, "the device does not hold the image");
+    drop(target);
+    // Detached and removed, so no later user of this device number finds discard off.
+    dev.detach().unwrap();
 }
 
 #[test]

@@ -95,7 +95,11 @@ pub fn sha(data: &[u8]) -> lazarus_proto::Sha256 {
 }
 
 /// A loop device over a file, detached on drop.
-pub struct Loop(pub PathBuf);
+pub struct Loop {
+    path: PathBuf,
+    /// Remove the device on drop (its discard was turned off, see `disable_discard`).
+    remove: bool,
+}
 
 impl Loop {
     /// `losetup -f --show [-P] [--direct-io=on] FILE`: `partscan` registers partitions,
@@ -120,9 +124,10 @@ impl Loop {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        Ok(Loop(PathBuf::from(
-            String::from_utf8_lossy(&out.stdout).trim(),
-        )))
+        Ok(Loop {
+            path: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            remove: false,
+        })
     }
 
     /// With partition scanning, as a disk is seen; panics if losetup fails.
@@ -132,18 +137,92 @@ impl Loop {
 
     /// The device path.
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 
     /// The kernel name (`loop3`).
     pub fn name(&self) -> String {
-        self.0.file_name().unwrap().to_string_lossy().into_owned()
+        self.path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Turns the device's discard off, so fallocate(PUNCH_HOLE) on it fails as on a disk
+    /// without cheap zeroing. The kernel keeps that limit for the device number after a detach,
+    /// and nothing but 0 can be written back while it is off, so this device is removed on drop
+    /// (`LOOP_CTL_REMOVE`): the next `losetup -f` creates it afresh, discard on.
+    pub fn disable_discard(&mut self) -> Result<(), String> {
+        self.remove = true;
+        let limit = format!("/sys/block/{}/queue/discard_max_bytes", self.name());
+        std::fs::write(&limit, "0").map_err(|e| format!("{limit}: {e}"))
+    }
+
+    /// LOOP_CTL_REMOVE of this (detached) device; retried while the kernel still holds it.
+    #[allow(unsafe_code)]
+    fn remove(&self) -> Result<(), String> {
+        const LOOP_CTL_REMOVE: rustix::ioctl::Opcode = 0x4C81;
+        let number: usize = self
+            .name()
+            .trim_start_matches("loop")
+            .parse()
+            .map_err(|_| format!("{}: not a loop device name", self.path.display()))?;
+        let control = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .map_err(|e| format!("/dev/loop-control: {e}"))?;
+        let mut tries = 0;
+        loop {
+            // SAFETY: LOOP_CTL_REMOVE takes the device number by value and touches no memory.
+            let remove =
+                unsafe { rustix::ioctl::IntegerSetter::<LOOP_CTL_REMOVE>::new_usize(number) };
+            // SAFETY: `control` is /dev/loop-control, which defines this request.
+            match unsafe { rustix::ioctl::ioctl(&control, remove) } {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::BUSY) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "removing {} (its discard stays off until the machine reboots): {e}",
+                        self.path.display()
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Detaches the device now (and removes it after `disable_discard`), saying what failed.
+    pub fn detach(mut self) -> Result<(), String> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        let path = std::mem::take(&mut self.path);
+        if path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let status = Command::new("losetup").arg("-d").arg(&path).status();
+        self.path = path;
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(format!("losetup -d {}: {s}", self.path.display())),
+            Err(e) => return Err(format!("running losetup: {e}")),
+        }
+        let removed = if self.remove { self.remove() } else { Ok(()) };
+        self.path = PathBuf::new();
+        removed
     }
 }
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        if let Err(e) = self.release() {
+            eprintln!("{e}");
+        }
     }
 }
 
