@@ -451,7 +451,7 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
         "loop-1",
         &rel,
         &img,
-        by_path(&dev.0),
+        by_path(dev.path()),
         FlagLocation::default(),
     );
     p.restore = Some(RestoreSpec {
@@ -476,7 +476,7 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
     );
 
     let mut on_disk = vec![0u8; img.len()];
-    std::fs::File::open(&dev.0)
+    std::fs::File::open(dev.path())
         .unwrap()
         .read_exact_at_compat(&mut on_disk);
     // The restore changed the root filesystem; the rest of the image is byte-exact.
@@ -485,7 +485,7 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
         on_disk[img.len() - 2 * MIB..] == img[img.len() - 2 * MIB..],
         "the image's last 2 MiB differ"
     );
-    let flag_dev = format!("{}p2", dev.0.display());
+    let flag_dev = format!("{}p2", dev.path().display());
     let f = flag_json(Path::new(&flag_dev));
     assert_eq!(
         (f["state"].as_str(), f["plan_id"].as_str()),
@@ -494,7 +494,7 @@ fn whole_disk_image_onto_a_loop_device_with_business_files_restored() {
     // Mount the restored root and look at the business files.
     let mnt = lab.path("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let p1 = format!("{}p1", dev.0.display());
+    let p1 = format!("{}p1", dev.path().display());
     assert!(std::process::Command::new("mount")
         .args(["-o", "ro", &p1])
         .arg(&mnt)
@@ -642,7 +642,7 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
         "hostile",
         &rel,
         &img,
-        by_path(&dev.0),
+        by_path(dev.path()),
         FlagLocation::default(),
     );
     p.restore = Some(RestoreSpec {
@@ -662,7 +662,7 @@ fn a_backup_with_dot_dot_entries_ends_failed_and_writes_nothing_outside() {
     let e = s.error.unwrap();
     assert_eq!(e.code, 709, "{}", e.message);
     assert!(!lab.path("work/mnt/escaped").exists() && !lab.path("work/escaped").exists());
-    let f = flag_json(Path::new(&format!("{}p2", dev.0.display())));
+    let f = flag_json(Path::new(&format!("{}p2", dev.path().display())));
     assert_eq!(
         (f["state"].as_str(), f["error_code"].as_u64()),
         (Some("failed"), Some(709))
