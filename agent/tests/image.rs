@@ -499,6 +499,44 @@ fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
 }
 
 #[test]
+fn buffers_reused_between_hole_chunks_and_data_chunks_hold_no_stale_bytes() {
+    // 24 chunks of 4 MiB, three times the pipeline's buffers, so every buffer is reused: all
+    // hole, then data with a 2 MiB hole after it, then a 2 MiB hole with data after it. A
+    // buffer back from an all-hole chunk is known to hold zeros and its holes are not written
+    // again; one back from a data chunk must be, or old data would show where the file has a hole.
+    let dir = tempfile::tempdir().unwrap();
+    let half = 2 * MIB;
+    let mut img = vec![0u8; 24 * 4 * MIB];
+    for (i, chunk) in img.chunks_mut(4 * MIB).enumerate() {
+        match i % 3 {
+            0 => {}
+            1 => chunk[..half].copy_from_slice(&noise(half, i as u64)),
+            _ => chunk[half..].copy_from_slice(&noise(half, i as u64)),
+        }
+    }
+    let (path, map) = bmaptool_map(dir.path(), &img);
+    let whole = spec(&img, ImageFormat::Raw);
+    let ranges = CopySpec {
+        verify: Verification::Ranges(map.ranges.clone()),
+        ..whole.clone()
+    };
+    for spec in [whole, ranges] {
+        let disk = target_file(dir.path(), img.len());
+        let target = Target::open(&disk).unwrap();
+        let (report, fetched) = copy_file(&path, &target, &spec);
+        report.unwrap_or_else(|e| panic!("{:?}: {e}", spec.verify));
+        assert!(
+            fetched <= img.len() as u64 / 2 + 4 * MIB as u64,
+            "fetched {fetched}"
+        );
+        assert!(
+            std::fs::read(&disk).unwrap() == img,
+            "the disk is not the image"
+        );
+    }
+}
+
+#[test]
 fn on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes() {
     if !require(
         "on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes",

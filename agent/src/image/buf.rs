@@ -17,6 +17,9 @@ pub struct AlignedBuf {
     storage: Vec<u8>,
     start: usize,
     capacity: usize,
+    /// Every byte is known to be zero (new, or back from a chunk that was all hole): a hole
+    /// need not be written into it again.
+    zeroed: bool,
 }
 
 impl AlignedBuf {
@@ -28,7 +31,13 @@ impl AlignedBuf {
             storage,
             start,
             capacity,
+            zeroed: true,
         }
+    }
+
+    /// Whether every byte is known to be zero.
+    pub fn zeroed(&self) -> bool {
+        self.zeroed
     }
 
     pub fn capacity(&self) -> usize {
@@ -39,7 +48,9 @@ impl AlignedBuf {
         &self.storage[self.start..self.start + self.capacity]
     }
 
+    /// The bytes, to be written: from here on they are no longer known to be zero.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.zeroed = false;
         &mut self.storage[self.start..self.start + self.capacity]
     }
 }
@@ -101,7 +112,9 @@ impl Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
+        if let Some(mut buf) = self.buf.take() {
+            // A chunk that was all hole filled its whole buffer with zeros.
+            buf.zeroed = self.hole && self.len == buf.capacity;
             // The pool may be gone at shutdown; the buffer is then simply freed.
             let _ = self.home.try_send(buf);
         }
@@ -125,5 +138,38 @@ mod tests {
         let again = pool.take().unwrap();
         assert_eq!(again.as_slice().as_ptr() as usize % ALIGN, 0);
         drop((b, again));
+    }
+
+    #[test]
+    fn a_buffer_is_known_zero_only_when_new_or_back_from_a_whole_hole_chunk() {
+        let pool = Pool::new(1, 2 * ALIGN);
+        // Fills the pool's only buffer, hands it back as a chunk of `len` bytes, takes it again.
+        let cycle = |len: usize, hole: bool| {
+            let mut buf = pool.take().unwrap();
+            let _ = buf.as_mut_slice();
+            assert!(
+                !buf.zeroed(),
+                "a buffer handed out for writing is not known zero"
+            );
+            let mut chunk = pool.chunk(buf, 0, len);
+            chunk.hole = hole;
+            drop(chunk);
+            let buf = pool.take().unwrap();
+            let zeroed = buf.zeroed();
+            drop(pool.chunk(buf, 0, 0));
+            zeroed
+        };
+        let new = pool.take().unwrap();
+        assert!(new.zeroed(), "a new buffer is zeros");
+        drop(pool.chunk(new, 0, 0));
+        assert!(
+            cycle(2 * ALIGN, true),
+            "back from a chunk that was all hole"
+        );
+        assert!(!cycle(2 * ALIGN, false), "back from a data chunk");
+        assert!(
+            !cycle(ALIGN, true),
+            "back from a short hole chunk (the rest unknown)"
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! The copy engine: streams an image onto a disk at device speed, verified.
 //!
-//! Pipeline (one process, three threads, bounded queues, recycled page-aligned buffers):
+//! Pipeline (one process, a few threads, bounded queues, recycled page-aligned buffers):
 //!
 //! ```text
-//! reader:  source → (zstd) → 4 MiB chunks ─┬─► hasher: SHA-256, in order
-//!                                          └─► writer: non-zero runs → target (O_DIRECT)
+//! reader:  source → (zstd) → 4 MiB chunks ─┬─► hashers: SHA-256 (see below)
+//!                                          └─► writers: non-zero runs → target (O_DIRECT)
 //! ```
+//!
+//! A whole-image digest has one hasher, in order; a block map one per core, each seeing every
+//! chunk in order and hashing its share of the ranges; a chunk index one per core, each taking
+//! whole chunks in any order.
 //!
 //! Rules this module must keep, whatever the input:
 //!
@@ -339,8 +343,9 @@ pub trait Source: Read + Send + sealed::Sealed {
     /// Fills `buf` (fewer bytes only at the end of the image); returns the bytes given and how
     /// many of them came from holes of the image file: zeros by the filesystem's own guarantee,
     /// never read. A chunk that is all hole need not be looked at again (the buffer holds the
-    /// zeros all the same).
-    fn fill_chunk(&mut self, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+    /// zeros all the same). `zeroed`: `buf` already holds only zeros, so holes need no writing.
+    fn fill_chunk(&mut self, buf: &mut [u8], zeroed: bool) -> io::Result<(usize, usize)> {
+        let _ = zeroed;
         Ok((fill(self, buf)?, 0))
     }
 }
@@ -349,8 +354,8 @@ impl sealed::Sealed for WatchedRead<'_> {}
 
 /// The image file read on a thread of its own: holes known (see [`Reopen`]).
 impl Source for WatchedRead<'_> {
-    fn fill_chunk(&mut self, buf: &mut [u8]) -> io::Result<(usize, usize)> {
-        self.fill_holes(buf)
+    fn fill_chunk(&mut self, buf: &mut [u8], zeroed: bool) -> io::Result<(usize, usize)> {
+        self.fill_holes(buf, zeroed)
     }
 }
 
@@ -467,19 +472,23 @@ fn copy_verified(
         _ => None,
     };
     let chunk_len = index.map_or(CHUNK_LEN, |i| i.chunk_size() as usize);
-    let hashers = match index {
-        Some(_) => std::thread::available_parallelism().map_or(2, |n| n.get().min(16)),
-        None => 1,
-    };
+    let hashers = spec.verify.checkers();
     // A chunk is settled once written and verified.
     let settled = index.map(|i| Settled::new(i.len(), 2));
     let settled = settled.as_ref();
     let pool = Pool::new(POOL_BUFFERS, chunk_len);
-    let (to_hash, hash_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
+    // An index's chunks go to whichever hasher is free; a block map's shares each see every
+    // chunk, in order (`Verification::checker`).
+    let queues = if index.is_some() { 1 } else { hashers };
+    let (to_hash, hash_rx): (Vec<_>, Vec<_>) = (0..queues)
+        .map(|_| {
+            let (tx, rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
+            (tx, Mutex::new(rx))
+        })
+        .unzip();
     let (to_write, write_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
     let failed = AtomicBool::new(false);
     let header_len = HEADER_LEN.min(spec.size) as usize;
-    let hash_rx = Mutex::new(hash_rx);
     let verified_chunks = AtomicU64::new(0);
 
     std::thread::scope(|s| {
@@ -498,8 +507,9 @@ fn copy_verified(
                     return Ok(());
                 };
                 let want = (spec.size - offset).min(chunk_len as u64) as usize;
+                let zeroed = buf.zeroed();
                 let (got, holes) = source
-                    .fill_chunk(&mut buf.as_mut_slice()[..want])
+                    .fill_chunk(&mut buf.as_mut_slice()[..want], zeroed)
                     .map_err(stall::image_error)?;
                 if got < want {
                     return Err(ImageError::TooShort {
@@ -511,7 +521,12 @@ fn copy_verified(
                 chunk.hole = holes == got;
                 let chunk = Arc::new(chunk);
                 offset += got as u64;
-                if to_hash.send(chunk.clone()).is_err() || to_write.send(chunk).is_err() {
+                for tx in &to_hash {
+                    if tx.send(chunk.clone()).is_err() {
+                        return Ok(());
+                    }
+                }
+                if to_write.send(chunk).is_err() {
                     return Ok(());
                 }
             }
@@ -529,10 +544,11 @@ fn copy_verified(
         let hasher = s.spawn(move || -> Result<(), ImageError> {
             let results: Vec<Result<(), ImageError>> = std::thread::scope(|h| {
                 let workers: Vec<_> = (0..hashers)
-                    .map(|_| {
-                        h.spawn(|| -> Result<(), ImageError> {
+                    .map(|share| {
+                        let hash_rx = &hash_rx[share % queues];
+                        h.spawn(move || -> Result<(), ImageError> {
                             set_lowest_priority();
-                            let mut check = spec.verify.checker();
+                            let mut check = spec.verify.checker(share, hashers);
                             let mut result = Ok(());
                             // After an error keep draining, so the reader is never blocked on
                             // a full queue.

@@ -235,13 +235,16 @@ impl<'p> WatchedRead<'p> {
     }
 
     /// Fills `out` (fewer bytes only at the end); returns the bytes given and how many of them
-    /// came from holes of the file (zeros, never read).
-    pub fn fill_holes(&mut self, out: &mut [u8]) -> io::Result<(usize, usize)> {
+    /// came from holes of the file (zeros, never read). `zeroed`: `out` holds only zeros
+    /// already, so holes are left as they are.
+    pub fn fill_holes(&mut self, out: &mut [u8], zeroed: bool) -> io::Result<(usize, usize)> {
         let (mut got, mut holes) = (0, 0);
         while got < out.len() && self.more()? {
             if self.hole > 0 {
                 let n = (out.len() - got).min(self.hole as usize);
-                out[got..got + n].fill(0);
+                if !zeroed {
+                    out[got..got + n].fill(0);
+                }
                 self.hole -= n as u64;
                 holes += n;
                 got += n;
@@ -598,7 +601,7 @@ mod tests {
         let file = File::open(&path).unwrap();
         let mut r = WatchedRead::new(Reopen::new(path.clone(), file), &progress);
         let mut out = vec![0xffu8; (10 * mib) as usize];
-        let (got, hole_bytes) = r.fill_holes(&mut out).unwrap();
+        let (got, hole_bytes) = r.fill_holes(&mut out, false).unwrap();
         assert_eq!(got as u64, 9 * mib + 123);
         assert_eq!(hole_bytes as u64, holes);
         assert!(out[..got] == bytes[..]);

@@ -21,11 +21,43 @@ pub enum Verification {
 }
 
 impl Verification {
-    pub(super) fn checker(&self) -> Checker<'_> {
+    /// How many checkers can share the stream: one per core for an index or a block map with
+    /// more than one range (each range's digest is its own), else one.
+    pub(super) fn checkers(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().min(16));
+        match self {
+            Verification::Whole(_) => 1,
+            Verification::Ranges(r) => cores.min(r.len()).max(1),
+            Verification::Index(_) => cores,
+        }
+    }
+
+    /// Checker `share` of `shares` (see [`Verification::checkers`]). For a block map, each range
+    /// and the gap before it belong to one share, the ranges dealt largest first to the share
+    /// with the fewest bytes (the trailing gap to share 0): every share must see the whole
+    /// stream in order, and together they check every byte exactly once.
+    pub(super) fn checker(&self, share: usize, shares: usize) -> Checker<'_> {
+        let owner = match self {
+            Verification::Ranges(ranges) if shares > 1 => {
+                let mut order: Vec<usize> = (0..ranges.len()).collect();
+                order.sort_by_key(|&i| std::cmp::Reverse(ranges[i].end - ranges[i].start));
+                let mut load = vec![0u64; shares];
+                let mut owner = vec![0; ranges.len()];
+                for i in order {
+                    let least = (0..shares).min_by_key(|&k| load[k]).unwrap_or(0);
+                    load[least] += ranges[i].end - ranges[i].start;
+                    owner[i] = least;
+                }
+                owner
+            }
+            _ => Vec::new(),
+        };
         Checker {
             verify: self,
             sha: sha2::Sha256::new(),
             next_range: 0,
+            share,
+            owner,
         }
     }
 }
@@ -35,6 +67,9 @@ pub(super) struct Checker<'a> {
     verify: &'a Verification,
     sha: sha2::Sha256,
     next_range: usize,
+    /// Which share this checker is, and each block-map range's share (empty: all are ours).
+    share: usize,
+    owner: Vec<usize>,
 }
 
 impl Checker<'_> {
@@ -66,14 +101,22 @@ impl Checker<'_> {
         let mut pos = offset;
         while pos < end {
             let slice = |a: u64, b: u64| &data[(a - offset) as usize..(b - offset) as usize];
+            // The range at or after `pos` (and the gap before it) is this share's to check.
+            let mine = self
+                .owner
+                .get(self.next_range)
+                .is_none_or(|&o| o == self.share);
+            let mine = mine && (self.next_range < ranges.len() || self.share == 0);
             match ranges.get(self.next_range) {
                 Some(r) if pos >= r.start => {
                     let stop = r.end.min(end);
-                    self.sha.update(slice(pos, stop));
+                    if mine {
+                        self.sha.update(slice(pos, stop));
+                    }
                     pos = stop;
                     if pos == r.end {
-                        let got = Sha256(std::mem::take(&mut self.sha).finalize().into());
-                        if got != r.sha256 {
+                        let sha = std::mem::take(&mut self.sha);
+                        if mine && Sha256(sha.finalize().into()) != r.sha256 {
                             return Err(ImageError::RangeMismatch {
                                 start: r.start,
                                 end: r.end,
@@ -85,7 +128,7 @@ impl Checker<'_> {
                 next => {
                     let stop = next.map_or(end, |r| r.start.min(end));
                     let gap = slice(pos, stop);
-                    if !hole && !is_zero(gap) {
+                    if mine && !hole && !is_zero(gap) {
                         let first = gap.iter().position(|&b| b != 0).unwrap_or(0);
                         return Err(ImageError::DataOutsideMap {
                             offset: pos + first as u64,
@@ -152,7 +195,7 @@ mod tests {
     }
 
     fn run(v: &Verification, img: &[u8], chunk: usize) -> Result<(), ImageError> {
-        let mut c = v.checker();
+        let mut c = v.checker(0, 1);
         for (i, part) in img.chunks(chunk).enumerate() {
             c.feed((i * chunk) as u64, part, false)?;
         }
@@ -188,6 +231,76 @@ mod tests {
             run(&v, &img[..38000], 4096),
             Err(ImageError::RangeMismatch { start: 36864, .. })
         ));
+    }
+
+    /// An image of 32 blocks of 4 KiB, mapped where `map` has a bit set (runs merged into
+    /// ranges), with noise in the mapped blocks.
+    fn mapped(map: u32, seed: u8) -> (Vec<u8>, Vec<MappedRange>) {
+        const B: usize = 4096;
+        let mut img = vec![0u8; 32 * B];
+        let mut ranges = Vec::new();
+        let mut i = 0;
+        while i < 32 {
+            if map & (1 << i) == 0 {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < 32 && map & (1 << i) != 0 {
+                i += 1;
+            }
+            for (n, b) in img[start * B..i * B].iter_mut().enumerate() {
+                *b = (n as u8).wrapping_mul(31).wrapping_add(seed) | 1;
+            }
+            ranges.push(MappedRange {
+                start: (start * B) as u64,
+                end: (i * B) as u64,
+                sha256: sha(&img[start * B..i * B]),
+            });
+        }
+        (img, ranges)
+    }
+
+    fn run_share(
+        v: &Verification,
+        img: &[u8],
+        chunk: usize,
+        share: usize,
+        shares: usize,
+    ) -> Result<(), ImageError> {
+        let mut c = v.checker(share, shares);
+        for (i, part) in img.chunks(chunk).enumerate() {
+            c.feed((i * chunk) as u64, part, false)?;
+        }
+        c.finish()
+    }
+
+    proptest::proptest! {
+        /// Shares of a block map's check, each fed the whole stream, together check every byte
+        /// exactly once: an intact image passes every share, and one changed byte (in a range
+        /// or a gap) fails exactly one share, with the error a single checker gives.
+        #[test]
+        fn block_map_shares_check_every_byte_exactly_once(
+            map: u32,
+            seed: u8,
+            shares in 1usize..5,
+            chunk in 1000usize..40_000,
+            at in 0usize..32 * 4096,
+        ) {
+            let (img, ranges) = mapped(map, seed);
+            let v = Verification::Ranges(ranges);
+            for share in 0..shares {
+                proptest::prop_assert!(run_share(&v, &img, chunk, share, shares).is_ok());
+            }
+            let mut bad = img.clone();
+            bad[at] ^= 0x80;
+            let alone = format!("{:?}", run_share(&v, &bad, chunk, 0, 1).unwrap_err());
+            let failed: Vec<String> = (0..shares)
+                .filter_map(|share| run_share(&v, &bad, chunk, share, shares).err())
+                .map(|e| format!("{e:?}"))
+                .collect();
+            proptest::prop_assert_eq!(failed, vec![alone]);
+        }
     }
 
     #[test]
