@@ -498,13 +498,11 @@ fn holes_of_the_image_file_are_not_read_yet_data_outside_the_map_is_caught() {
     }
 }
 
-#[test]
-fn buffers_reused_between_hole_chunks_and_data_chunks_hold_no_stale_bytes() {
-    // 24 chunks of 4 MiB, three times the pipeline's buffers, so every buffer is reused: all
-    // hole, then data with a 2 MiB hole after it, then a 2 MiB hole with data after it. A
-    // buffer back from an all-hole chunk is known to hold zeros and its holes are not written
-    // again; one back from a data chunk must be, or old data would show where the file has a hole.
-    let dir = tempfile::tempdir().unwrap();
+/// 24 chunks of 4 MiB, three times the pipeline's buffers, so every buffer is reused: all hole,
+/// then data with a 2 MiB hole after it, then a 2 MiB hole with data after it. A buffer back from
+/// an all-hole chunk is known to hold zeros and its holes are not written again; one back from a
+/// data chunk must be, or old data would show where the file has a hole.
+fn holes_between_data() -> Vec<u8> {
     let half = 2 * MIB;
     let mut img = vec![0u8; 24 * 4 * MIB];
     for (i, chunk) in img.chunks_mut(4 * MIB).enumerate() {
@@ -514,26 +512,110 @@ fn buffers_reused_between_hole_chunks_and_data_chunks_hold_no_stale_bytes() {
             _ => chunk[half..].copy_from_slice(&noise(half, i as u64)),
         }
     }
-    let (path, map) = bmaptool_map(dir.path(), &img);
-    let whole = spec(&img, ImageFormat::Raw);
+    img
+}
+
+/// Copies `img` (a sparse file at `path`, mapped by `map`) onto `target` over old bytes, with a
+/// whole-image digest and then with the block map: both succeed and leave the image.
+fn copies_from_reused_buffers(
+    path: &Path,
+    map: &lazarus_agent::image::Bmap,
+    img: &[u8],
+    target: &Target,
+) {
+    let whole = spec(img, ImageFormat::Raw);
     let ranges = CopySpec {
         verify: Verification::Ranges(map.ranges.clone()),
         ..whole.clone()
     };
     for spec in [whole, ranges] {
-        let disk = target_file(dir.path(), img.len());
-        let target = Target::open(&disk).unwrap();
-        let (report, fetched) = copy_file(&path, &target, &spec);
+        // Old bytes everywhere, written through the target (the device's own view).
+        target.write_at(&noise(img.len(), 99), 0).unwrap();
+        target.sync().unwrap();
+        let (report, fetched) = copy_file(path, target, &spec);
         report.unwrap_or_else(|e| panic!("{:?}: {e}", spec.verify));
         assert!(
             fetched <= img.len() as u64 / 2 + 4 * MIB as u64,
             "fetched {fetched}"
         );
-        assert!(
-            std::fs::read(&disk).unwrap() == img,
-            "the disk is not the image"
-        );
+        let mut back = vec![0u8; img.len()];
+        target.read_at(&mut back, 0).unwrap();
+        assert!(back == img, "{:?}: the disk is not the image", spec.verify);
     }
+}
+
+#[test]
+fn buffers_reused_between_hole_chunks_and_data_chunks_hold_no_stale_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = holes_between_data();
+    let (path, map) = bmaptool_map(dir.path(), &img);
+    let disk = target_file(dir.path(), img.len());
+    let target = Target::open(&disk).unwrap();
+    copies_from_reused_buffers(&path, &map, &img, &target);
+}
+
+#[test]
+fn a_block_map_checked_on_every_core_reports_the_first_real_error() {
+    // Three ranges shared by two hashers: 40 MiB at the start (hasher 0), 8 MiB at 48 MiB and
+    // 4 MiB at the end (hasher 1, with the gaps before them). Data in the gap before the second,
+    // far from the end: hasher 1 fails, the reader stops, and hasher 0 sees a stream cut short
+    // before the last range. The error is the data in the gap, not a range left unchecked.
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = vec![0u8; 128 * MIB];
+    img[..40 * MIB].copy_from_slice(&noise(40 * MIB, 1));
+    img[48 * MIB..56 * MIB].copy_from_slice(&noise(8 * MIB, 2));
+    img[124 * MIB..].copy_from_slice(&noise(4 * MIB, 3));
+    let range = |start: usize, end: usize| lazarus_agent::image::MappedRange {
+        start: start as u64,
+        end: end as u64,
+        sha256: sha(&img[start..end]),
+    };
+    let ranges = vec![
+        range(0, 40 * MIB),
+        range(48 * MIB, 56 * MIB),
+        range(124 * MIB, 128 * MIB),
+    ];
+    img[44 * MIB] = 1;
+    let path = dir.path().join("image");
+    std::fs::write(&path, &img).unwrap();
+    let disk = target_file(dir.path(), img.len());
+    let target = Target::open(&disk).unwrap();
+    let spec = CopySpec {
+        verify: Verification::Ranges(ranges),
+        ..spec(&img, ImageFormat::Raw)
+    };
+    let (report, _) = copy_file(&path, &target, &spec);
+    let err = report.unwrap_err();
+    assert!(
+        matches!(err, ImageError::DataOutsideMap { offset } if offset == 44 * MIB as u64),
+        "{err}"
+    );
+    assert_header_zero(&disk);
+}
+
+#[test]
+fn on_a_disk_that_cannot_punch_reused_buffers_write_zeros_for_holes() {
+    // Where the target cannot punch, hole chunks are written from their buffers: a stale one
+    // would put old data on the disk (the verifiers skip zero checks for hole bytes).
+    if !require(
+        "on_a_disk_that_cannot_punch_reused_buffers_write_zeros_for_holes",
+        root("losetup"),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = holes_between_data();
+    let (path, map) = bmaptool_map(dir.path(), &img);
+    let disk = target_file(dir.path(), img.len());
+    let dev = Loop::attach_without_discard(&disk, true).unwrap();
+    let target = Target::open(dev.path()).unwrap();
+    assert!(
+        !target.punch_zeroes(0, 1 << 20),
+        "the device can still punch"
+    );
+    copies_from_reused_buffers(&path, &map, &img, &target);
+    drop(target);
+    dev.detach().unwrap();
 }
 
 #[test]
@@ -549,8 +631,7 @@ fn on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes
     let (path, map) = bmaptool_map(dir.path(), &img);
     // A loop device over old bytes, its discard turned off: fallocate(PUNCH_HOLE) on it fails,
     // as on a disk without cheap zeroing.
-    let mut dev = Loop::attach(&target_file(dir.path(), 24 * MIB), false, true).unwrap();
-    dev.disable_discard().unwrap();
+    let dev = Loop::attach_without_discard(&target_file(dir.path(), 24 * MIB), true).unwrap();
     let target = Target::open(dev.path()).unwrap();
     assert!(
         !target.punch_zeroes(0, 1 << 20),

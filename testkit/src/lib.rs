@@ -149,37 +149,60 @@ impl Loop {
             .into_owned()
     }
 
-    /// Turns the device's discard off, so fallocate(PUNCH_HOLE) on it fails as on a disk
-    /// without cheap zeroing. The kernel keeps that limit for the device number after a detach,
-    /// and nothing but 0 can be written back while it is off, so this device is removed on drop
-    /// (`LOOP_CTL_REMOVE`): the next `losetup -f` creates it afresh, discard on.
-    pub fn disable_discard(&mut self) -> Result<(), String> {
-        self.remove = true;
-        let limit = format!("/sys/block/{}/queue/discard_max_bytes", self.name());
-        std::fs::write(&limit, "0").map_err(|e| format!("{limit}: {e}"))
+    /// A loop device whose discard is off, so fallocate(PUNCH_HOLE) on it fails as on a disk
+    /// without cheap zeroing. The kernel keeps that limit for the device number after a detach
+    /// (and takes nothing but 0 while it is off), so the device is one of its own: added with a
+    /// high number (`LOOP_CTL_ADD`), which `losetup -f` picks only when every lower one is in
+    /// use, and removed on drop (`LOOP_CTL_REMOVE`).
+    pub fn attach_without_discard(backing: &Path, direct_io: bool) -> Result<Self, String> {
+        let mut number = 200;
+        loop {
+            match loop_control::<LOOP_CTL_ADD>(number) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::EXIST) if number < 1000 => number += 1,
+                Err(e) => return Err(format!("adding a loop device: {e}")),
+            }
+        }
+        let mut dev = Loop {
+            path: PathBuf::from(format!("/dev/loop{number}")),
+            remove: true,
+        };
+        let mut cmd = Command::new("losetup");
+        if direct_io {
+            cmd.arg("--direct-io=on");
+        }
+        let out = cmd
+            .arg(&dev.path)
+            .arg(backing)
+            .output()
+            .map_err(|e| format!("running losetup: {e}"))?;
+        if !out.status.success() {
+            let error = format!(
+                "losetup {} {}: {}",
+                dev.path.display(),
+                backing.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            // Not bound: only the removal is left to do.
+            let _ = dev.remove();
+            dev.path = PathBuf::new();
+            return Err(error);
+        }
+        let limit = format!("/sys/block/loop{number}/queue/discard_max_bytes");
+        std::fs::write(&limit, "0").map_err(|e| format!("{limit}: {e}"))?;
+        Ok(dev)
     }
 
     /// LOOP_CTL_REMOVE of this (detached) device; retried while the kernel still holds it.
-    #[allow(unsafe_code)]
     fn remove(&self) -> Result<(), String> {
-        const LOOP_CTL_REMOVE: rustix::ioctl::Opcode = 0x4C81;
         let number: usize = self
             .name()
             .trim_start_matches("loop")
             .parse()
             .map_err(|_| format!("{}: not a loop device name", self.path.display()))?;
-        let control = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/loop-control")
-            .map_err(|e| format!("/dev/loop-control: {e}"))?;
         let mut tries = 0;
         loop {
-            // SAFETY: LOOP_CTL_REMOVE takes the device number by value and touches no memory.
-            let remove =
-                unsafe { rustix::ioctl::IntegerSetter::<LOOP_CTL_REMOVE>::new_usize(number) };
-            // SAFETY: `control` is /dev/loop-control, which defines this request.
-            match unsafe { rustix::ioctl::ioctl(&control, remove) } {
+            match loop_control::<LOOP_CTL_REMOVE>(number) {
                 Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::BUSY) if tries < 50 => {
                     tries += 1;
@@ -216,6 +239,23 @@ impl Loop {
         self.path = PathBuf::new();
         removed
     }
+}
+
+const LOOP_CTL_ADD: rustix::ioctl::Opcode = 0x4C80;
+const LOOP_CTL_REMOVE: rustix::ioctl::Opcode = 0x4C81;
+
+/// A request to `/dev/loop-control` that takes a device number (`LOOP_CTL_ADD`/`REMOVE`).
+#[allow(unsafe_code)]
+fn loop_control<const REQUEST: rustix::ioctl::Opcode>(number: usize) -> rustix::io::Result<()> {
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
+    // SAFETY: both requests take the device number by value and touch no memory of ours.
+    let request = unsafe { rustix::ioctl::IntegerSetter::<REQUEST>::new_usize(number) };
+    // SAFETY: `control` is /dev/loop-control, which defines these requests.
+    unsafe { rustix::ioctl::ioctl(&control, request) }
 }
 
 impl Drop for Loop {

@@ -483,9 +483,10 @@ fn copy_verified(
     let (to_hash, hash_rx): (Vec<_>, Vec<_>) = (0..queues)
         .map(|_| {
             let (tx, rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
-            (tx, Mutex::new(rx))
+            (tx, Arc::new(Mutex::new(rx)))
         })
         .unzip();
+    let owners = spec.verify.owners(hashers);
     let (to_write, write_rx) = sync_channel::<Arc<buf::Chunk>>(POOL_BUFFERS);
     let failed = AtomicBool::new(false);
     let header_len = HEADER_LEN.min(spec.size) as usize;
@@ -538,17 +539,19 @@ fn copy_verified(
             }
             Ok(())
         });
-        // Hashers: one in order for a whole-image digest or a block map; one per core for an
-        // index (each chunk is checked against its own digest, in any order).
-        let (hash_rx, verified_chunks) = (&hash_rx, &verified_chunks);
+        // Hashers: one, in order, for a whole-image digest; one per core for a block map (each
+        // sees every chunk in order and checks its share of the ranges) or an index (each
+        // checks whole chunks against their own digests, in any order). The hashers own their
+        // queues: if one panics, its queue closes and the reader stops instead of waiting on it.
+        let (owners, verified_chunks) = (&owners, &verified_chunks);
         let hasher = s.spawn(move || -> Result<(), ImageError> {
             let results: Vec<Result<(), ImageError>> = std::thread::scope(|h| {
                 let workers: Vec<_> = (0..hashers)
                     .map(|share| {
-                        let hash_rx = &hash_rx[share % queues];
+                        let hash_rx = Arc::clone(&hash_rx[share % queues]);
                         h.spawn(move || -> Result<(), ImageError> {
                             set_lowest_priority();
-                            let mut check = spec.verify.checker(share, hashers);
+                            let mut check = spec.verify.checker(share, owners);
                             let mut result = Ok(());
                             // After an error keep draining, so the reader is never blocked on
                             // a full queue.
@@ -579,13 +582,17 @@ fn copy_verified(
                                 }
                             }
                             result?;
+                            // Once another thread failed the stream is cut short: its error is
+                            // the one to report, not this share's missing ranges.
                             match index {
                                 Some(_) => Ok(()),
+                                None if failed.load(Ordering::Relaxed) => Ok(()),
                                 None => check.finish(),
                             }
                         })
                     })
                     .collect();
+                drop(hash_rx);
                 workers
                     .into_iter()
                     .map(|w| {
@@ -745,7 +752,7 @@ fn write_runs(
     Ok(written)
 }
 
-/// True when every byte is zero; compares 16 bytes at a time.
+/// True when every byte is zero (`lazarus_node::index::is_zero`).
 pub(crate) fn is_zero(block: &[u8]) -> bool {
     lazarus_node::index::is_zero(block)
 }

@@ -32,32 +32,37 @@ impl Verification {
         }
     }
 
-    /// Checker `share` of `shares` (see [`Verification::checkers`]). For a block map, each range
-    /// and the gap before it belong to one share, the ranges dealt largest first to the share
-    /// with the fewest bytes (the trailing gap to share 0): every share must see the whole
-    /// stream in order, and together they check every byte exactly once.
-    pub(super) fn checker(&self, share: usize, shares: usize) -> Checker<'_> {
-        let owner = match self {
-            Verification::Ranges(ranges) if shares > 1 => {
-                let mut order: Vec<usize> = (0..ranges.len()).collect();
-                order.sort_by_key(|&i| std::cmp::Reverse(ranges[i].end - ranges[i].start));
-                let mut load = vec![0u64; shares];
-                let mut owner = vec![0; ranges.len()];
-                for i in order {
-                    let least = (0..shares).min_by_key(|&k| load[k]).unwrap_or(0);
-                    load[least] += ranges[i].end - ranges[i].start;
-                    owner[i] = least;
-                }
-                owner
-            }
-            _ => Vec::new(),
+    /// Which of `shares` checkers owns each block-map range (empty when one checker does it
+    /// all): each range and the gap before it belong to one share, the ranges dealt largest
+    /// first to the share with the fewest bytes, the trailing gap to share 0. Every share must
+    /// see the whole stream in order; together they check every byte exactly once.
+    pub(super) fn owners(&self, shares: usize) -> Vec<usize> {
+        let Verification::Ranges(ranges) = self else {
+            return Vec::new();
         };
+        if shares < 2 {
+            return Vec::new();
+        }
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ranges[i].end - ranges[i].start));
+        let mut load = vec![0u64; shares];
+        let mut owner = vec![0; ranges.len()];
+        for i in order {
+            let least = (0..shares).min_by_key(|&k| load[k]).unwrap_or(0);
+            load[least] += ranges[i].end - ranges[i].start;
+            owner[i] = least;
+        }
+        owner
+    }
+
+    /// The checker for `share`, given [`Verification::owners`].
+    pub(super) fn checker<'a>(&'a self, share: usize, owners: &'a [usize]) -> Checker<'a> {
         Checker {
             verify: self,
             sha: sha2::Sha256::new(),
             next_range: 0,
             share,
-            owner,
+            owner: owners,
         }
     }
 }
@@ -69,7 +74,7 @@ pub(super) struct Checker<'a> {
     next_range: usize,
     /// Which share this checker is, and each block-map range's share (empty: all are ours).
     share: usize,
-    owner: Vec<usize>,
+    owner: &'a [usize],
 }
 
 impl Checker<'_> {
@@ -195,7 +200,7 @@ mod tests {
     }
 
     fn run(v: &Verification, img: &[u8], chunk: usize) -> Result<(), ImageError> {
-        let mut c = v.checker(0, 1);
+        let mut c = v.checker(0, &[]);
         for (i, part) in img.chunks(chunk).enumerate() {
             c.feed((i * chunk) as u64, part, false)?;
         }
@@ -268,11 +273,20 @@ mod tests {
         share: usize,
         shares: usize,
     ) -> Result<(), ImageError> {
-        let mut c = v.checker(share, shares);
+        let owners = v.owners(shares);
+        let mut c = v.checker(share, &owners);
         for (i, part) in img.chunks(chunk).enumerate() {
             c.feed((i * chunk) as u64, part, false)?;
         }
         c.finish()
+    }
+
+    /// Where the last mapped range ends.
+    fn v_end(v: &Verification) -> usize {
+        match v {
+            Verification::Ranges(r) => r.last().map_or(0, |r| r.end as usize),
+            _ => 0,
+        }
     }
 
     proptest::proptest! {
@@ -300,6 +314,13 @@ mod tests {
                 .map(|e| format!("{e:?}"))
                 .collect();
             proptest::prop_assert_eq!(failed, vec![alone]);
+            // A stream cut short before the end of the last range fails every share.
+            let last = v_end(&v);
+            if at < last {
+                for share in 0..shares {
+                    proptest::prop_assert!(run_share(&v, &img[..at], chunk, share, shares).is_err());
+                }
+            }
         }
     }
 
