@@ -13,21 +13,23 @@
 //! - `diff1`: the device holds the image with 1% of its chunks damaged (4 KiB of noise in each,
 //!   at random): a differential run vs `dd` rewriting it all (ratio: dd's time over ours);
 //!   `nfs-bytes` says what the differential run fetched from the source, in % of the image;
+//! - `diff1-packed` (and `nfs-bytes-packed`): the same from the image packed by `lazarus image
+//!   pack` (a zstd frame per chunk, their offsets in its index), vs `zstd -dc | dd`;
 //! - `resume`: a full indexed copy killed (SIGKILL) once its flag's checkpoint reached 50%, then
 //!   resumed: the resumed run's time over a full `dd` copy's (goal <= 0.6);
 //! - `verify`: the device holds the intact image: a differential run (reads and compares,
 //!   writes nothing) vs `dd` reading the device (ratio: dd's time over ours).
 //!
 //! Every run writes to a fresh loop device (direct I/O) over a fresh sparse file, with the source
-//! read into the page cache first (only the target disk is measured); diff1, nfs-bytes and resume
-//! are then printed as `diff1@local` and so on (`--label` changes the suffix). Each tool runs
-//! `--rounds` times, alternating; the median counts. Speeds are the image's logical size over wall
-//! time. Needs root (loop devices).
+//! read into the page cache first (only the target disk is measured); diff1, diff1-packed,
+//! nfs-bytes and resume are then printed as `diff1@local` and so on (`--label` changes the
+//! suffix). Each tool runs `--rounds` times, alternating; the median counts. Speeds are the
+//! image's logical size over wall time. Needs root (loop devices).
 //!
 //! With `--source-dir DIR` (a mount of the work directory over NFS, set up by the lazarus-e2e
-//! example `nfs_bench`), only diff1, nfs-bytes and resume run, both tools reading the image and
-//! index from DIR, with the page cache dropped before every timed run; `--wire IFACE` adds the
-//! bytes received on IFACE during the differential run to the nfs-bytes line
+//! example `nfs_bench`), only diff1, diff1-packed, nfs-bytes and resume run, both tools reading
+//! the image and index from DIR, with the page cache dropped before every timed run; `--wire
+//! IFACE` adds the bytes received on IFACE during the differential run to the nfs-bytes line
 //! (`wire=N wire_pct=P`).
 
 use std::path::{Path, PathBuf};
@@ -92,6 +94,10 @@ struct Images {
     sparse_sha: String,
 }
 
+/// The dense image packed (`lazarus image pack`: one zstd frame per chunk) and its index.
+const PACKED: &str = "dense.packed.zst";
+const PACKED_IDX: &str = "dense.packed.idx";
+
 fn prepare(dir: &Path) -> anyhow::Result<Images> {
     std::fs::create_dir_all(dir)?;
     let dense = dir.join("dense.img");
@@ -139,6 +145,15 @@ fn prepare(dir: &Path) -> anyhow::Result<Images> {
     if !dense_idx.exists() {
         let idx = lazarus_node::index::build(&dense, lazarus_node::index::DEFAULT_CHUNK, 2)?;
         std::fs::write(&dense_idx, idx.encode())?;
+    }
+    let (packed, packed_idx) = (dir.join(PACKED), dir.join(PACKED_IDX));
+    if !packed_idx.exists() {
+        eprintln!("packing the 2 GiB random image (one zstd frame per chunk)");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&packed)?);
+        let idx =
+            lazarus_node::index::pack(&dense, &mut out, lazarus_node::index::DEFAULT_CHUNK, 2)?;
+        std::io::Write::flush(&mut out)?;
+        std::fs::write(&packed_idx, idx.encode())?;
     }
     Ok(Images {
         dense_idx,
@@ -314,44 +329,69 @@ fn indexed_cases(
     };
     sh(&format!("cat '{}' > /dev/null", img.dense.display()))?;
 
-    // diff1: 1% of the chunks damaged.
-    let (mut a, mut b, mut fetched, mut wire) = (Vec::new(), Vec::new(), 0, None);
-    for round in 0..if wanted("diff1") { rounds } else { 0 } {
-        for ours_turn in [true, false] {
-            let d = Dev::new(dir, size)?;
-            sh(&fill.replace("{dev}", &d.dev))?;
-            {
-                use std::os::unix::fs::FileExt;
-                let f = std::fs::OpenOptions::new().write(true).open(&d.dev)?;
-                for _ in 0..chunks.div_ceil(100) {
-                    let c = rand() as usize % chunks;
-                    let at = (c as u64) * (4 << 20) + (rand() % ((4 << 20) - 4096)) / 4096 * 4096;
-                    f.write_all_at(&[0xa5; 4096], at)?;
+    // diff1: 1% of the chunks damaged; diff1-packed: the same from the packed image.
+    let packed = src.dir.as_deref().unwrap_or(dir);
+    let (packed, packed_idx) = (packed.join(PACKED), packed.join(PACKED_IDX));
+    let variants = [
+        ("diff1", "", image.clone(), ours("differential", "{dev}", None), dd.clone()),
+        (
+            "diff1-packed",
+            "-packed",
+            packed.clone(),
+            format!(
+                "{agent} copy --image '{}' --format zstd --target {{dev}} --sha256 {} --index '{}' --mode differential",
+                packed.display(),
+                img.dense_sha,
+                packed_idx.display()
+            ),
+            format!(
+                "zstd -q -dc '{}' | dd of={{dev}} bs=4M iflag=fullblock oflag=direct conv=fsync status=none",
+                packed.display()
+            ),
+        ),
+    ];
+    for (case, suffix, source, ours_cmd, peer_cmd) in &variants {
+        if !wanted(case) {
+            continue;
+        }
+        let (mut a, mut b, mut fetched, mut wire) = (Vec::new(), Vec::new(), 0, None);
+        for round in 0..rounds {
+            for ours_turn in [true, false] {
+                let d = Dev::new(dir, size)?;
+                sh(&fill.replace("{dev}", &d.dev))?;
+                {
+                    use std::os::unix::fs::FileExt;
+                    let f = std::fs::OpenOptions::new().write(true).open(&d.dev)?;
+                    for _ in 0..chunks.div_ceil(100) {
+                        let c = rand() as usize % chunks;
+                        let at =
+                            (c as u64) * (4 << 20) + (rand() % ((4 << 20) - 4096)) / 4096 * 4096;
+                        f.write_all_at(&[0xa5; 4096], at)?;
+                    }
+                    f.sync_all()?;
                 }
-                f.sync_all()?;
-            }
-            src.settle(&image)?;
-            if ours_turn {
-                let before = src.wire_bytes()?;
-                let (t, out) = timed(&ours("differential", &d.dev, None))?;
-                fetched = counter(&out, "fetched");
-                wire = match (before, src.wire_bytes()?) {
-                    (Some(b), Some(e)) => Some(e.saturating_sub(b)),
-                    _ => None,
-                };
-                a.push(t);
-            } else {
-                b.push(timed(&dd.replace("{dev}", &d.dev))?.0);
-            }
-            if round == 0 {
-                d.holds(size, &img.dense_sha)?;
+                src.settle(source)?;
+                if ours_turn {
+                    let before = src.wire_bytes()?;
+                    let (t, out) = timed(&ours_cmd.replace("{dev}", &d.dev))?;
+                    fetched = counter(&out, "fetched");
+                    wire = match (before, src.wire_bytes()?) {
+                        (Some(b), Some(e)) => Some(e.saturating_sub(b)),
+                        _ => None,
+                    };
+                    a.push(t);
+                } else {
+                    b.push(timed(&peer_cmd.replace("{dev}", &d.dev))?.0);
+                }
+                if round == 0 {
+                    d.holds(size, &img.dense_sha)?;
+                }
             }
         }
-    }
-    if wanted("diff1") {
         let (ta, tb) = (median(a), median(b));
+        let peer = if suffix.is_empty() { "dd" } else { "zstd+dd" };
         println!(
-            "bench diff1{label} lazarus_s={ta:.2} peer=dd peer_s={tb:.2} ratio={:.2}",
+            "bench {case}{label} lazarus_s={ta:.2} peer={peer} peer_s={tb:.2} ratio={:.2}",
             tb / ta
         );
         // Over NFS, the bytes that crossed the link (NFS replies with their RPC and TCP/IP
@@ -360,7 +400,7 @@ fn indexed_cases(
             format!(" wire={w} wire_pct={:.2}", w as f64 * 100.0 / size as f64)
         });
         println!(
-            "bench nfs-bytes{label} fetched={fetched} image={size} pct={:.2}{wire}",
+            "bench nfs-bytes{suffix}{label} fetched={fetched} image={size} pct={:.2}{wire}",
             fetched as f64 * 100.0 / size as f64
         );
     }
@@ -532,7 +572,10 @@ fn main() -> anyhow::Result<()> {
             sa / sb
         );
     }
-    if ["diff1", "resume", "verify"].iter().any(|c| wanted(c)) {
+    if ["diff1", "diff1-packed", "resume", "verify"]
+        .iter()
+        .any(|c| wanted(c))
+    {
         indexed_cases(&agent, &dir, &img, rounds, &src, &wanted)?;
     }
     Ok(())

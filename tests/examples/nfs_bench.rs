@@ -1,8 +1,8 @@
 //! `scripts/bench copy`'s NFS half: serves the bench's work directory with a real nfs-ganesha in
 //! a network namespace joined to this one by a veth pair, mounts it here, and runs the bench
-//! harness's indexed cases (diff1, nfs-bytes, resume) with the image read through that mount:
-//! once over the link as it is, once with the server's side shaped to 1 Gbit/s (`tc tbf`), the
-//! common data-centre rescue network.
+//! harness's indexed cases (diff1, diff1-packed, nfs-bytes, resume) with the image read through
+//! that mount: once over the link as it is, once with the server's side shaped to 1 Gbit/s
+//! (`tc tbf`), the common data-centre rescue network.
 //!
 //! This machine kind's kernel has no NFS client (no CONFIG_NFS_FS, no modules), so the mount is
 //! `scripts/lib/nfs-fuse` (libnfs, NFSv4, through FUSE): a userspace NFS client; the kernel's
