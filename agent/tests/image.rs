@@ -593,6 +593,18 @@ fn a_block_map_checked_on_every_core_reports_the_first_real_error() {
     assert_header_zero(&disk);
 }
 
+/// A loop device over `len` old bytes, its discard turned off: fallocate(PUNCH_HOLE) on it
+/// fails, as on a disk without cheap zeroing. Drop the target, then `detach` the device.
+fn unpunchable(dir: &Path, len: usize) -> (Loop, Target) {
+    let dev = Loop::attach_without_discard(&target_file(dir, len), true).unwrap();
+    let target = Target::open(dev.path()).unwrap();
+    assert!(
+        !target.punch_zeroes(0, 1 << 20),
+        "the device can still punch"
+    );
+    (dev, target)
+}
+
 #[test]
 fn on_a_disk_that_cannot_punch_reused_buffers_write_zeros_for_holes() {
     // Where the target cannot punch, hole chunks are written from their buffers: a stale one
@@ -606,13 +618,7 @@ fn on_a_disk_that_cannot_punch_reused_buffers_write_zeros_for_holes() {
     let dir = tempfile::tempdir().unwrap();
     let img = holes_between_data();
     let (path, map) = bmaptool_map(dir.path(), &img);
-    let disk = target_file(dir.path(), img.len());
-    let dev = Loop::attach_without_discard(&disk, true).unwrap();
-    let target = Target::open(dev.path()).unwrap();
-    assert!(
-        !target.punch_zeroes(0, 1 << 20),
-        "the device can still punch"
-    );
+    let (dev, target) = unpunchable(dir.path(), img.len());
     copies_from_reused_buffers(&path, &map, &img, &target);
     drop(target);
     dev.detach().unwrap();
@@ -629,14 +635,7 @@ fn on_a_disk_that_cannot_punch_the_holes_are_written_as_zeros_over_the_old_bytes
     let dir = tempfile::tempdir().unwrap();
     let img = sparse_image();
     let (path, map) = bmaptool_map(dir.path(), &img);
-    // A loop device over old bytes, its discard turned off: fallocate(PUNCH_HOLE) on it fails,
-    // as on a disk without cheap zeroing.
-    let dev = Loop::attach_without_discard(&target_file(dir.path(), 24 * MIB), true).unwrap();
-    let target = Target::open(dev.path()).unwrap();
-    assert!(
-        !target.punch_zeroes(0, 1 << 20),
-        "the device can still punch"
-    );
+    let (dev, target) = unpunchable(dir.path(), 24 * MIB);
     let spec = CopySpec {
         format: ImageFormat::Raw,
         size: img.len() as u64,
