@@ -157,7 +157,7 @@ impl Loop {
     pub fn attach_without_discard(backing: &Path, direct_io: bool) -> Result<Self, String> {
         let mut number = 200;
         loop {
-            match loop_control::<LOOP_CTL_ADD>(number) {
+            match ioctl_loop_control::<LOOP_CTL_ADD>(number) {
                 Ok(()) => break,
                 Err(rustix::io::Errno::EXIST) if number < 1000 => number += 1,
                 Err(e) => return Err(format!("adding a loop device: {e}")),
@@ -202,7 +202,7 @@ impl Loop {
             .map_err(|_| format!("{}: not a loop device name", self.path.display()))?;
         let mut tries = 0;
         loop {
-            match loop_control::<LOOP_CTL_REMOVE>(number) {
+            match ioctl_loop_control::<LOOP_CTL_REMOVE>(number) {
                 Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::BUSY) if tries < 50 => {
                     tries += 1;
@@ -244,9 +244,12 @@ impl Loop {
 const LOOP_CTL_ADD: rustix::ioctl::Opcode = 0x4C80;
 const LOOP_CTL_REMOVE: rustix::ioctl::Opcode = 0x4C81;
 
-/// A request to `/dev/loop-control` that takes a device number (`LOOP_CTL_ADD`/`REMOVE`).
+/// ioctl(/dev/loop-control, REQUEST, number): add or remove loop device `number`
+/// (`LOOP_CTL_ADD`, `LOOP_CTL_REMOVE`).
 #[allow(unsafe_code)]
-fn loop_control<const REQUEST: rustix::ioctl::Opcode>(number: usize) -> rustix::io::Result<()> {
+fn ioctl_loop_control<const REQUEST: rustix::ioctl::Opcode>(
+    number: usize,
+) -> rustix::io::Result<()> {
     let control = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
