@@ -40,10 +40,6 @@ impl AlignedBuf {
         self.zeroed
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.capacity]
     }
@@ -97,7 +93,7 @@ pub struct Chunk {
     pub offset: u64,
     pub len: usize,
     /// The bytes came from a hole of the image file (zeros, not read): see `Source`.
-    pub hole: bool,
+    pub(crate) hole: bool,
     home: SyncSender<AlignedBuf>,
 }
 
@@ -130,7 +126,7 @@ mod tests {
         let pool = Pool::new(2, 3 * ALIGN);
         let a = pool.take().unwrap();
         assert_eq!(a.as_slice().as_ptr() as usize % ALIGN, 0);
-        assert_eq!(a.capacity(), 3 * ALIGN);
+        assert_eq!(a.as_slice().len(), 3 * ALIGN);
         let b = pool.take().unwrap();
         let chunk = pool.chunk(a, 0, 10);
         assert_eq!(chunk.data().len(), 10);

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lazarus_proto::{ImageFormat, Sha256};
 
 pub use bmap::{Bmap, BmapError, MappedRange};
-pub use buf::{AlignedBuf, Pool, ALIGN};
+pub(crate) use buf::{AlignedBuf, Pool, ALIGN};
 pub use diff::{sample, write_differential, ChunkSource};
 pub use keep::Kept;
 pub use lazarus_node::index::{Chunk, ChunkIndex};

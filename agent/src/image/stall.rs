@@ -237,7 +237,11 @@ impl<'p> WatchedRead<'p> {
     /// Fills `out` (fewer bytes only at the end); returns the bytes given and how many of them
     /// came from holes of the file (zeros, never read). `zeroed`: `out` holds only zeros
     /// already, so holes are left as they are.
-    pub fn fill_holes(&mut self, out: &mut [u8], zeroed: bool) -> io::Result<(usize, usize)> {
+    pub(crate) fn fill_holes(
+        &mut self,
+        out: &mut [u8],
+        zeroed: bool,
+    ) -> io::Result<(usize, usize)> {
         let (mut got, mut holes) = (0, 0);
         while got < out.len() && self.more()? {
             if self.hole > 0 {
