@@ -287,22 +287,6 @@ struct Run<'s, 'a> {
     queue: Queue,
     failed: AtomicBool,
     written: AtomicU64,
-    /// Set once the header is zeroed and flushed (before the run's first write); the caller
-    /// reads it too.
-    zeroed: &'s AtomicBool,
-    /// Held while the first writer zeroes the header, so no other writes before it is done.
-    zeroing: Mutex<()>,
-}
-
-/// Where [`Run::check_all`] sends the chunks that are not intact on the target.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// Into the `bad` and `kept` lists, for the caller to decide on.
-    Lists,
-    /// Differing chunks to the write queue, chunks touching kept ranges to the `kept` list.
-    QueueDiffering,
-    /// Both to the write queue (a resume writes them whatever they hold).
-    QueueAll,
 }
 
 impl Run<'_, '_> {
@@ -345,12 +329,12 @@ impl Run<'_, '_> {
     /// gets a core at once and the disk never waits for the CPU. (Measured here on 2 GiB: as
     /// fast as `dd iflag=direct` reads it, about 1.5 s, against 1.8-2.2 s with hashers at the
     /// reader's priority or with every thread reading and hashing in turn; concurrent reads at
-    /// scattered offsets were also slower than one stream.) `route` says where chunks that
-    /// differ, or touch kept ranges, go.
+    /// scattered offsets were also slower than one stream.) With `queue_bad`, chunks that
+    /// differ (or touch kept ranges) go straight to the write queue.
     fn check_all(
         &self,
         to_check: &[usize],
-        route: Route,
+        queue_bad: bool,
         bad: &Mutex<Vec<usize>>,
         kept: &Mutex<Vec<usize>>,
     ) -> Result<(), ImageError> {
@@ -375,15 +359,12 @@ impl Run<'_, '_> {
                     if result.is_err() || self.stop() {
                         continue;
                     }
-                    result =
-                        self.judge(i, chunk.data())
-                            .map(|checked| match (checked, route) {
-                                (Checked::Matches, _) => {}
-                                (Checked::Differs, Route::QueueDiffering)
-                                | (_, Route::QueueAll) => self.queue.push(i),
-                                (Checked::Differs, _) => lock(bad).push(i),
-                                (Checked::Kept, _) => lock(kept).push(i),
-                            });
+                    result = self.judge(i, chunk.data()).map(|checked| match checked {
+                        Checked::Matches => {}
+                        _ if queue_bad => self.queue.push(i),
+                        Checked::Differs => lock(bad).push(i),
+                        Checked::Kept => lock(kept).push(i),
+                    });
                     if result.is_err() {
                         self.failed.store(true, Ordering::Relaxed);
                     }
@@ -447,7 +428,6 @@ impl Run<'_, '_> {
             };
             let r = idx.range(i);
             let len = (r.end - r.start) as usize;
-            self.before_first_write()?;
             let n = match idx.chunks()[i] {
                 Chunk::Hole => {
                     if i == 0 {
@@ -495,67 +475,14 @@ impl Run<'_, '_> {
         }
     }
 
-    /// Zeroes the first MiB and flushes it, so a disk being changed never looks bootable.
-    fn zero_header(&self) -> Result<(), ImageError> {
+    fn zero_header(&self, zeroed: &AtomicBool) -> Result<(), ImageError> {
         self.spec
             .keep
             .write_zeroes(self.target, 0..self.header_len as u64)
             .and_then(|()| self.target.sync())
             .map_err(ImageError::Sync)?;
-        self.zeroed.store(true, Ordering::Release);
+        zeroed.store(true, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Before any write: the header zeroed (by the first writer, once; the others wait).
-    fn before_first_write(&self) -> Result<(), ImageError> {
-        if self.zeroed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let _first = lock(&self.zeroing);
-        if !self.zeroed.load(Ordering::Acquire) {
-            self.zero_header()?;
-        }
-        Ok(())
-    }
-
-    /// Chunks touching kept ranges: fetched (when the source can seek) and compared with the
-    /// target outside them; returns those that differ (all of them for a stream source).
-    fn check_kept(
-        &self,
-        kept: Vec<usize>,
-        source: &Mutex<&mut ChunkSource<'_>>,
-    ) -> Result<Vec<usize>, ImageError> {
-        let (idx, progress) = (self.idx, self.progress);
-        let mut bad = Vec::new();
-        for i in kept {
-            let mut src = lock(source);
-            if !src.random_access() {
-                bad.push(i);
-                continue;
-            }
-            let r = idx.range(i);
-            let len = (r.end - r.start) as usize;
-            let mut image = AlignedBuf::new(idx.chunk_size() as usize);
-            let got = src.read_chunk(&mut image.as_mut_slice()[..len], r.start)?;
-            progress.fetched.fetch_add(got, Ordering::Relaxed);
-            let image = &image.as_slice()[..len];
-            if !idx.matches(i, image) {
-                return Err(mismatch(idx, i));
-            }
-            let mut disk = AlignedBuf::new(idx.chunk_size() as usize);
-            let disk = read_target(self.target, idx, i, &mut disk)?;
-            if equal_outside_kept(self.spec, r.start, image, disk) {
-                progress.done.fetch_add(r.end - r.start, Ordering::Relaxed);
-                if i == 0 {
-                    *lock(&self.header) = Some(image[..self.header_len].to_vec());
-                }
-                self.settled
-                    .mark(i, idx, self.target, self.checkpoints, progress)?;
-            } else {
-                bad.push(i);
-            }
-        }
-        Ok(bad)
     }
 }
 
@@ -639,8 +566,6 @@ fn differential(
         queue: Queue::new(),
         failed: AtomicBool::new(false),
         written: AtomicU64::new(0),
-        zeroed,
-        zeroing: Mutex::new(()),
     };
     let to_check: Vec<usize> = (0..idx.len())
         .filter(|&i| idx.range(i).start < check_below)
@@ -650,9 +575,8 @@ fn differential(
         .collect();
     let (bad, kept) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
     let source = Mutex::new(source);
-    let random_access = lock(&source).random_access();
 
-    if !blind.is_empty() && random_access {
+    if !blind.is_empty() && lock(&source).random_access() {
         // A resume: chunks past the checkpoint are written whatever the check finds, so the
         // header goes now and checking the prefix overlaps with writing the rest (reads and
         // hashing beside writes). Chunk 0 is checked first, before its header is zeroed.
@@ -664,7 +588,7 @@ fn differential(
                 _ => run.queue.push(0),
             }
         }
-        run.zero_header()?;
+        run.zero_header(zeroed)?;
         for &i in &blind {
             run.queue.push(i);
         }
@@ -673,7 +597,7 @@ fn differential(
             let checked = {
                 // The writers wait on the queue until it is closed, whatever ends the check.
                 let _close = CloseQueue(&run);
-                run.check_all(&to_check[first..], Route::QueueAll, &bad, &kept)
+                run.check_all(&to_check[first..], true, &bad, &kept)
             };
             if checked.is_err() {
                 run.failed.store(true, Ordering::Relaxed);
@@ -681,46 +605,38 @@ fn differential(
             let wrote = joined(writes);
             checked.and(wrote)
         })?;
-    } else if random_access {
-        // A plain differential run over a source that can seek: a chunk found to differ is
-        // fetched and written while the check goes on, so the fetches overlap the reads. The
-        // first write zeroes the header (`before_first_write`): a disk found intact is left
-        // alone. Chunk 0 is read before any other, so an intact header is in memory by then.
-        std::thread::scope(|s| {
-            let writes = on_threads(s, &run, threads(), || run.write_worker(&source));
-            let checked = {
-                let _close = CloseQueue(&run);
-                run.check_all(&to_check, Route::QueueDiffering, &bad, &kept)
-                    .and_then(|()| {
-                        let kept = std::mem::take(&mut *lock(&kept));
-                        for i in run.check_kept(kept, &source)? {
-                            run.queue.push(i);
-                        }
-                        Ok(())
-                    })
-            };
-            if checked.is_err() {
-                run.failed.store(true, Ordering::Relaxed);
-            }
-            let wrote = joined(writes);
-            checked.and(wrote)
-        })?;
-        if !zeroed.load(Ordering::Acquire) {
-            // Nothing differed: nothing was written, header included.
-            run.all_settled()?;
-            return Ok(CopyReport {
-                bytes: spec.size,
-                written: 0,
-                sparse: false,
-            });
-        }
     } else {
-        // A stream source (zstd without a frame table) reads forward only: check everything
-        // first, then fetch in order what differs.
-        run.check_all(&to_check, Route::Lists, &bad, &kept)?;
+        run.check_all(&to_check, false, &bad, &kept)?;
+        // Chunks holding kept ranges: fetched (when the source can seek) and compared outside
+        // them.
         let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
-        let kept = kept.into_inner().unwrap_or_else(|p| p.into_inner());
-        bad.extend(run.check_kept(kept, &source)?);
+        for i in kept.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            let mut src = lock(&source);
+            if !src.random_access() {
+                bad.push(i);
+                continue;
+            }
+            let r = idx.range(i);
+            let len = (r.end - r.start) as usize;
+            let mut image = AlignedBuf::new(idx.chunk_size() as usize);
+            let got = src.read_chunk(&mut image.as_mut_slice()[..len], r.start)?;
+            progress.fetched.fetch_add(got, Ordering::Relaxed);
+            let image = &image.as_slice()[..len];
+            if !idx.matches(i, image) {
+                return Err(mismatch(idx, i));
+            }
+            let mut disk = AlignedBuf::new(idx.chunk_size() as usize);
+            let disk = read_target(target, idx, i, &mut disk)?;
+            if equal_outside_kept(spec, r.start, image, disk) {
+                progress.done.fetch_add(r.end - r.start, Ordering::Relaxed);
+                if i == 0 {
+                    *lock(&run.header) = Some(image[..run.header_len].to_vec());
+                }
+                run.settled.mark(i, idx, target, checkpoints, progress)?;
+            } else {
+                bad.push(i);
+            }
+        }
         bad.extend(&blind);
         bad.sort_unstable();
         bad.dedup();
@@ -733,7 +649,7 @@ fn differential(
             });
         }
         // Something changes: the header goes first (zeroed, flushed), and comes back last.
-        run.zero_header()?;
+        run.zero_header(zeroed)?;
         for i in bad {
             run.queue.push(i);
         }
