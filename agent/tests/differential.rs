@@ -361,3 +361,86 @@ fn a_copy_killed_at_random_points_resumes_to_identical_bytes() {
     }
     eprintln!("{resumed_less} of 5 rounds resumed from a checkpoint");
 }
+
+/// Runs a differential copy of `s`'s image onto its device with `keep`, on a thread of its own:
+/// a run that hangs fails the test instead of holding it.
+fn diff_keeping(s: &Setup, keep: &lazarus_agent::image::Kept) -> lazarus_agent::image::CopyReport {
+    let (file, idx, dev) = (
+        s.file.try_clone().unwrap(),
+        s.idx.clone(),
+        s.dev.path().to_owned(),
+    );
+    let spec = CopySpec {
+        keep: keep.clone(),
+        ..spec(s)
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let target = Target::open(&dev).unwrap();
+        let p = Progress::default();
+        let r = write_differential(
+            ChunkSource::File(&file),
+            &target,
+            &spec,
+            &idx,
+            spec.size,
+            &p,
+            None,
+        );
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the differential run hung")
+        .unwrap()
+}
+
+#[test]
+fn differential_runs_with_kept_ranges_finish_and_leave_the_kept_bytes_alone() {
+    // A whole-disk image over its own flag partition keeps the flag's slots: here 8 KiB in chunk
+    // 0 (past the header) and 8 KiB in chunk 4, holding other bytes than the image. Chunks
+    // touching them are compared outside them, after the check.
+    let Some(s) = setup("differential_runs_with_kept_ranges_finish_and_leave_the_kept_bytes_alone")
+    else {
+        return;
+    };
+    let kept = [
+        (MIB + 65536) as u64..(MIB + 73728) as u64,
+        (8 * MIB + 4096) as u64..(8 * MIB + 12288) as u64,
+    ];
+    let keep = lazarus_agent::image::Kept::new(kept.clone());
+    // The test opens the device only between runs (a block device is opened exclusively).
+    let t = Target::open(s.dev.path()).unwrap();
+    t.write_at(&s.img, 0).unwrap();
+    for k in &kept {
+        t.write_at(&vec![0x5a; (k.end - k.start) as usize], k.start)
+            .unwrap();
+    }
+    t.sync().unwrap();
+    drop(t);
+    let outside_kept_is_image = |back: &[u8]| {
+        let mut want = s.img.clone();
+        for k in &kept {
+            want[k.start as usize..k.end as usize].fill(0x5a);
+        }
+        back[..s.img.len()] == want[..]
+    };
+    // Intact outside the kept ranges: nothing written, header included.
+    let report = diff_keeping(&s, &keep);
+    assert_eq!(report.written, 0, "{report:?}");
+    let t = Target::open(s.dev.path()).unwrap();
+    assert!(
+        outside_kept_is_image(&disk(&t, s.img.len())),
+        "the disk changed"
+    );
+    // One damaged chunk (9): it is rewritten, the kept bytes stay.
+    t.write_at(&noise(4096, 7), (18 * MIB) as u64).unwrap();
+    t.sync().unwrap();
+    drop(t);
+    let report = diff_keeping(&s, &keep);
+    assert!(report.written > 0, "{report:?}");
+    let t = Target::open(s.dev.path()).unwrap();
+    assert!(
+        outside_kept_is_image(&disk(&t, s.img.len())),
+        "not the image outside the kept ranges"
+    );
+}
