@@ -205,9 +205,15 @@ impl Dev {
         let dev = Self { dev, backing };
         // A device whose discard was turned off (the kernel keeps that per device number) would
         // make every punch fail and the figures incomparable with other runs.
-        let name = dev.dev.trim_start_matches("/dev/");
-        let limit = sh(&format!("cat /sys/block/{name}/queue/discard_max_bytes"))?;
-        if limit == "0" {
+        let limit = format!(
+            "/sys/block/{}/queue/discard_max_bytes",
+            dev.dev.trim_start_matches("/dev/")
+        );
+        if std::fs::read_to_string(&limit)
+            .with_context(|| limit.clone())?
+            .trim()
+            == "0"
+        {
             bail!(
                 "{} has discard turned off: remove it (LOOP_CTL_REMOVE) or reboot",
                 dev.dev

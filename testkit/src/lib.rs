@@ -97,8 +97,11 @@ pub fn sha(data: &[u8]) -> lazarus_proto::Sha256 {
 /// A loop device over a file, detached on drop.
 pub struct Loop {
     path: PathBuf,
-    /// Remove the device on drop (its discard was turned off, see `disable_discard`).
-    remove: bool,
+    /// Still bound to its file (false once detached).
+    attached: bool,
+    /// The number of a device added for this loop alone (`attach_without_discard`): removed
+    /// after the detach.
+    added: Option<usize>,
 }
 
 impl Loop {
@@ -126,7 +129,8 @@ impl Loop {
         }
         Ok(Loop {
             path: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
-            remove: false,
+            attached: true,
+            added: None,
         })
     }
 
@@ -163,81 +167,72 @@ impl Loop {
                 Err(e) => return Err(format!("adding a loop device: {e}")),
             }
         }
-        let mut dev = Loop {
-            path: PathBuf::from(format!("/dev/loop{number}")),
-            remove: true,
-        };
+        let path = PathBuf::from(format!("/dev/loop{number}"));
         let mut cmd = Command::new("losetup");
         if direct_io {
             cmd.arg("--direct-io=on");
         }
         let out = cmd
-            .arg(&dev.path)
+            .arg(&path)
             .arg(backing)
             .output()
             .map_err(|e| format!("running losetup: {e}"))?;
         if !out.status.success() {
-            let error = format!(
+            // Not bound: only the removal is left to do.
+            let _ = remove_loop(number);
+            return Err(format!(
                 "losetup {} {}: {}",
-                dev.path.display(),
+                path.display(),
                 backing.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
-            // Not bound: only the removal is left to do.
-            let _ = dev.remove();
-            dev.path = PathBuf::new();
-            return Err(error);
+            ));
         }
+        let dev = Loop {
+            path,
+            attached: true,
+            added: Some(number),
+        };
         let limit = format!("/sys/block/loop{number}/queue/discard_max_bytes");
         std::fs::write(&limit, "0").map_err(|e| format!("{limit}: {e}"))?;
         Ok(dev)
     }
 
-    /// LOOP_CTL_REMOVE of this (detached) device; retried while the kernel still holds it.
-    fn remove(&self) -> Result<(), String> {
-        let number: usize = self
-            .name()
-            .trim_start_matches("loop")
-            .parse()
-            .map_err(|_| format!("{}: not a loop device name", self.path.display()))?;
-        let mut tries = 0;
-        loop {
-            match ioctl_loop_control::<LOOP_CTL_REMOVE>(number) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::BUSY) if tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "removing {} (its discard stays off until the machine reboots): {e}",
-                        self.path.display()
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Detaches the device now (and removes it after `disable_discard`), saying what failed.
+    /// Detaches the device now (and removes one added by `attach_without_discard`), saying
+    /// what failed.
     pub fn detach(mut self) -> Result<(), String> {
         self.release()
     }
 
     fn release(&mut self) -> Result<(), String> {
-        let path = std::mem::take(&mut self.path);
-        if path.as_os_str().is_empty() {
+        if !std::mem::take(&mut self.attached) {
             return Ok(());
         }
-        let status = Command::new("losetup").arg("-d").arg(&path).status();
-        self.path = path;
-        match status {
+        match Command::new("losetup").arg("-d").arg(&self.path).status() {
             Ok(s) if s.success() => {}
             Ok(s) => return Err(format!("losetup -d {}: {s}", self.path.display())),
             Err(e) => return Err(format!("running losetup: {e}")),
         }
-        let removed = if self.remove { self.remove() } else { Ok(()) };
-        self.path = PathBuf::new();
-        removed
+        self.added.take().map_or(Ok(()), remove_loop)
+    }
+}
+
+/// LOOP_CTL_REMOVE of detached device `number`, retried while the kernel still holds it.
+fn remove_loop(number: usize) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        match ioctl_loop_control::<LOOP_CTL_REMOVE>(number) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::BUSY) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "removing /dev/loop{number} (its discard stays off until the machine \
+                     reboots): {e}"
+                ))
+            }
+        }
     }
 }
 

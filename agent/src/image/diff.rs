@@ -121,7 +121,7 @@ impl ChunkSource<'_> {
 /// Writing threads, and hashing threads of a check: one per core, at most 8 (each holds a
 /// chunk buffer or two).
 fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+    super::cores(8)
 }
 
 /// Reads chunk `i` of the target into `buf`; returns the slice.

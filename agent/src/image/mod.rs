@@ -344,8 +344,7 @@ pub trait Source: Read + Send + sealed::Sealed {
     /// many of them came from holes of the image file: zeros by the filesystem's own guarantee,
     /// never read. A chunk that is all hole need not be looked at again (the buffer holds the
     /// zeros all the same). `zeroed`: `buf` already holds only zeros, so holes need no writing.
-    fn fill_chunk(&mut self, buf: &mut [u8], zeroed: bool) -> io::Result<(usize, usize)> {
-        let _ = zeroed;
+    fn fill_chunk(&mut self, buf: &mut [u8], _zeroed: bool) -> io::Result<(usize, usize)> {
         Ok((fill(self, buf)?, 0))
     }
 }
@@ -750,6 +749,11 @@ fn write_runs(
         written += (last - start) as u64;
     }
     Ok(written)
+}
+
+/// The cores this process may use (2 when unknown), at most `at_most`.
+pub(crate) fn cores(at_most: usize) -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(at_most))
 }
 
 /// True when every byte is zero (`lazarus_node::index::is_zero`).

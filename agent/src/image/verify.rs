@@ -24,7 +24,7 @@ impl Verification {
     /// How many checkers can share the stream: one per core for an index or a block map with
     /// more than one range (each range's digest is its own), else one.
     pub(super) fn checkers(&self) -> usize {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().min(16));
+        let cores = super::cores(16);
         match self {
             Verification::Whole(_) => 1,
             Verification::Ranges(r) => cores.min(r.len()).max(1),
@@ -106,12 +106,12 @@ impl Checker<'_> {
         let mut pos = offset;
         while pos < end {
             let slice = |a: u64, b: u64| &data[(a - offset) as usize..(b - offset) as usize];
-            // The range at or after `pos` (and the gap before it) is this share's to check.
-            let mine = self
-                .owner
-                .get(self.next_range)
-                .is_none_or(|&o| o == self.share);
-            let mine = mine && (self.next_range < ranges.len() || self.share == 0);
+            // Whether the range at or after `pos` (and the gap before it) is this share's.
+            let mine = match self.owner.get(self.next_range) {
+                Some(&owner) => owner == self.share,
+                // One checker for everything, or the trailing gap (share 0's).
+                None => self.owner.is_empty() || self.share == 0,
+            };
             match ranges.get(self.next_range) {
                 Some(r) if pos >= r.start => {
                     let stop = r.end.min(end);
