@@ -387,6 +387,9 @@ fn diff_keeping(s: &Setup, keep: &lazarus_agent::image::Kept) -> lazarus_agent::
             &p,
             None,
         );
+        // Released before the answer: the caller opens the device again at once, and a claim
+        // (`O_EXCL`) still held here would make that open fail with EBUSY.
+        drop(target);
         let _ = tx.send(r.map_err(|e| e.to_string()));
     });
     rx.recv_timeout(std::time::Duration::from_secs(120))
