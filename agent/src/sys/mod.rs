@@ -2,6 +2,7 @@
 //! under this module, so the rest of the agent can `deny(unsafe_code)`.
 
 pub mod blk;
+pub mod mem;
 pub mod netlink;
 
 /// mount(2): mount filesystem `fstype` from `source` at `target`, with `data` options; nosuid
