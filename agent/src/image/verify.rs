@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use lazarus_node::index::{Chunk, ChunkIndex};
+use lazarus_node::index::{Chunk, ChunkIndex, Hasher};
 use lazarus_proto::Sha256;
-use sha2::Digest;
 
 use super::bmap::MappedRange;
 use super::{is_zero, ImageError};
@@ -59,7 +58,7 @@ impl Verification {
     pub(super) fn checker<'a>(&'a self, share: usize, owners: &'a [usize]) -> Checker<'a> {
         Checker {
             verify: self,
-            sha: sha2::Sha256::new(),
+            sha: Hasher::default(),
             next_range: 0,
             share,
             owner: owners,
@@ -70,7 +69,7 @@ impl Verification {
 /// Consumes the stream in order.
 pub(super) struct Checker<'a> {
     verify: &'a Verification,
-    sha: sha2::Sha256,
+    sha: Hasher,
     next_range: usize,
     /// Which share this checker is, and each block-map range's share (empty: all are ours).
     share: usize,
@@ -121,7 +120,7 @@ impl Checker<'_> {
                     pos = stop;
                     if pos == r.end {
                         let sha = std::mem::take(&mut self.sha);
-                        if mine && Sha256(sha.finalize().into()) != r.sha256 {
+                        if mine && sha.finalize() != r.sha256 {
                             return Err(ImageError::RangeMismatch {
                                 start: r.start,
                                 end: r.end,
@@ -150,7 +149,7 @@ impl Checker<'_> {
     pub(super) fn finish(self) -> Result<(), ImageError> {
         match self.verify {
             Verification::Whole(expected) => {
-                let got = Sha256(self.sha.finalize().into());
+                let got = self.sha.finalize();
                 if got != *expected {
                     return Err(ImageError::DigestMismatch {
                         expected: *expected,
@@ -175,6 +174,7 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     fn sha(d: &[u8]) -> Sha256 {
         Sha256(sha2::Sha256::digest(d).into())
