@@ -426,6 +426,8 @@ impl Pieces for Reopen {
 pub struct WatchedFile<'p> {
     req: SyncSender<(u64, usize)>,
     rx: Receiver<Answer<Vec<u8>>>,
+    /// Used buffers back to the reading thread: no new allocation (and page faults) per read.
+    spare: SyncSender<Vec<u8>>,
     progress: &'p Progress,
 }
 
@@ -433,19 +435,26 @@ impl<'p> WatchedFile<'p> {
     pub fn new(mut file: Reopen, progress: &'p Progress) -> Self {
         let (req, requests) = sync_channel::<(u64, usize)>(1);
         let (tx, rx) = sync_channel(1);
+        let (spare, spares) = sync_channel::<Vec<u8>>(2);
         std::thread::spawn(move || {
             for (offset, len) in requests {
+                let mut v = spares.try_recv().unwrap_or_default();
+                v.resize(len, 0);
                 let ok = attempt(&tx, || {
-                    let mut v = vec![0u8; len];
                     file.read_at(&mut v, offset)?;
-                    Ok(v)
+                    Ok(std::mem::take(&mut v))
                 });
                 if !ok {
                     return;
                 }
             }
         });
-        Self { req, rx, progress }
+        Self {
+            req,
+            rx,
+            spare,
+            progress,
+        }
     }
 
     /// Reads `buf.len()` bytes at `offset`.
@@ -455,6 +464,8 @@ impl<'p> WatchedFile<'p> {
             .map_err(|_| io::Error::other("the source's reading thread ended"))?;
         let v = wait(&self.rx, self.progress)?;
         buf.copy_from_slice(&v);
+        // The thread may have gone (it ends with the source); the buffer is then just dropped.
+        let _ = self.spare.try_send(v);
         Ok(())
     }
 }
