@@ -611,6 +611,9 @@ fn differential(
         // them.
         let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
         for i in kept.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            if progress.aborted() {
+                return Err(ImageError::Aborted);
+            }
             let mut src = lock(&source);
             if !src.random_access() {
                 bad.push(i);
