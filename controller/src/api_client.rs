@@ -362,7 +362,7 @@ pub fn render_node(d: &NodeDetail) -> String {
         ));
         for s in &r.steps {
             let bytes = if s.bytes_total > 0 {
-                format!("{}/{}", mib(s.bytes_done), mib(s.bytes_total))
+                format!("{}/{}", size(s.bytes_done), size(s.bytes_total))
             } else {
                 "-".into()
             };
@@ -383,11 +383,6 @@ pub fn render_node(d: &NodeDetail) -> String {
 /// Seconds, as `75 s`.
 fn seconds(s: u64) -> String {
     format!("{s} s")
-}
-
-/// Bytes in MiB with one decimal, as `12.5 MiB`.
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
 }
 
 /// The progress bars `lazarus watch` shows under the table, one per node writing its disk.
