@@ -5,25 +5,22 @@
 //! advised to the kernel as huge pages: a 4 MiB direct read or write is then a few physically
 //! contiguous segments, not 1,024 pages. (Measured here, 2 GiB read with `O_DIRECT` in 4 MiB
 //! pieces from a loop device: 0.61 s every time with huge pages, 0.69-1.24 s without; `dd`'s
-//! buffer is the latter.) The alignment is found inside an over-allocated `Vec`, whose
-//! zero-filled pages the allocator maps fresh and leaves untouched, so the advice comes before
-//! the first fault. Buffers go back to their pool when the last `Arc<Chunk>` holding them drops, so the
+//! buffer is the latter.) Each buffer is a mapping of its own ([`Mapped`]): fresh zero pages,
+//! so the advice comes before the first fault whatever the allocator has done. Buffers go back to their pool when the last `Arc<Chunk>` holding them drops, so the
 //! reader never allocates after start-up.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
-use crate::sys::mem::{advise_huge_pages, HUGE_PAGE};
+use crate::sys::mem::{Mapped, HUGE_PAGE};
 
 /// Alignment of every buffer.
 pub const ALIGN: usize = 4096;
 
-/// A fixed-capacity buffer whose data starts on an [`ALIGN`] boundary.
+/// A fixed-capacity buffer whose data starts on an [`ALIGN`] boundary (2 MiB from 2 MiB up).
 #[derive(Debug)]
 pub struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    capacity: usize,
+    storage: Mapped,
     /// Every byte is known to be zero (new, or back from a chunk that was all hole): a hole
     /// need not be written into it again.
     zeroed: bool,
@@ -33,17 +30,16 @@ impl AlignedBuf {
     pub fn new(capacity: usize) -> Self {
         let huge = capacity >= HUGE_PAGE;
         let align = if huge { HUGE_PAGE } else { ALIGN };
-        let mut storage = vec![0u8; capacity + align];
-        let start = (storage.as_ptr() as usize).next_multiple_of(align) - storage.as_ptr() as usize;
-        if huge {
-            if let Err(e) = advise_huge_pages(&mut storage[start..start + capacity]) {
-                log::debug!("huge pages for a {capacity}-byte buffer: {e}");
-            }
-        }
+        let storage = Mapped::new(capacity, align, huge).unwrap_or_else(|e| {
+            // What a `Vec` does when memory runs out (the process ends), with the reason.
+            log::error!("mapping a {capacity}-byte buffer: {e}");
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(capacity.max(1), align)
+                    .unwrap_or(std::alloc::Layout::new::<u8>()),
+            )
+        });
         Self {
             storage,
-            start,
-            capacity,
             zeroed: true,
         }
     }
@@ -54,13 +50,13 @@ impl AlignedBuf {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.capacity]
+        self.storage.as_slice()
     }
 
     /// The bytes, to be written: from here on they are no longer known to be zero.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.zeroed = false;
-        &mut self.storage[self.start..self.start + self.capacity]
+        self.storage.as_mut_slice()
     }
 }
 
@@ -123,7 +119,7 @@ impl Drop for Chunk {
     fn drop(&mut self) {
         if let Some(mut buf) = self.buf.take() {
             // A chunk that was all hole filled its whole buffer with zeros.
-            buf.zeroed = self.hole && self.len == buf.capacity;
+            buf.zeroed = self.hole && self.len == buf.as_slice().len();
             // The pool may be gone at shutdown; the buffer is then simply freed.
             let _ = self.home.try_send(buf);
         }
@@ -185,10 +181,10 @@ mod tests {
             huge_kb_at(at) >= 4096,
             "a touched 4 MiB buffer is backed by huge pages"
         );
-        // Small buffers keep the page alignment and cost no more than a page of slack.
+        // Small buffers keep the page alignment.
         let small = AlignedBuf::new(3 * ALIGN);
         assert_eq!(small.as_slice().as_ptr() as usize % ALIGN, 0);
-        assert!(small.storage.len() <= 4 * ALIGN);
+        assert_eq!(small.as_slice().len(), 3 * ALIGN);
     }
 
     #[test]
