@@ -425,7 +425,8 @@ impl Pieces for Reopen {
 /// A random-access source (a raw image) whose `pread`s run on their own thread.
 pub struct WatchedFile<'p> {
     req: SyncSender<(u64, usize)>,
-    rx: Receiver<Answer<Vec<u8>>>,
+    /// Each answer names the offset it was read at.
+    rx: Receiver<Answer<(u64, Vec<u8>)>>,
     /// Used buffers back to the reading thread: no new allocation (and page faults) per read.
     spare: SyncSender<Vec<u8>>,
     progress: &'p Progress,
@@ -442,7 +443,7 @@ impl<'p> WatchedFile<'p> {
                 v.resize(len, 0);
                 let ok = attempt(&tx, || {
                     file.read_at(&mut v, offset)?;
-                    Ok(std::mem::take(&mut v))
+                    Ok((offset, std::mem::take(&mut v)))
                 });
                 if !ok {
                     return;
@@ -462,17 +463,48 @@ impl<'p> WatchedFile<'p> {
         self.req
             .send((offset, buf.len()))
             .map_err(|_| io::Error::other("the source's reading thread ended"))?;
-        let v = wait(&self.rx, self.progress)?;
-        buf.copy_from_slice(&v);
-        // The thread may have gone (it ends with the source); the buffer is then just dropped.
-        let _ = self.spare.try_send(v);
-        Ok(())
+        loop {
+            let (at, v) = wait(&self.rx, self.progress)?;
+            // The answer to a read an earlier caller gave up on (a stall past its limit) may
+            // come first: it is dropped, not taken for this one.
+            let mine = at == offset && v.len() == buf.len();
+            if mine {
+                buf.copy_from_slice(&v);
+            }
+            // The thread may have gone (it ends with the source); the buffer is then dropped.
+            let _ = self.spare.try_send(v);
+            if mine {
+                return Ok(());
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watched_file_drops_the_late_answer_to_an_abandoned_read() {
+        let progress = Progress::default();
+        let (req, requests) = sync_channel(1);
+        let (tx, rx) = sync_channel(2);
+        let (spare, _spares) = sync_channel(2);
+        let file = WatchedFile {
+            req,
+            rx,
+            spare,
+            progress: &progress,
+        };
+        // The reading thread, played here: it first answers a read given up on earlier (another
+        // offset, a shorter chunk), then this one.
+        tx.send(Answer::Data((0, vec![1u8; 3]))).unwrap();
+        tx.send(Answer::Data((8, vec![2u8; 5]))).unwrap();
+        let mut buf = [0u8; 5];
+        file.read_at(&mut buf, 8).unwrap();
+        assert_eq!(buf, [2u8; 5]);
+        assert_eq!(requests.try_recv().unwrap(), (8, 5));
+    }
     use std::sync::mpsc::channel;
 
     /// A source that gives `parts` one by one, each only when the test lets it.
