@@ -485,6 +485,7 @@ pub fn copy_with_index(
                 lazarus_proto::ImageFormat::Zstd if idx.frame(0).is_some() => ChunkSource::Packed {
                     file: WatchedFile::new(file, progress),
                     index: idx,
+                    frame: Vec::new(),
                 },
                 format => ChunkSource::Stream {
                     reader: crate::image::decoder(format, WatchedRead::new(file, progress)),

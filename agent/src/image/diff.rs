@@ -43,6 +43,8 @@ pub enum ChunkSource<'a> {
     Packed {
         file: super::WatchedFile<'a>,
         index: &'a ChunkIndex,
+        /// The compressed frame being decoded, its buffer kept from chunk to chunk.
+        frame: Vec<u8>,
     },
     /// A stream (a decompressed zstd image): chunks in increasing order, skipping forward by
     /// reading and dropping.
@@ -65,14 +67,13 @@ impl ChunkSource<'_> {
                 w.read_at(buf, offset).map_err(super::stall::image_error)?;
                 Ok(buf.len() as u64)
             }
-            ChunkSource::Packed { file, index } => {
+            ChunkSource::Packed { file, index, frame } => {
                 let i = index.chunk_at(offset);
                 let (at, len) = index.frame(i).ok_or_else(|| {
                     ImageError::Read(io::Error::other("the index has no frame table"))
                 })?;
-                let mut frame = vec![0u8; len as usize];
-                file.read_at(&mut frame, at)
-                    .map_err(super::stall::image_error)?;
+                frame.resize(len as usize, 0);
+                file.read_at(frame, at).map_err(super::stall::image_error)?;
                 let mut decoder = lazarus_node::zstd::ZstdFrames::new(&frame[..]);
                 let got = fill(&mut decoder, buf).map_err(ImageError::Read)?;
                 let mut probe = [0u8; 1];
