@@ -5,9 +5,10 @@
 //! advised to the kernel as huge pages: a 4 MiB direct read or write is then a few physically
 //! contiguous segments, not 1,024 pages. (Measured here, 2 GiB read with `O_DIRECT` in 4 MiB
 //! pieces from a loop device: 0.61 s every time with huge pages, 0.69-1.24 s without; `dd`'s
-//! buffer is the latter.) Each buffer is a mapping of its own ([`Mapped`]): fresh zero pages,
-//! so the advice comes before the first fault whatever the allocator has done. Buffers go back to their pool when the last `Arc<Chunk>` holding them drops, so the
-//! reader never allocates after start-up.
+//! buffer is the latter.) Each buffer is a mapping of its own ([`Mapped`]): fresh zero pages, so
+//! the advice comes before the first fault whatever the allocator has done. Buffers go back to
+//! their pool when the last `Arc<Chunk>` holding them drops, so the reader never allocates after
+//! start-up.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;

@@ -483,6 +483,7 @@ impl<'p> WatchedFile<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::channel;
 
     #[test]
     fn a_watched_file_drops_the_late_answer_to_an_abandoned_read() {
@@ -505,7 +506,6 @@ mod tests {
         assert_eq!(buf, [2u8; 5]);
         assert_eq!(requests.try_recv().unwrap(), (8, 5));
     }
-    use std::sync::mpsc::channel;
 
     /// A source that gives `parts` one by one, each only when the test lets it.
     struct Gated(Receiver<io::Result<Vec<u8>>>);
