@@ -29,9 +29,12 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     pub fn new(capacity: usize) -> Self {
-        let huge = capacity >= HUGE_PAGE;
-        let align = if huge { HUGE_PAGE } else { ALIGN };
-        let storage = Mapped::new(capacity, align, huge).unwrap_or_else(|e| {
+        let align = if capacity >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            ALIGN
+        };
+        let storage = Mapped::new(capacity, align).unwrap_or_else(|e| {
             // What a `Vec` does when memory runs out (the process ends), with the reason.
             log::error!("mapping a {capacity}-byte buffer: {e}");
             std::alloc::handle_alloc_error(

@@ -463,20 +463,19 @@ impl<'p> WatchedFile<'p> {
         self.req
             .send((offset, buf.len()))
             .map_err(|_| io::Error::other("the source's reading thread ended"))?;
-        loop {
+        // The thread may have gone (it ends with the source); a spare is then just dropped.
+        let v = loop {
             let (at, v) = wait(&self.rx, self.progress)?;
-            // The answer to a read an earlier caller gave up on (a stall past its limit) may
-            // come first: it is dropped, not taken for this one.
-            let mine = at == offset && v.len() == buf.len();
-            if mine {
-                buf.copy_from_slice(&v);
+            if at == offset && v.len() == buf.len() {
+                break v;
             }
-            // The thread may have gone (it ends with the source); the buffer is then dropped.
+            // The answer to a read an earlier caller gave up on (a stall past its limit): it
+            // is dropped, not taken for this one.
             let _ = self.spare.try_send(v);
-            if mine {
-                return Ok(());
-            }
-        }
+        };
+        buf.copy_from_slice(&v);
+        let _ = self.spare.try_send(v);
+        Ok(())
     }
 }
 

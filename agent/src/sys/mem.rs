@@ -28,8 +28,9 @@ unsafe impl Sync for Mapped {}
 impl Mapped {
     /// `len` bytes starting on a multiple of `align` (a power of two); `align` above 4 KiB maps
     /// `align` bytes more to find the boundary in (address space only: those pages are never
-    /// touched). With `huge`, the whole huge pages inside are advised as such.
-    pub fn new(len: usize, align: usize, huge: bool) -> rustix::io::Result<Self> {
+    /// touched). Aligned to [`HUGE_PAGE`] or more, the whole huge pages inside are advised as
+    /// such.
+    pub fn new(len: usize, align: usize) -> rustix::io::Result<Self> {
         let slack = if align > 4096 { align } else { 0 };
         let map_len = len
             .checked_add(slack)
@@ -54,7 +55,7 @@ impl Mapped {
             start: at.next_multiple_of(align.max(1)) - at,
             len,
         };
-        if huge {
+        if align >= HUGE_PAGE {
             if let Err(e) = advise_huge_pages(mapped.as_mut_slice()) {
                 log::debug!("huge pages for a {len}-byte buffer: {e}");
             }
@@ -105,7 +106,7 @@ impl std::fmt::Debug for Mapped {
 /// 2 MiB pages when they are first touched, so a direct I/O into `buf` is a few physically
 /// contiguous segments instead of one per 4 KiB page. A hint only: a kernel without transparent
 /// huge pages refuses it (the error is returned, and the buffer works as before).
-pub fn advise_huge_pages(buf: &mut [u8]) -> rustix::io::Result<()> {
+fn advise_huge_pages(buf: &mut [u8]) -> rustix::io::Result<()> {
     let addr = buf.as_mut_ptr() as usize;
     let start = addr.next_multiple_of(HUGE_PAGE);
     let end = (addr + buf.len()) / HUGE_PAGE * HUGE_PAGE;
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn a_mapping_is_zeros_aligned_and_as_long_as_asked() {
         for (len, align) in [(0, 4096), (1, 4096), (12288, 4096), (3 << 20, HUGE_PAGE)] {
-            let mut m = Mapped::new(len, align, align == HUGE_PAGE).unwrap();
+            let mut m = Mapped::new(len, align).unwrap();
             assert_eq!(m.as_slice().len(), len);
             assert_eq!(m.as_slice().as_ptr() as usize % align, 0);
             assert!(m.as_slice().iter().all(|&b| b == 0));
